@@ -1,0 +1,14 @@
+"""`nbo` commands of the train group. PLACEHOLDER until implemented."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    del sub
+
+
+def _unused(args: argparse.Namespace) -> int:
+    return 0

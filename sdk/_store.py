@@ -1,0 +1,234 @@
+"""The state-store seam: one small interface, a device (SQLite) and a hub implementation.
+
+Domain code (profiles, contact history, decisions, ledger, payments) is written once against
+:class:`Tx` with portable SQL (``?`` placeholders, ``INSERT … ON CONFLICT``, no autoincrement,
+``DOUBLE PRECISION`` epoch seconds, JSON as TEXT), so the gateway's hub-backed store (SQLite or
+PostgreSQL) runs the very same code. Every state change and the event describing it are written
+in one transaction: on a device the event goes to the **outbox** (gapless ``seq``), on the hub
+straight into the hub's event log.
+
+Each domain module declares its own ``SCHEMA`` (a tuple of DDL statements); stores apply the
+schemas they are given at open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ._clock import Clock, SystemClock
+from ._errors import StateError
+
+__all__ = ["CORE_SCHEMA", "Event", "SQLiteStateStore", "StateStore", "Tx"]
+
+Params = Sequence[Any] | Mapping[str, Any]
+
+# Tables shared by several domain modules. Portable between SQLite and PostgreSQL.
+CORE_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS profiles(
+        customer_id TEXT PRIMARY KEY,
+        profile TEXT NOT NULL,            -- JSON object: measures and profile fields
+        updated_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS decisions(
+        decision_id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        bundle_name TEXT NOT NULL,
+        bundle_version INTEGER NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        offers TEXT NOT NULL)             -- JSON list of shown offers with score parts""",
+    """CREATE TABLE IF NOT EXISTS contact_history(
+        customer_id TEXT NOT NULL,
+        offer_id TEXT NOT NULL,
+        category TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        event TEXT NOT NULL,              -- shown | accepted | declined | ignored
+        ts DOUBLE PRECISION NOT NULL,
+        decision_id TEXT)""",
+    "CREATE INDEX IF NOT EXISTS contact_history_by_customer ON contact_history(customer_id, ts)",
+)
+
+# Device-only tables: the outbox and what surrounds it.
+DEVICE_SCHEMA: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS outbox(
+        seq INTEGER PRIMARY KEY,          -- gapless per device, from counters('outbox_seq')
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,               -- decision | response | purchase | points | payment
+        created_at DOUBLE PRECISION NOT NULL,
+        payload TEXT NOT NULL,            -- JSON object
+        acked INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(acked, seq)",
+    """CREATE TABLE IF NOT EXISTS dead_letter(
+        seq INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        payload TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        dead_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS device_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One outbox / event-log entry (DESIGN §6)."""
+
+    event_id: str
+    device_id: str
+    seq: int
+    type: str
+    created_at: float
+    payload: Mapping[str, Any]
+
+
+class Tx(Protocol):
+    """An open transaction on a state store."""
+
+    now: float
+    """The clock reading taken when the transaction began; use it for every timestamp."""
+
+    def execute(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Run one statement with ``?`` placeholders; return all rows (empty for writes)."""
+        ...
+
+    def append_event(self, type: str, payload: Mapping[str, Any]) -> Event:
+        """Record the event describing this transaction's change (outbox or hub log)."""
+        ...
+
+
+class StateStore(Protocol):
+    """Where profiles, contact history, decisions, ledger and events live."""
+
+    def transaction(self, *, durable: bool = False) -> Any:
+        """Context manager yielding a :class:`Tx`; commits on exit, rolls back on error.
+
+        ``durable=True`` makes the commit fsync'd before it returns (money and points).
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+EVENT_TYPES = frozenset({"decision", "response", "purchase", "points", "payment"})
+
+
+class _SQLiteTx:
+    __slots__ = ("_conn", "_store", "now")
+
+    def __init__(self, store: SQLiteStateStore, conn: sqlite3.Connection, now: float) -> None:
+        self._store = store
+        self._conn = conn
+        self.now = now
+
+    def execute(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def append_event(self, type: str, payload: Mapping[str, Any]) -> Event:
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r}")
+        (seq,) = self._conn.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'outbox_seq' RETURNING value"
+        ).fetchone()
+        event = Event(
+            event_id=str(uuid.uuid4()),
+            device_id=self._store.device_id,
+            seq=int(seq),
+            type=type,
+            created_at=self.now,
+            payload=payload,
+        )
+        self._conn.execute(
+            "INSERT INTO outbox(seq, event_id, type, created_at, payload) VALUES (?, ?, ?, ?, ?)",
+            (event.seq, event.event_id, type, self.now, json.dumps(payload, separators=(",", ":"))),
+        )
+        return event
+
+
+class SQLiteStateStore:
+    """The device's state database: one SQLite file in WAL mode, with the outbox.
+
+    One connection guarded by a lock: SQLite serialises writers anyway, and decisions are
+    short. ``durable`` transactions run with ``synchronous=FULL``; the rest with ``NORMAL``,
+    which in WAL mode survives a process crash (only an OS crash can lose the last commits).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        device_id: str,
+        clock: Clock | None = None,
+        schemas: Sequence[Sequence[str]] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.device_id = device_id
+        self.clock: Clock = clock or SystemClock()
+        self._lock = threading.RLock()
+        self._sync_full = False
+        try:
+            self._conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            with self._write() as conn:
+                for ddl in (*CORE_SCHEMA, *DEVICE_SCHEMA, *(s for schema in schemas for s in schema)):
+                    conn.execute(ddl)
+                conn.execute("INSERT INTO counters(name, value) VALUES ('outbox_seq', 0) ON CONFLICT DO NOTHING")
+                row = conn.execute("SELECT value FROM device_meta WHERE key = 'device_id'").fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO device_meta(key, value) VALUES ('device_id', ?)", (device_id,))
+                elif row[0] != device_id:
+                    raise StateError(
+                        f"state database {self.path} belongs to device {row[0]!r}, not {device_id!r}"
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self, *, durable: bool = False) -> Iterator[_SQLiteTx]:
+        with self._lock:
+            if durable != self._sync_full:
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._sync_full = durable
+            try:
+                with self._write() as conn:
+                    yield _SQLiteTx(self, conn, self.clock.now())
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"state database {self.path}: {exc}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[_SQLiteTx]:
+        """A read-only view (no BEGIN IMMEDIATE, no commit cost)."""
+        with self._lock:
+            try:
+                yield _SQLiteTx(self, self._conn, self.clock.now())
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"state database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
