@@ -1,1 +1,40 @@
-"""PLACEHOLDER."""
+"""The central team's toolkit: catalog compile, bundle build and signing, training, export.
+
+Names are imported lazily so that building a bundle does not load scikit-learn, and the
+training extras (``pip install nbo-edge[train]``) are needed only for training and reports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> private module that defines it
+_EXPORTS: dict[str, str] = {
+    # catalog and bundles (core install)
+    "validate_catalog": "_catalog",
+    "compile_catalog": "_catalog",
+    "load_catalog_file": "_catalog",
+    "build_bundle": "_bundle_build",
+    "generate_keys": "_bundle_build",
+    # customer measures (shared with the SDK)
+    "derive_features": "_features",
+    # training, export, reports, sample data (train extras)
+    "train_propensity": "_train",
+    "TrainedModel": "_train",
+    "write_report": "_report",
+    "generate_demo_data": "_demo_data",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbo.model_export' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
