@@ -18,7 +18,7 @@ from .._errors import NboError
 __all__ = ["main"]
 
 # Command-group modules, in the order their commands appear in `nbo --help`.
-_GROUPS = ("demo", "keys", "bundle", "train", "decide", "sync", "serve")
+_GROUPS = ("demo", "keys", "bundle", "train", "decide", "sync", "serve", "publish")
 
 
 def build_parser() -> argparse.ArgumentParser:
