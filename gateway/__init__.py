@@ -1,1 +1,45 @@
-"""PLACEHOLDER."""
+"""nbo-edge gateway: one gRPC server for app backends, terminals and the central team.
+
+    from nbo.gateway import create_server, load_config
+
+    server, port = create_server(load_config("gateway.toml"), state_dir="state", listen="127.0.0.1:0")
+    server.start()
+    ...
+    server.stop(grace=5).wait()
+
+``serve()`` does the same and blocks until SIGTERM/SIGINT, then drains in-flight calls.
+Names are imported lazily so that reading a configuration does not load grpc.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> private module that defines it
+_EXPORTS: dict[str, str] = {
+    "GatewayConfig": "_config",
+    "TokenSpec": "_config",
+    "load_config": "_config",
+    "parse_config": "_config",
+    "HubStore": "_hub",
+    "BundleRecord": "_hub",
+    "IngestResult": "_hub",
+    "create_server": "_server",
+    "serve": "_server",
+    "GatewayServer": "_server",
+    "Principal": "_auth",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbo.gateway' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

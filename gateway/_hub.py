@@ -1,0 +1,711 @@
+"""The hub store: where every terminal's events land exactly once (DESIGN §7, §8).
+
+- **Event store** ``hub_events``, keyed by ``(device_id, seq)``. A retried event (same key, same
+  ``event_id``) is a no-op; the same key with another ``event_id`` is a conflict and nothing of
+  that batch is stored. Events that are individually invalid are stored as *rejected* with the
+  reason, so ``acked_through`` moves past them and the device dead-letters them.
+- **Authoritative ledger** ``hub_ledger``, keyed by the device-assigned ``entry_id``, so a
+  replayed points event can never count twice. Points from many terminals for one customer
+  add up; an offline over-redemption is accepted, recorded, and flagged (``flag``/``shortfall``),
+  never dropped.
+- **Bundle registry** ``hub_bundles`` (name, version, sha256, size, file) with the zip files
+  under ``STATE/hub-bundles/``.
+
+One database transaction per pushed batch. The SQL is the same on SQLite and PostgreSQL
+(``gateway._db``); on PostgreSQL, concurrent pushes of one device (two replicas behind a load
+balancer) serialise on the device's row, and ledger writes on the customers' rows, taken in
+sorted order so they cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from nbo.sdk._clock import Clock, SystemClock
+from nbo.sdk._errors import InputError, NotFoundError, StateError
+from nbo.sdk._types import LedgerEntry
+
+from ._db import Database, DbTx, open_database
+
+__all__ = [
+    "BundleRecord",
+    "EventConflictError",
+    "HubStore",
+    "IncomingEvent",
+    "IngestResult",
+    "Rejection",
+    "validate_payload",
+]
+
+SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS hub_devices(
+        device_id TEXT PRIMARY KEY,
+        acked_through BIGINT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS hub_events(
+        device_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        payload TEXT NOT NULL,            -- the JSON object exactly as the device sent it
+        status TEXT NOT NULL,             -- ok | rejected
+        reason TEXT,                      -- why it was rejected
+        received_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY(device_id, seq))""",
+    "CREATE INDEX IF NOT EXISTS hub_events_by_type ON hub_events(type, received_at)",
+    """CREATE TABLE IF NOT EXISTS hub_customers(
+        customer_id TEXT PRIMARY KEY,     -- one row per customer with ledger entries: a lock row
+        entries BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS hub_ledger(
+        entry_id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        kind TEXT NOT NULL,               -- award | redeem | reverse | expire
+        points BIGINT NOT NULL,           -- signed
+        reason TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION,
+        reverses TEXT,
+        device_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        flag TEXT,                        -- over_redemption when the balance went below zero
+        shortfall BIGINT NOT NULL DEFAULT 0,
+        received_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS hub_ledger_by_customer ON hub_ledger(customer_id, created_at)",
+    """CREATE TABLE IF NOT EXISTS hub_bundles(
+        name TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        file TEXT NOT NULL,               -- file name under STATE/hub-bundles/
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY(name, version))""",
+)
+
+EVENT_TYPES = frozenset({"decision", "response", "purchase", "points", "payment"})
+POINTS_KINDS = frozenset({"award", "redeem", "reverse", "expire"})
+OUTCOMES = frozenset({"accepted", "declined", "ignored"})
+_MAX_ID = 200
+_MAX_PAYLOAD = 256 * 1024
+_BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_IN_CHUNK = 400  # parameters per IN (…) list; far below both databases' limits
+
+
+class EventConflictError(InputError):
+    """A pushed ``(device_id, seq)`` is already held with a different ``event_id``."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEvent:
+    """One event as a device pushes it; ``payload`` is the JSON text (or an object)."""
+
+    seq: int
+    event_id: str
+    type: str
+    created_at: float
+    payload: str | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An event the hub refused as invalid; the device dead-letters it with ``reason``."""
+
+    seq: int
+    event_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one pushed batch did."""
+
+    acked_through: int
+    stored: int
+    """Events newly stored (valid or rejected)."""
+    duplicates: int
+    """Events of the batch the hub already held (a retry): no-ops."""
+    rejected: tuple[Rejection, ...] = ()
+    """Invalid events of the batch, including ones rejected by an earlier try of it."""
+    balances: Mapping[str, int] = field(default_factory=dict)
+    """Authoritative points balances of the customers named in the batch."""
+    flagged: tuple[str, ...] = ()
+    """Entry ids of this batch flagged as offline over-redemptions."""
+
+
+@dataclass(frozen=True, slots=True)
+class BundleRecord:
+    """A bundle the hub serves."""
+
+    name: str
+    version: int
+    sha256: str
+    size: int
+    path: Path
+    created_at: float
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _need_str(payload: Mapping[str, Any], key: str, *, optional: bool = False) -> str | None:
+    value = payload.get(key)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"payload.{key} is required")
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID:
+        raise ValueError(f"payload.{key} must be a non-empty string of at most {_MAX_ID} characters")
+    return value
+
+
+def _need_int(payload: Mapping[str, Any], key: str) -> int:
+    value = payload.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"payload.{key} must be an integer")
+    return value
+
+
+def _need_number(payload: Mapping[str, Any], key: str, *, optional: bool = False) -> float | None:
+    value = payload.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"payload.{key} must be a finite number")
+    return float(value)
+
+
+def _need_decimal(payload: Mapping[str, Any], key: str) -> None:
+    value = payload.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"payload.{key} must be a decimal string")
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"payload.{key} must be a decimal string") from None
+    if not amount.is_finite():
+        raise ValueError(f"payload.{key} must be a finite decimal")
+
+
+def validate_payload(type: str, payload: Any) -> None:
+    """Check an event payload against the contract of its type; ``ValueError`` names the field."""
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type!r}")
+    if not isinstance(payload, Mapping):
+        raise ValueError("payload must be a JSON object")
+    if type == "decision":
+        for key in ("decision_id", "customer_id", "channel", "bundle_name"):
+            _need_str(payload, key)
+        _need_int(payload, "bundle_version")
+        if not isinstance(payload.get("offers"), list):
+            raise ValueError("payload.offers must be a list")
+    elif type == "response":
+        for key in ("decision_id", "offer_id", "customer_id"):
+            _need_str(payload, key)
+        if payload.get("outcome") not in OUTCOMES:
+            raise ValueError("payload.outcome must be accepted, declined or ignored")
+    elif type == "purchase":
+        for key in ("purchase_id", "customer_id", "idempotency_key"):
+            _need_str(payload, key)
+        _need_decimal(payload, "amount")
+        _need_int(payload, "quantity")
+        _need_number(payload, "timestamp")
+    elif type == "points":
+        for key in ("entry_id", "customer_id", "idempotency_key"):
+            _need_str(payload, key)
+        kind = payload.get("kind")
+        if kind not in POINTS_KINDS:
+            raise ValueError("payload.kind must be award, redeem, reverse or expire")
+        points = _need_int(payload, "points")
+        if abs(points) > 2**62:
+            raise ValueError("payload.points is out of range")
+        if kind == "award" and points <= 0:
+            raise ValueError("payload.points of an award must be positive")
+        if kind in ("redeem", "expire") and points >= 0:
+            raise ValueError(f"payload.points of a {kind} must be negative")
+        if kind == "reverse":
+            if points == 0:
+                raise ValueError("payload.points of a reverse must not be zero")
+            _need_str(payload, "reverses")
+        else:
+            _need_str(payload, "reverses", optional=True)
+        _need_number(payload, "created_at")
+        _need_number(payload, "expires_at", optional=True)
+        reason = payload.get("reason", "")
+        if not isinstance(reason, str):
+            raise ValueError("payload.reason must be a string")
+    elif type == "payment":
+        for key in ("payment_id", "customer_id", "payment_token", "idempotency_key"):
+            _need_str(payload, key)
+        _need_decimal(payload, "amount")
+        currency = payload.get("currency")
+        if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency):
+            raise ValueError("payload.currency must be an ISO 4217 code")
+        for key in ("store_id", "decision_id", "offer_id"):
+            _need_str(payload, key, optional=True)
+
+
+def _check_structure(device_id: str, events: Sequence[IncomingEvent]) -> None:
+    """Problems that make the whole request malformed (rather than one event invalid)."""
+    if not isinstance(device_id, str) or not device_id or len(device_id) > _MAX_ID:
+        raise InputError(f"device_id must be a non-empty string of at most {_MAX_ID} characters", field="device_id")
+    previous = 0
+    for i, event in enumerate(events):
+        if isinstance(event.seq, bool) or not isinstance(event.seq, int) or event.seq < 1:
+            raise InputError(f"events[{i}].seq must be a positive integer", field=f"events[{i}].seq")
+        if event.seq <= previous:
+            raise InputError(f"events[{i}].seq must be ascending without repeats", field=f"events[{i}].seq")
+        previous = event.seq
+        if not isinstance(event.event_id, str) or not event.event_id or len(event.event_id) > _MAX_ID:
+            raise InputError(f"events[{i}].event_id must be a non-empty string", field=f"events[{i}].event_id")
+
+
+def _balance(entries: Sequence[LedgerEntry], now: float) -> int:
+    """The balance of one customer's ledger: the SDK's pure rule when it has one."""
+    try:
+        from nbo.sdk._ledger import ledger_balance  # type: ignore[attr-defined]
+    except ImportError:
+        return sum(e.points for e in entries)
+    return int(ledger_balance(entries, now=now))
+
+
+def _entry(row: Sequence[Any]) -> LedgerEntry:
+    entry_id, customer_id, kind, points, reason, key, created_at, expires_at, reverses = row[:9]
+    return LedgerEntry(
+        entry_id=entry_id,
+        customer_id=customer_id,
+        kind=kind,
+        points=int(points),
+        reason=reason,
+        created_at=float(created_at),
+        idempotency_key=key,
+        expires_at=None if expires_at is None else float(expires_at),
+        reverses=reverses,
+    )
+
+
+_LEDGER_COLUMNS = "entry_id, customer_id, kind, points, reason, idempotency_key, created_at, expires_at, reverses"
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+class HubStore:
+    """The hub's authoritative store over a :class:`~gateway._db.Database`.
+
+    Open with :meth:`HubStore.open`. Thread-safe: each call is one transaction.
+    """
+
+    def __init__(self, db: Database, *, state_dir: str | os.PathLike[str], clock: Clock | None = None) -> None:
+        self.db = db
+        self.clock: Clock = clock or SystemClock()
+        self.bundle_dir = Path(state_dir) / "hub-bundles"
+        self.bundle_dir.mkdir(parents=True, exist_ok=True)
+        with db.transaction() as tx:
+            for ddl in SCHEMA:
+                tx.execute(ddl)
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None,
+        *,
+        state_dir: str | os.PathLike[str],
+        clock: Clock | None = None,
+        schema: str | None = None,
+    ) -> HubStore:
+        """Open the hub store at ``url`` (``None`` → ``sqlite:`` file ``STATE/hub.sqlite``)."""
+        state = Path(state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        db = open_database(url or f"sqlite:{(state / 'hub.sqlite').resolve()}", schema=schema)
+        try:
+            return cls(db, state_dir=state, clock=clock)
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        """Release the database."""
+        self.db.close()
+
+    # -- events ----------------------------------------------------------------------------
+
+    def ingest(self, device_id: str, events: Sequence[IncomingEvent]) -> IngestResult:
+        """Store one pushed batch idempotently; see the module docstring for the rules.
+
+        Raises :class:`EventConflictError` (nothing stored) when a ``(device_id, seq)`` is
+        already held with another ``event_id``, and :class:`InputError` for a malformed batch.
+        """
+        _check_structure(device_id, events)
+        now = self.clock.now()
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO hub_devices(device_id, acked_through, updated_at) VALUES (?, 0, ?) "
+                "ON CONFLICT (device_id) DO NOTHING",
+                (device_id, now),
+            )
+            # UPDATE … RETURNING takes the device's row lock on PostgreSQL: concurrent pushes of
+            # one device (two replicas) run one after the other. SQLite's writer lock does the same.
+            (row,) = tx.execute(
+                "UPDATE hub_devices SET updated_at = ? WHERE device_id = ? RETURNING acked_through",
+                (now, device_id),
+            )
+            acked = int(row[0])
+            held = self._held(tx, device_id, events)
+
+            rejected: list[Rejection] = []
+            new_rows: list[tuple[Any, ...]] = []
+            points: list[tuple[IncomingEvent, Mapping[str, Any]]] = []
+            customers: set[str] = set()
+            duplicates = 0
+            for i, event in enumerate(events):
+                previous = held.get(event.seq)
+                if previous is not None:
+                    event_id, status, reason = previous
+                    if event_id != event.event_id:
+                        raise EventConflictError(
+                            f"events[{i}]: seq {event.seq} of device {device_id!r} is already held with "
+                            "a different event_id",
+                            field=f"events[{i}].event_id",
+                        )
+                    duplicates += 1
+                    if status == "rejected":
+                        rejected.append(Rejection(event.seq, event.event_id, reason or "rejected"))
+                    elif isinstance(cid := _customer_of(event), str):
+                        customers.add(cid)
+                    continue
+                text, payload, reason = _parse(event)
+                if reason is None and isinstance(payload, Mapping):
+                    cid = payload.get("customer_id")
+                    if isinstance(cid, str):
+                        customers.add(cid)
+                    if event.type == "points":
+                        points.append((event, payload))
+                    status = "ok"
+                else:
+                    rejected.append(Rejection(event.seq, event.event_id, reason or "invalid"))
+                    status = "rejected"
+                created = event.created_at if _finite(event.created_at) else 0.0
+                new_rows.append((device_id, event.seq, event.event_id, event.type[:_MAX_ID], created, text,
+                                 status, reason, now))
+            tx.executemany(
+                "INSERT INTO hub_events(device_id, seq, event_id, type, created_at, payload, status, reason, "
+                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                new_rows,
+            )
+            flagged = self._apply_points(tx, device_id, points, now) if points else ()
+            acked = self._advance(tx, device_id, acked)
+            tx.execute("UPDATE hub_devices SET acked_through = ? WHERE device_id = ?", (acked, device_id))
+            balances = self._balances(tx, sorted(customers), now)
+        return IngestResult(
+            acked_through=acked,
+            stored=len(new_rows),
+            duplicates=duplicates,
+            rejected=tuple(rejected),
+            balances=balances,
+            flagged=flagged,
+        )
+
+    def _held(self, tx: DbTx, device_id: str, events: Sequence[IncomingEvent]) -> dict[int, tuple[str, str, str | None]]:
+        if not events:
+            return {}
+        rows = tx.execute(
+            "SELECT seq, event_id, status, reason FROM hub_events WHERE device_id = ? AND seq BETWEEN ? AND ?",
+            (device_id, events[0].seq, events[-1].seq),
+        )
+        return {int(seq): (event_id, status, reason) for seq, event_id, status, reason in rows}
+
+    def _advance(self, tx: DbTx, device_id: str, acked: int) -> int:
+        # Highest contiguous seq held (rejected events count as held).
+        while True:
+            rows = tx.execute(
+                "SELECT seq FROM hub_events WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT 5000",
+                (device_id, acked),
+            )
+            for (seq,) in rows:
+                if int(seq) != acked + 1:
+                    return acked
+                acked += 1
+            if len(rows) < 5000:
+                return acked
+
+    def _apply_points(
+        self, tx: DbTx, device_id: str, points: Sequence[tuple[IncomingEvent, Mapping[str, Any]]], now: float
+    ) -> tuple[str, ...]:
+        counts: dict[str, int] = {}
+        for _, payload in points:
+            counts[payload["customer_id"]] = counts.get(payload["customer_id"], 0) + 1
+        ordered = sorted(counts)
+        tx.executemany(
+            "INSERT INTO hub_customers(customer_id, entries) VALUES (?, 0) ON CONFLICT (customer_id) DO NOTHING",
+            [(c,) for c in ordered],
+        )
+        # Row locks in sorted order: two replicas writing the same customers cannot deadlock.
+        for customer in ordered:
+            tx.execute("UPDATE hub_customers SET entries = entries + ? WHERE customer_id = ?",
+                       (counts[customer], customer))
+        ledgers = self._ledgers(tx, ordered)
+        known = {e.entry_id for entries in ledgers.values() for e in entries}
+        rows: list[tuple[Any, ...]] = []
+        flagged: list[str] = []
+        for event, p in points:
+            entry_id = p["entry_id"]
+            if entry_id in known:
+                continue  # the same entry arrived through another event: counts once
+            known.add(entry_id)
+            entry = LedgerEntry(
+                entry_id=entry_id,
+                customer_id=p["customer_id"],
+                kind=p["kind"],
+                points=int(p["points"]),
+                reason=p.get("reason") or "",
+                created_at=float(p["created_at"]),
+                idempotency_key=p["idempotency_key"],
+                expires_at=None if p.get("expires_at") is None else float(p["expires_at"]),
+                reverses=p.get("reverses"),
+            )
+            ledger = ledgers.setdefault(entry.customer_id, [])
+            ledger.append(entry)
+            flag, shortfall = None, 0
+            if entry.points < 0 and entry.kind == "redeem":
+                after = _balance(ledger, max(now, entry.created_at))
+                if after < 0:
+                    # Accepted (it happened at the till) but flagged for the loyalty team.
+                    flag, shortfall = "over_redemption", min(-after, -entry.points)
+                    flagged.append(entry_id)
+            rows.append((entry.entry_id, entry.customer_id, entry.kind, entry.points, entry.reason,
+                         entry.idempotency_key, entry.created_at, entry.expires_at, entry.reverses,
+                         device_id, event.seq, flag, shortfall, now))
+        tx.executemany(
+            f"INSERT INTO hub_ledger({_LEDGER_COLUMNS}, device_id, seq, flag, shortfall, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (entry_id) DO NOTHING",
+            rows,
+        )
+        return tuple(flagged)
+
+    def _ledgers(self, tx: DbTx, customers: Sequence[str]) -> dict[str, list[LedgerEntry]]:
+        ledgers: dict[str, list[LedgerEntry]] = {}
+        for start in range(0, len(customers), _IN_CHUNK):
+            chunk = customers[start:start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for row in tx.execute(
+                f"SELECT {_LEDGER_COLUMNS} FROM hub_ledger WHERE customer_id IN ({marks}) "
+                "ORDER BY customer_id, created_at, entry_id",
+                tuple(chunk),
+            ):
+                ledgers.setdefault(row[1], []).append(_entry(row))
+        return ledgers
+
+    def _balances(self, tx: DbTx, customers: Sequence[str], now: float) -> dict[str, int]:
+        ledgers = self._ledgers(tx, customers)
+        return {c: _balance(ledgers.get(c, []), now) for c in customers}
+
+    def acked_through(self, device_id: str) -> int:
+        """Highest contiguous seq held for ``device_id`` (0 when none)."""
+        with self.db.transaction() as tx:
+            rows = tx.execute("SELECT acked_through FROM hub_devices WHERE device_id = ?", (device_id,))
+        return int(rows[0][0]) if rows else 0
+
+    def events(self, *, device_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Stored events (for tests, exports and retraining), oldest first per device."""
+        sql = "SELECT device_id, seq, event_id, type, created_at, payload, status, reason FROM hub_events"
+        where, params = [], []
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self.db.transaction() as tx:
+            rows = tx.execute(sql + " ORDER BY device_id, seq", tuple(params))
+        keys = ("device_id", "seq", "event_id", "type", "created_at", "payload", "status", "reason")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # -- ledger ----------------------------------------------------------------------------
+
+    def balance(self, customer_id: str) -> int:
+        """The authoritative points balance of one customer."""
+        return self.balances([customer_id])[customer_id]
+
+    def balances(self, customer_ids: Iterable[str]) -> dict[str, int]:
+        """Authoritative balances of several customers."""
+        customers = sorted(set(customer_ids))
+        with self.db.transaction() as tx:
+            return self._balances(tx, customers, self.clock.now())
+
+    def ledger(self, customer_id: str) -> list[LedgerEntry]:
+        """One customer's hub ledger entries, oldest first."""
+        with self.db.transaction() as tx:
+            return self._ledgers(tx, [customer_id]).get(customer_id, [])
+
+    def flagged(self) -> list[dict[str, Any]]:
+        """Ledger entries flagged as offline over-redemptions, oldest first."""
+        with self.db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT entry_id, customer_id, points, shortfall, device_id, seq, flag FROM hub_ledger "
+                "WHERE flag IS NOT NULL ORDER BY received_at, entry_id"
+            )
+        keys = ("entry_id", "customer_id", "points", "shortfall", "device_id", "seq", "flag")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # -- bundles ---------------------------------------------------------------------------
+
+    def register_bundle(self, source: bytes | str | os.PathLike[str], *, name: str, version: int) -> BundleRecord:
+        """Store a (verified) bundle zip and make it the latest one served.
+
+        Registering the same name and version again with identical bytes is a no-op; with
+        different bytes it is an :class:`InputError`.
+        """
+        if not isinstance(name, str) or not _BUNDLE_NAME.match(name):
+            raise InputError("bundle name must be 1-100 letters, digits, '.', '_' or '-'", field="name")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InputError("bundle version must be a positive integer", field="version")
+        data = source if isinstance(source, bytes) else _read(Path(source))
+        digest = hashlib.sha256(data).hexdigest()
+        file_name = f"{name}-{version}.zip"
+        target = self.bundle_dir / file_name
+        with self.db.transaction() as tx:
+            rows = tx.execute("SELECT sha256 FROM hub_bundles WHERE name = ? AND version = ?", (name, version))
+            if rows and rows[0][0] != digest:
+                raise InputError(f"bundle {name} version {version} is already published with other content",
+                                 field="version")
+            if not target.exists() or _sha256_file(target) != digest:
+                _write_atomic(target, data)
+            now = self.clock.now()
+            if not rows:
+                tx.execute(
+                    "INSERT INTO hub_bundles(name, version, sha256, size, file, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, version, digest, len(data), file_name, now),
+                )
+                return BundleRecord(name, version, digest, len(data), target, now)
+        return self.bundle(name, version)
+
+    def latest_bundle(self, name: str | None = None) -> BundleRecord | None:
+        """The newest version of ``name``, or the most recently published bundle."""
+        sql = "SELECT name, version, sha256, size, file, created_at FROM hub_bundles"
+        if name is not None:
+            sql += " WHERE name = ? ORDER BY version DESC LIMIT 1"
+            params: tuple[Any, ...] = (name,)
+        else:
+            sql += " ORDER BY created_at DESC, version DESC LIMIT 1"
+            params = ()
+        with self.db.transaction() as tx:
+            rows = tx.execute(sql, params)
+        return self._record(rows[0]) if rows else None
+
+    def bundle(self, name: str, version: int) -> BundleRecord:
+        """One published bundle; :class:`NotFoundError` when unknown."""
+        with self.db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT name, version, sha256, size, file, created_at FROM hub_bundles WHERE name = ? AND version = ?",
+                (name, version),
+            )
+        if not rows:
+            raise NotFoundError(f"no bundle {name!r} version {version} on this hub")
+        return self._record(rows[0])
+
+    def read_bundle(self, name: str, version: int, *, offset: int = 0, chunk_size: int = 256 * 1024
+                    ) -> tuple[BundleRecord, Iterator[bytes]]:
+        """The record and an iterator over the file's bytes from ``offset`` in chunks."""
+        record = self.bundle(name, version)
+        if offset < 0 or offset > record.size:
+            raise InputError(f"offset {offset} is outside the bundle's {record.size} bytes", field="offset")
+        if not record.path.exists():
+            raise NotFoundError(f"bundle {name!r} version {version} is registered but its file is missing here")
+        return record, _chunks(record.path, offset, chunk_size)
+
+    def _record(self, row: Sequence[Any]) -> BundleRecord:
+        name, version, sha, size, file_name, created = row
+        return BundleRecord(name, int(version), sha, int(size), self.bundle_dir / file_name, float(created))
+
+
+def _customer_of(event: IncomingEvent) -> Any:
+    payload = event.payload
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            return None
+    return payload.get("customer_id") if isinstance(payload, Mapping) else None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse(event: IncomingEvent) -> tuple[str, Any, str | None]:
+    """(text to store, parsed payload, rejection reason or None)."""
+    if isinstance(event.payload, str):
+        text = event.payload
+        if len(text) > _MAX_PAYLOAD:
+            return text[:1024], None, f"payload larger than {_MAX_PAYLOAD} bytes"
+        try:
+            payload = json.loads(text)
+        except ValueError as exc:
+            return text, None, f"payload is not valid JSON: {exc}"
+    else:
+        payload = event.payload
+        try:
+            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return "{}", None, f"payload is not JSON-serialisable: {exc}"
+    if not isinstance(event.type, str) or event.type not in EVENT_TYPES:
+        return text, payload, f"unknown event type {str(event.type)[:40]!r}"
+    if not _finite(event.created_at):
+        return text, payload, "created_at must be a finite number"
+    try:
+        validate_payload(event.type, payload)
+    except ValueError as exc:
+        return text, payload, str(exc)
+    return text, payload, None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read bundle file {path}: {exc.strerror or exc}", field="path") from exc
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise StateError(f"cannot store bundle file {target}: {exc.strerror or exc}") from exc
+
+
+def _chunks(path: Path, offset: int, chunk_size: int) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        f.seek(offset)
+        while block := f.read(chunk_size):
+            yield block
