@@ -1,14 +1,178 @@
-"""`nbo` commands of the bundle group. PLACEHOLDER until implemented."""
+"""`nbo bundle build | verify | inspect`: make a signed bundle, check one, look inside one."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sqlite3
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from .._errors import BundleError, InputError
+from ._table import format_table
 
 
 def register(sub: Any) -> None:
-    del sub
+    bundle = sub.add_parser("bundle", help="build, verify and inspect signed bundles",
+                            description="Build, verify and inspect signed offer bundles (catalog + ONNX models).")
+    bsub = bundle.add_subparsers(dest="bundle_command", metavar="COMMAND")
+    bsub.required = True
+
+    build = bsub.add_parser(
+        "build",
+        help="validate a catalog, add models, sign, write the bundle zip",
+        description="Validate and compile a catalog (YAML or JSON), add ONNX models, sign the manifest "
+        "with an Ed25519 key and write one bundle zip.",
+    )
+    build.add_argument("--catalog", required=True, metavar="FILE", help="catalog authoring file (.yaml or .json)")
+    build.add_argument("--model", action="append", default=[], metavar="ID=PATH.onnx",
+                       help="a propensity model and its id (repeatable); offers refer to it by model_id")
+    build.add_argument("--name", required=True, help="bundle name (letters, digits, '.', '_', '-')")
+    build.add_argument("--version", required=True, type=int, metavar="N",
+                       help="bundle version, an integer >= 1, strictly increasing per name")
+    build.add_argument("--key", required=True, metavar="KEYFILE", help="the private signing key (signing.key)")
+    build.add_argument("--out", required=True, metavar="FILE.zip", help="where to write the bundle")
+    build.add_argument("--expires-at", metavar="ISO", help="optional expiry, e.g. 2027-01-31T00:00:00Z")
+    build.set_defaults(func=_build)
+
+    verify = bsub.add_parser(
+        "verify",
+        help="check a bundle's signature, hashes and limits",
+        description="Verify a bundle as a device would (signature by a trusted key, every sha256, paths, "
+        "size limits, expiry, min_sdk). Exit 0 and a summary when valid; one line and exit 1 when not.",
+    )
+    verify.add_argument("bundle", metavar="FILE.zip", help="the bundle to verify")
+    verify.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
+                        help="a trusted public key file (signing.pub); repeatable")
+    verify.set_defaults(func=_verify)
+
+    inspect = bsub.add_parser(
+        "inspect",
+        help="show a bundle's manifest, models, offers, rules, strategies and contact policies",
+        description="Show what is inside a bundle as tables. Structure and hashes are checked; the "
+        "signature is not (use `nbo bundle verify` for that).",
+    )
+    inspect.add_argument("bundle", metavar="FILE.zip", help="the bundle to inspect")
+    inspect.set_defaults(func=_inspect)
 
 
-def _unused(args: argparse.Namespace) -> int:
+def _parse_models(specs: list[str]) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for spec in specs:
+        model_id, sep, path = spec.partition("=")
+        if not sep or not model_id or not path:
+            raise InputError(f"--model must look like ID=PATH.onnx, got {spec!r}", field="model")
+        if model_id in models:
+            raise InputError(f"--model id {model_id!r} is given twice", field="model")
+        models[model_id] = path
+    return models
+
+
+def _build(args: argparse.Namespace) -> int:
+    from nbo.model_export import build_bundle
+
+    built = build_bundle(
+        catalog=args.catalog,
+        models=_parse_models(args.model),
+        name=args.name,
+        version=args.version,
+        key=args.key,
+        out=args.out,
+        expires_at=args.expires_at,
+    )
+    m = built.manifest
+    models = ", ".join(x["id"] for x in m["models"]) or "none"
+    print(f"built {built.path}: bundle {m['name']} v{m['version']}, {built.offer_count} offers, models: {models}")
+    print(f"signed by key {built.key_id}; sha256 {built.sha256}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .._bundle import count_offers, load_trusted_keys, verify_bundle
+    from .._clock import SystemClock
+
+    trusted = load_trusted_keys([Path(p) for p in args.trusted_key])
+    with tempfile.TemporaryDirectory(prefix="nbo-verify-") as tmp:
+        verified = verify_bundle(Path(args.bundle), tmp, trusted_keys=trusted, now=SystemClock().now())
+        m = verified.manifest
+        offers = count_offers(Path(tmp) / m["catalog"]["path"])
+    print(f"OK: bundle {m['name']} v{m['version']} is valid, signed by trusted key {verified.key_id}")
+    print(f"created: {m['created_at']}  expires: {m.get('expires_at') or 'never'}  min_sdk: {m['min_sdk']}")
+    models = ", ".join(f"{x['id']} ({len(x['inputs'])} inputs)" for x in m["models"]) or "none"
+    print(f"models: {models}")
+    print(f"offers: {offers}")
+    return 0
+
+
+def _rows(conn: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
+    try:
+        return [tuple(r) for r in conn.execute(sql)]
+    except sqlite3.Error as exc:
+        raise BundleError(f"catalog is unreadable: {exc}") from exc
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .._bundle import inspect_bundle
+
+    with tempfile.TemporaryDirectory(prefix="nbo-inspect-") as tmp:
+        found = inspect_bundle(Path(args.bundle), tmp)
+        m = found.manifest
+        catalog = Path(tmp) / m["catalog"]["path"]
+        try:
+            conn = sqlite3.connect(f"{catalog.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise BundleError(f"catalog is unreadable: {exc}") from exc
+        try:
+            offers = _rows(conn, "SELECT offer_id, name, category, channels, value, lever, model_id, mandatory, "
+                                 "fallback, valid_from, valid_to FROM offers ORDER BY offer_id")
+            rules = _rows(conn, "SELECT rule_id, kind, applies_to, expression FROM rules ORDER BY rule_id")
+            strategies = _rows(conn, "SELECT strategy, weights FROM strategies ORDER BY strategy")
+            assignment = _rows(conn, "SELECT priority, condition, strategy FROM strategy_assignment "
+                                     "ORDER BY priority")
+            policies = _rows(conn, "SELECT policy_id, applies_to, scope, event, max_count, window_days, channel "
+                                   "FROM contact_policies ORDER BY policy_id")
+            meta = dict(_rows(conn, "SELECT key, value FROM meta ORDER BY key"))
+        finally:
+            conn.close()
+
+    manifest_rows: list[tuple[str, Any]] = [
+        ("name", m["name"]), ("version", m["version"]), ("format", m["format"]),
+        ("created_at", m["created_at"]), ("expires_at", m.get("expires_at") or "never"),
+        ("min_sdk", m["min_sdk"]), ("signed by key", f"{found.key_id} (signature not checked; use verify)"),
+        ("catalog sha256", m["catalog"]["sha256"]),
+    ]
+    manifest_rows += [(f"meta.{k}", v) for k, v in sorted(meta.items()) if k != "categories"]
+    manifest_rows += [(f"file {p}", digest) for p, digest in sorted(m.get("files", {}).items())]
+    sections = [
+        format_table(["field", "value"], manifest_rows, title="Manifest"),
+        format_table(
+            ["model", "path", "sha256", "inputs", "output"],
+            [(x["id"], x["path"], x["sha256"][:16],
+              ", ".join(f"{i['name']}:{i['type']}" for i in x["inputs"]), x["output"]) for x in m["models"]],
+            title=f"Models ({len(m['models'])})",
+        ),
+        format_table(
+            ["offer_id", "name", "category", "channels", "value", "lever", "model", "mandatory", "fallback",
+             "valid_from", "valid_to"],
+            [(o[0], o[1], o[2], ", ".join(json.loads(o[3] or "[]")) or "all", o[4], o[5], o[6] or "",
+              bool(o[7]), bool(o[8]), o[9] or "", o[10] or "") for o in offers],
+            title=f"Offers ({len(offers)})",
+        ),
+        format_table(["rule_id", "kind", "applies_to", "expression"], rules, title=f"Rules ({len(rules)})"),
+        format_table(
+            ["strategy", "weights"],
+            [(s[0], ", ".join(f"{k}={v:g}" for k, v in json.loads(s[1]).items()) or "(all 1.0)")
+             for s in strategies],
+            title=f"Strategies ({len(strategies)})",
+        ),
+        format_table(["priority", "condition", "strategy"], assignment,
+                     title=f"Strategy assignment ({len(assignment)}, first match wins)"),
+        format_table(
+            ["policy_id", "applies_to", "scope", "event", "max_count", "window_days", "channel"],
+            [(*p[:6], p[6] or "any") for p in policies],
+            title=f"Contact policies ({len(policies)})",
+        ),
+    ]
+    print("\n\n".join(sections))
     return 0
