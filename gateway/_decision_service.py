@@ -1,0 +1,362 @@
+"""``nbo.v1.DecisionService``: the mobile-app backend's API, a thin adapter over the SDK core.
+
+Each method converts the request, calls one SDK function (``sdk._engine.decide``,
+``sdk._records``, ``sdk._ledger``, ``sdk._payments``) over the hub-backed state store, and
+converts the answer. Errors follow DESIGN §8 and the proto comments (:func:`status_for`):
+``InputError`` → INVALID_ARGUMENT naming the field, unknown ids → NOT_FOUND, no bundle or a
+refused ledger operation → FAILED_PRECONDITION; anything unexpected → INTERNAL with a generic
+message (logged by type, never with request values, so no card data reaches a log).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from nbo.sdk import _engine, _ledger, _payments, _records
+from nbo.sdk._errors import (
+    BundleError,
+    ConfigError,
+    InputError,
+    LedgerError,
+    NboError,
+    NotFoundError,
+    NotReadyError,
+    PaymentDataError,
+    StateError,
+    SyncError,
+)
+from nbo.sdk._types import Decision, LedgerEntry, PaymentRecord
+from nbo.v1 import decision_pb2, decision_pb2_grpc
+
+from ._engine_host import EngineHost
+from ._hub_state import HubStateStore
+from ._metrics import GatewayMetrics
+
+__all__ = ["DecisionServicer", "abort_with", "rpc_errors", "status_for", "struct_to_dict"]
+
+log = logging.getLogger("nbo.gateway")
+
+_MAX_DETAIL = 400
+_DEFAULT_LIMIT = 3
+_MAX_LIMIT = 100
+_OUTCOMES = {
+    decision_pb2.OUTCOME_ACCEPTED: "accepted",
+    decision_pb2.OUTCOME_DECLINED: "declined",
+    decision_pb2.OUTCOME_IGNORED: "ignored",
+}
+_OUTCOME_CODES = {v: k for k, v in _OUTCOMES.items()}
+
+
+# -- error mapping -----------------------------------------------------------------------------
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status code and message for an exception (DESIGN §8, proto conventions)."""
+    if isinstance(exc, NboError):
+        message = _detail(exc)
+        field = getattr(exc, "field", None)
+        if isinstance(exc, PaymentDataError):
+            return grpc.StatusCode.INVALID_ARGUMENT, message
+        if isinstance(exc, InputError) and isinstance(exc, NotFoundError):
+            # An id that refers to nothing: NOT_FOUND, except an offer that was not part of the
+            # named decision, which the proto defines as a bad argument.
+            if field == "offer_id":
+                return grpc.StatusCode.INVALID_ARGUMENT, message
+            return grpc.StatusCode.NOT_FOUND, message
+        if isinstance(exc, InputError):
+            if field and field not in message:
+                message = f"{field}: {message}"
+            return grpc.StatusCode.INVALID_ARGUMENT, message
+        if isinstance(exc, NotFoundError):
+            return grpc.StatusCode.NOT_FOUND, message
+        if isinstance(exc, NotReadyError | LedgerError):
+            return grpc.StatusCode.FAILED_PRECONDITION, message
+        if isinstance(exc, BundleError):
+            return grpc.StatusCode.INVALID_ARGUMENT, message
+        if isinstance(exc, StateError | SyncError):
+            # Database detail (paths, hosts) stays in the log.
+            return grpc.StatusCode.UNAVAILABLE, "the hub store is unavailable; retry later"
+        if isinstance(exc, ConfigError):
+            return grpc.StatusCode.FAILED_PRECONDITION, message
+        return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _detail(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
+
+
+def abort_with(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """End the RPC with ``code``; ``context.abort`` raises, this only tells the type checker."""
+    context.abort(code, message)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def rpc_errors(context: grpc.ServicerContext, method: str) -> Iterator[None]:
+    """Map every exception raised inside to a gRPC status; never UNKNOWN, never a traceback."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        abort_with(context, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call started")
+    try:
+        yield
+    except Exception as exc:
+        if _is_abort(exc, context):
+            raise
+        code, message = status_for(exc)
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE):
+            # Type and stack only: exception messages can carry request values.
+            log.error("%s failed: %s\n%s", method, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+            if isinstance(exc, StateError):
+                log.error("%s: hub store: %s", method, _detail(exc))
+        elif not isinstance(exc, PaymentDataError):
+            log.info("%s refused: %s %s", method, code.name, message)
+        else:
+            log.info("%s refused: %s (card data in field %s)", method, code.name, getattr(exc, "field", "?"))
+        abort_with(context, code, message)
+
+
+def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
+    # context.abort() raises a plain Exception after setting the code; let it through untouched.
+    try:
+        code = context.code()
+    except (AttributeError, NotImplementedError):
+        return False
+    return isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK and type(exc) is Exception
+
+
+# -- conversions --------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    # Struct numbers arrive as doubles; whole numbers become ints so integer measures
+    # (frequency, points_balance, hour) keep their type, as a Python caller would pass them.
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A ``google.protobuf.Struct`` as a plain dict (whole-number doubles as ints)."""
+    return {key: _plain(value) for key, value in json_format.MessageToDict(struct).items()}
+
+
+def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(round(epoch * 1e9)))
+    return ts
+
+
+def _to_datetime(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
+    seconds = ts.seconds + ts.nanos / 1e9
+    if not (-62135596800 <= ts.seconds <= 253402300799) or not (0 <= ts.nanos < 1_000_000_000):
+        raise InputError(f"{field} is not a valid timestamp", field=field)
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _entry_pb(entry: LedgerEntry) -> decision_pb2.LedgerEntry:
+    pb = decision_pb2.LedgerEntry(
+        entry_id=entry.entry_id,
+        customer_id=entry.customer_id,
+        kind=entry.kind,
+        points=entry.points,
+        reason=entry.reason,
+        created_at=_timestamp(entry.created_at),
+        idempotency_key=entry.idempotency_key,
+    )
+    if entry.expires_at is not None:
+        pb.expires_at.CopyFrom(_timestamp(entry.expires_at))
+    if entry.reverses is not None:
+        pb.reverses = entry.reverses
+    return pb
+
+
+def _payment_pb(record: PaymentRecord) -> decision_pb2.PaymentRecord:
+    pb = decision_pb2.PaymentRecord(
+        payment_id=record.payment_id,
+        customer_id=record.customer_id,
+        payment_token=record.payment_token,
+        amount=format(record.amount, "f"),
+        currency=record.currency,
+        created_at=_timestamp(record.created_at),
+        idempotency_key=record.idempotency_key,
+    )
+    for name in ("store_id", "decision_id", "offer_id"):
+        value = getattr(record, name)
+        if value is not None:
+            setattr(pb, name, value)
+    return pb
+
+
+def _decision_pb(decision: Decision) -> decision_pb2.DecideResponse:
+    response = decision_pb2.DecideResponse(
+        decision_id=decision.decision_id,
+        customer_id=decision.customer_id,
+        channel=decision.channel,
+        bundle_name=decision.bundle_name,
+        bundle_version=decision.bundle_version,
+        strategy=decision.strategy,
+        created_at=_timestamp(decision.created_at),
+    )
+    for rank, offer in enumerate(decision.offers, start=1):
+        response.offers.append(
+            decision_pb2.RankedOffer(
+                offer_id=offer.offer_id,
+                name=offer.name,
+                category=offer.category,
+                propensity=offer.propensity,
+                value=offer.value,
+                strategy=offer.strategy,
+                weight=offer.weight,
+                lever=offer.lever,
+                score=offer.score,
+                mandatory=offer.mandatory,
+                fallback=offer.fallback,
+                selection_probability=offer.selection_probability,
+                rank=rank,
+            )
+        )
+    for exclusion in decision.excluded:
+        response.excluded.append(
+            decision_pb2.Exclusion(
+                offer_id=exclusion.offer_id,
+                rule_id=exclusion.rule_id,
+                kind=exclusion.kind,
+                description=exclusion.description,
+            )
+        )
+    return response
+
+
+def _optional(request: Any, field: str) -> str | None:
+    return getattr(request, field) if request.HasField(field) else None
+
+
+# -- the servicer -------------------------------------------------------------------------------
+
+
+class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
+    """Decide, record, run the ledger and payment records over the hub-backed state store."""
+
+    def __init__(self, *, engine: EngineHost, state: HubStateStore, metrics: GatewayMetrics | None = None) -> None:
+        self._engine = engine
+        self._state = state
+        self._metrics = metrics
+
+    def Decide(self, request: decision_pb2.DecideRequest, context: grpc.ServicerContext) -> decision_pb2.DecideResponse:
+        started = time.perf_counter()
+        with rpc_errors(context, "Decide"):
+            limit = request.limit if request.HasField("limit") else _DEFAULT_LIMIT
+            if not 1 <= limit <= _MAX_LIMIT:
+                raise InputError(f"limit must be between 1 and {_MAX_LIMIT}", field="limit")
+            customer_id = _records.check_id(request.customer_id, "customer_id")
+            ctx = struct_to_dict(request.context) if request.HasField("context") else None
+            profile = struct_to_dict(request.profile) if request.HasField("profile") else None
+            bundle = self._engine.require()  # one reference for the whole call: hot swaps are invisible
+            with self._state.customer_transaction(customer_id):
+                decision = _engine.decide(
+                    bundle,
+                    self._state,
+                    customer_id=customer_id,
+                    channel=request.channel,
+                    context=ctx,
+                    profile=profile,
+                    limit=limit,
+                    explain=request.explain,
+                )
+            response = _decision_pb(decision)
+        if self._metrics is not None:
+            self._metrics.decisions.labels(f"{decision.bundle_name}:{decision.bundle_version}").inc()
+            self._metrics.decide_latency.observe(time.perf_counter() - started)
+        return response
+
+    def RecordResponse(
+        self, request: decision_pb2.RecordResponseRequest, context: grpc.ServicerContext
+    ) -> decision_pb2.RecordResponseResponse:
+        with rpc_errors(context, "RecordResponse"):
+            outcome = _OUTCOMES.get(request.outcome)
+            if outcome is None:
+                raise InputError("outcome must be OUTCOME_ACCEPTED, OUTCOME_DECLINED or OUTCOME_IGNORED",
+                                 field="outcome")
+            _records.record_response(self._state, request.decision_id, request.offer_id, outcome)
+        return decision_pb2.RecordResponseResponse(
+            decision_id=request.decision_id, offer_id=request.offer_id, outcome=_OUTCOME_CODES[outcome]
+        )
+
+    def AwardPoints(
+        self, request: decision_pb2.AwardPointsRequest, context: grpc.ServicerContext
+    ) -> decision_pb2.AwardPointsResponse:
+        with rpc_errors(context, "AwardPoints"):
+            customer_id = _records.check_id(request.customer_id, "customer_id")
+            expires = _to_datetime(request.expires_at, "expires_at") if request.HasField("expires_at") else None
+            with self._state.ledger_transaction(customer_id):
+                entry = _ledger.award(
+                    self._state,
+                    customer_id,
+                    request.points,
+                    idempotency_key=request.idempotency_key,
+                    reason=request.reason,
+                    expires_at=expires,
+                )
+                balance = self._state.hub_balance(customer_id)
+        return decision_pb2.AwardPointsResponse(entry=_entry_pb(entry), balance=balance)
+
+    def RedeemPoints(
+        self, request: decision_pb2.RedeemPointsRequest, context: grpc.ServicerContext
+    ) -> decision_pb2.RedeemPointsResponse:
+        with rpc_errors(context, "RedeemPoints"):
+            customer_id = _records.check_id(request.customer_id, "customer_id")
+            with self._state.ledger_transaction(customer_id):
+                entry = _ledger.redeem(
+                    self._state,
+                    customer_id,
+                    request.points,
+                    idempotency_key=request.idempotency_key,
+                    reason=request.reason,
+                )
+                balance = self._state.hub_balance(customer_id)
+        return decision_pb2.RedeemPointsResponse(entry=_entry_pb(entry), balance=balance)
+
+    def GetBalance(
+        self, request: decision_pb2.GetBalanceRequest, context: grpc.ServicerContext
+    ) -> decision_pb2.GetBalanceResponse:
+        with rpc_errors(context, "GetBalance"):
+            customer_id = _records.check_id(request.customer_id, "customer_id")
+            balance = self._state.hub_balance(customer_id)
+        return decision_pb2.GetBalanceResponse(customer_id=customer_id, balance=balance)
+
+    def RecordPayment(
+        self, request: decision_pb2.RecordPaymentRequest, context: grpc.ServicerContext
+    ) -> decision_pb2.RecordPaymentResponse:
+        with rpc_errors(context, "RecordPayment"):
+            record = _payments.record_payment(
+                self._state,
+                request.customer_id,
+                payment_token=request.payment_token,
+                amount=request.amount,
+                currency=request.currency,
+                idempotency_key=request.idempotency_key,
+                store_id=_optional(request, "store_id"),
+                decision_id=_optional(request, "decision_id"),
+                offer_id=_optional(request, "offer_id"),
+            )
+        return decision_pb2.RecordPaymentResponse(payment=_payment_pb(record))
+
+
+def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
+    """Register the servicer on a server."""
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(servicer, server)

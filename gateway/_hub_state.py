@@ -1,0 +1,234 @@
+"""The hub-backed state store (DESIGN §8): the SDK's domain code, run over the hub database.
+
+The gateway decides, records responses, runs the ledger and writes payment records with the
+very same ``sdk._engine`` / ``sdk._records`` / ``sdk._ledger`` / ``sdk._payments`` functions a
+terminal uses. They only see the :class:`~nbo.sdk._store.StateStore` / ``Tx`` seam; this module
+implements it over the hub's :class:`~gateway._db.Database` (SQLite or PostgreSQL), so every
+replica sharing one PostgreSQL hub sees the same profiles, contact history and ledger.
+
+- **Tables**: ``CORE_SCHEMA`` plus the domain modules' ``SCHEMA`` tables live in the hub
+  database next to the hub's own ``hub_*`` tables.
+- **Events**: ``Tx.append_event`` writes straight into the hub event log ``hub_events`` in the
+  same transaction as the state change (no outbox hop), as device :attr:`source_id` (``app``)
+  with a gapless ``seq`` taken from that source's ``hub_devices`` row, locked by the
+  ``UPDATE … RETURNING`` — on PostgreSQL two replicas therefore hand out seqs one after the
+  other, never the same one twice. ``acked_through`` of the source is that counter.
+- **Ledger**: a ``points`` event is applied to the hub's authoritative ledger ``hub_ledger``
+  in the same transaction, through the hub's own apply function, so app points count exactly
+  like points pushed by terminals. :meth:`HubStateStore.ledger_transaction` makes the SDK
+  ledger see the hub's authoritative balance (all terminals + app) as its opening balance, so
+  a redeem on the gateway is checked against it.
+- **Contact policies across replicas**: :meth:`HubStateStore.customer_transaction` opens one
+  transaction holding a per-customer lock (a PostgreSQL transaction-scoped advisory lock; the
+  SQLite hub's writer lock already serialises everything) in which every transaction the
+  domain code opens on this thread joins, so reading the contact history and recording the
+  decision are atomic for that customer whichever replica answers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from nbo.sdk import _ledger, _payments, _records
+from nbo.sdk._clock import Clock, SystemClock
+from nbo.sdk._errors import StateError
+from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event
+
+from ._db import Database, DbTx
+from ._hub import HubStore, IncomingEvent, validate_payload
+
+__all__ = ["APP_SOURCE", "HubStateStore", "HubTx"]
+
+APP_SOURCE = "app"
+"""The ``device_id`` under which the gateway's own (app-channel) events enter the event log."""
+
+# Namespace of the advisory locks this module takes (the other key is the customer's hash).
+_ADVISORY_NAMESPACE = 0x4E42  # "NB"
+
+
+class HubTx:
+    """An open transaction of the hub-backed store (implements ``sdk._store.Tx``)."""
+
+    __slots__ = ("_db_tx", "_store", "events", "now")
+
+    def __init__(self, store: HubStateStore, db_tx: DbTx, now: float) -> None:
+        self._store = store
+        self._db_tx = db_tx
+        self.now = now
+        self.events: list[Event] = []
+
+    @property
+    def db(self) -> DbTx:
+        """The underlying database transaction (for the hub's own functions)."""
+        return self._db_tx
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+        if isinstance(params, Mapping):
+            raise TypeError("the hub state store takes positional ? parameters only")
+        return self._db_tx.execute(sql, params)
+
+    def append_event(self, type: str, payload: Mapping[str, Any]) -> Event:
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r}")
+        try:
+            validate_payload(type, payload)
+            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            # The SDK builds these payloads: a bad one is a bug, never the caller's input.
+            raise StateError(f"refusing to log an invalid {type} event: {exc}") from exc
+        source = self._store.source_id
+        rows = self._db_tx.execute(
+            "UPDATE hub_devices SET acked_through = acked_through + 1, updated_at = ? WHERE device_id = ? "
+            "RETURNING acked_through",
+            (self.now, source),
+        )
+        if not rows:
+            raise StateError(f"hub event source {source!r} is not registered")
+        seq = int(rows[0][0])
+        event = Event(
+            event_id=str(uuid.uuid4()), device_id=source, seq=seq, type=type, created_at=self.now, payload=payload
+        )
+        self._db_tx.execute(
+            "INSERT INTO hub_events(device_id, seq, event_id, type, created_at, payload, status, reason, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, 'ok', NULL, ?)",
+            (source, seq, event.event_id, type, self.now, text, self.now),
+        )
+        if type == "points":
+            incoming = IncomingEvent(seq=seq, event_id=event.event_id, type=type, created_at=self.now, payload=text)
+            # The hub's own apply step: one ledger, whichever way the points arrived.
+            self._store.hub._apply_points(self._db_tx, source, [(incoming, payload)], self.now)
+        self.events.append(event)
+        return event
+
+
+class HubStateStore:
+    """``sdk._store.StateStore`` over the hub database; shared by all threads of a gateway.
+
+    Transactions are re-entrant per thread: a transaction opened while another is open on the
+    same thread joins it (one commit at the outer end). That is what lets the gateway wrap one
+    SDK call in a locked transaction.
+    """
+
+    def __init__(
+        self,
+        hub: HubStore,
+        *,
+        clock: Clock | None = None,
+        source_id: str = APP_SOURCE,
+        schemas: Sequence[Sequence[str]] = (_ledger.SCHEMA, _payments.SCHEMA, _records.SCHEMA),
+        on_events: Callable[[Sequence[Event]], None] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.db: Database = hub.db
+        self.clock: Clock = clock or hub.clock or SystemClock()
+        self.source_id = source_id
+        self._on_events = on_events
+        self._local = threading.local()
+        now = self.clock.now()
+        with self.db.transaction() as tx:
+            for ddl in (*CORE_SCHEMA, *(s for schema in schemas for s in schema)):
+                tx.execute(ddl)
+            tx.execute(
+                "INSERT INTO hub_devices(device_id, acked_through, updated_at) VALUES (?, 0, ?) "
+                "ON CONFLICT (device_id) DO NOTHING",
+                (source_id, now),
+            )
+
+    # -- the StateStore seam ----------------------------------------------------------------
+
+    def _current(self) -> HubTx | None:
+        return getattr(self._local, "tx", None)
+
+    @contextmanager
+    def transaction(self, *, durable: bool = False) -> Iterator[HubTx]:
+        """One transaction (joins the thread's open one, if any). ``durable`` is always true here:
+        the SQLite hub runs ``synchronous=FULL`` and PostgreSQL commits are durable."""
+        del durable
+        current = self._current()
+        if current is not None:
+            yield current
+            return
+        with self._outer() as tx:
+            yield tx
+
+    @contextmanager
+    def read(self) -> Iterator[HubTx]:
+        """A transaction used only for reading (same as :meth:`transaction` on the hub)."""
+        with self.transaction() as tx:
+            yield tx
+
+    @contextmanager
+    def _outer(self) -> Iterator[HubTx]:
+        with self.db.transaction() as db_tx:
+            tx = HubTx(self, db_tx, self.clock.now())
+            self._local.tx = tx
+            try:
+                yield tx
+            finally:
+                self._local.tx = None
+        # Only after the commit: a rolled-back event was never ingested.
+        if tx.events and self._on_events is not None:
+            self._on_events(tuple(tx.events))
+
+    def close(self) -> None:
+        """Nothing to release: the hub store owns the database connection."""
+
+    # -- gateway helpers --------------------------------------------------------------------
+
+    @contextmanager
+    def customer_transaction(self, customer_id: str) -> Iterator[HubTx]:
+        """A transaction serialised per customer across threads and replicas.
+
+        Every transaction the SDK opens on this thread inside it joins it, so a decision's
+        contact-history reads and its writes happen under one lock.
+        """
+        if self._current() is not None:
+            raise StateError("customer_transaction cannot be nested in another transaction")
+        with self._outer() as tx:
+            if self.db.dialect == "postgresql":
+                tx.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (_ADVISORY_NAMESPACE, customer_id))
+            yield tx
+
+    @contextmanager
+    def ledger_transaction(self, customer_id: str) -> Iterator[HubTx]:
+        """A transaction in which the SDK ledger sees the hub's authoritative balance.
+
+        Locks the app source's row and then the customer's ledger row (the order every app
+        write takes them, so two of them cannot deadlock; device pushes never take the app
+        row), then writes the hub balance (all terminals + app, net of expiry) as the SDK
+        ledger's central balance covering every app entry so far. A redeem inside it is thus
+        checked against exactly what the hub holds, and nothing can change it before commit.
+        """
+        if self._current() is not None:
+            raise StateError("ledger_transaction cannot be nested in another transaction")
+        with self._outer() as tx:
+            rows = tx.execute(
+                "UPDATE hub_devices SET updated_at = ? WHERE device_id = ? RETURNING acked_through",
+                (tx.now, self.source_id),
+            )
+            if not rows:
+                raise StateError(f"hub event source {self.source_id!r} is not registered")
+            as_of = int(rows[0][0])
+            tx.execute(
+                "INSERT INTO hub_customers(customer_id, entries) VALUES (?, 0) ON CONFLICT (customer_id) DO NOTHING",
+                (customer_id,),
+            )
+            tx.execute("UPDATE hub_customers SET entries = entries WHERE customer_id = ?", (customer_id,))
+            balance = self.hub._balances(tx.db, [customer_id], tx.now)[customer_id]
+            tx.execute(
+                "INSERT INTO central_balances(customer_id, balance, as_of_seq, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (customer_id) DO UPDATE SET balance = excluded.balance, "
+                "as_of_seq = excluded.as_of_seq, updated_at = excluded.updated_at",
+                (customer_id, balance, as_of, tx.now),
+            )
+            yield tx
+
+    def hub_balance(self, customer_id: str) -> int:
+        """The hub's authoritative balance of one customer (joins an open transaction)."""
+        with self.transaction() as tx:
+            return self.hub._balances(tx.db, [customer_id], tx.now)[customer_id]
