@@ -301,6 +301,7 @@ class TrainedModel:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(payload)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -357,7 +358,7 @@ def _calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dic
         n = int(mask.sum())
         if n:
             table.append(
-                {"bin_low": float(lo), "bin_high": float(hi), "count": n,
+                {"bin_low": round(float(lo), 6), "bin_high": round(float(hi), 6), "count": n,
                  "mean_predicted": float(p[mask].mean()), "observed_rate": float(y[mask].mean())}
             )
     return table

@@ -1,14 +1,88 @@
-"""`nbo` commands of the train group. PLACEHOLDER until implemented."""
+"""`nbo demo-data`, `nbo train`, `nbo report`: the central team's training commands.
+
+Thin: each parses its flags and calls one function of ``nbo.model_export`` (imported only
+when the command runs, so the embedded CLI never loads scikit-learn).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from typing import Any
+
+from .._errors import ConfigError
+
+
+def _train_module(name: str) -> Any:
+    try:
+        return importlib.import_module(f"nbo.model_export.{name}")
+    except ImportError as exc:  # the [train] extras are optional on a terminal
+        raise ConfigError(
+            f"this command needs the training extras (pip install 'nbo-edge[train]'): {exc}"
+        ) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value}")
+    return value
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    data = _train_module("_demo_data").generate_demo_data(args.out, customers=args.customers, seed=args.seed)
+    print(f"wrote {data.directory}: {data.n_customers} customers, {data.n_transactions} transactions, "
+          f"{data.n_history} shown offers, catalog.yaml (snapshot {data.as_of:%Y-%m-%d %H:%M:%S} UTC)")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    result = _train_module("_train_data").train_from_directory(
+        args.data, args.out, model=args.model, seed=args.seed, progress=not args.quiet
+    )
+    m = result.metrics
+    print(f"model    {result.model_path}")
+    print(f"metrics  {result.metrics_path}  (holdout AUC {m['auc']:.3f}, log loss {m['log_loss']:.4f}, "
+          f"ONNX parity {m['parity_max_abs_diff']:.1e})")
+    print(f"report   {result.report_path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    path = _train_module("_report").write_report(args.model_dir)
+    print(f"report   {path}")
+    return 0
 
 
 def register(sub: Any) -> None:
-    del sub
+    demo = sub.add_parser(
+        "demo-data", help="write realistic sample customers, transactions, catalog and offer history",
+        description="Write customers.csv, transactions.csv, catalog.yaml and history.csv (deterministic per seed).",
+    )
+    demo.add_argument("--out", required=True, help="directory to write into (created if missing)")
+    demo.add_argument("--customers", type=_positive_int, default=2000, help="number of customers (default 2000)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.set_defaults(func=_demo_data)
 
+    train = sub.add_parser(
+        "train", help="train a calibrated propensity model and export it to ONNX",
+        description="Train on a demo-data style directory; write propensity.onnx, metrics.json, "
+                    "holdout.csv and report.html into --out.",
+    )
+    train.add_argument("--data", required=True, help="directory with customers.csv, transactions.csv, "
+                                                     "catalog.yaml, history.csv")
+    train.add_argument("--out", required=True, help="model directory to write")
+    train.add_argument("--model", choices=("gbt", "logreg"), default="gbt", help="model kind (default gbt)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the customer split and the model (default 0)")
+    train.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    train.set_defaults(func=_train)
 
-def _unused(args: argparse.Namespace) -> int:
-    return 0
+    report = sub.add_parser(
+        "report", help="regenerate the evaluation report of a model directory",
+        description="Rewrite MODEL_DIR/report.html from MODEL_DIR/metrics.json and holdout.csv.",
+    )
+    report.add_argument("model_dir", metavar="MODEL_DIR", help="directory written by `nbo train`")
+    report.set_defaults(func=_report)
