@@ -64,6 +64,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, NboError):
         message = _detail(exc)
         field = getattr(exc, "field", None)
+        override = getattr(exc, "grpc_status", None)
+        if isinstance(override, str) and hasattr(grpc.StatusCode, override):
+            return getattr(grpc.StatusCode, override), message
         if isinstance(exc, PaymentDataError):
             return grpc.StatusCode.INVALID_ARGUMENT, message
         if isinstance(exc, InputError) and isinstance(exc, NotFoundError):
