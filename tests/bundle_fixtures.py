@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from nbo.model_export import build_bundle, generate_keys, load_catalog_file
 
 DATA = Path(__file__).parent / "data"
