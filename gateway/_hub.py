@@ -204,6 +204,8 @@ def validate_payload(type: str, payload: Any) -> None:
     if not isinstance(payload, Mapping):
         raise ValueError("payload must be a JSON object")
     if type == "decision":
+        if payload.get("compacted") is True and len(payload) == 1:
+            return  # the device compacted this decision log entry past its disk budget
         for key in ("decision_id", "customer_id", "channel", "bundle_name"):
             _need_str(payload, key)
         _need_int(payload, "bundle_version")

@@ -1,11 +1,409 @@
-"""Sync client. PLACEHOLDER: implemented by the sync work (issue 5)."""
+"""The sync client: push the outbox to the hub, learn balances, fetch newer bundles (DESIGN §7).
+
+One :func:`sync` call:
+
+1. pushes pending outbox events in ``seq`` order, ``client.config.sync_batch_size`` per
+   ``PushEvents`` call;
+2. after each answer, in one durable transaction: moves the events the hub rejected into
+   ``dead_letter`` with the hub's reason, marks every event up to ``acked_through`` acked, and
+   stores the hub's authoritative balances (:func:`sdk._ledger.apply_central_balances`);
+3. asks for the latest bundle and, when it is newer than anything this device installed,
+   downloads it into ``STATE/downloads/<name>-<version>.part`` — resuming from the bytes
+   already there — checks its SHA-256 and installs it through ``client.install_bundle`` (the
+   normal verified path).
+
+A crash anywhere is safe: the hub stores events idempotently by ``(device_id, seq)``, so a
+batch whose answer was lost is simply sent again. One sync runs at a time per state
+directory (a thread lock plus an advisory file lock). :class:`SyncLoop` retries forever with
+exponential backoff and full jitter (1 s doubling to 5 min).
+
+This module is the only one in the SDK that imports grpc: deciding never loads it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ._types import SyncReport
+import grpc
+from nbo.v1 import common_pb2, sync_pb2, sync_pb2_grpc
+
+from . import _ledger
+from ._errors import InputError, NboError, SyncError
+from ._types import BundleInfo, SyncReport
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+__all__ = ["DEFAULT_TIMEOUT", "SyncLoop", "backoff_delay", "run_forever", "sync"]
+
+log = logging.getLogger("nbo.sync")
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds allowed for each RPC (a download chunk stream gets ten times this)."""
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ("grpc.max_send_message_length", 32 * 1024 * 1024),
+    # Keep long syncs (big backlogs, big downloads) alive through NATs; the hub permits pings
+    # every 10 s, so 30 s is well inside its policy.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    # A terminal retries itself with backoff: fail fast rather than queue behind a dead link.
+    ("grpc.enable_retries", 0),
+)
+
+_PERMANENT = {
+    grpc.StatusCode.UNAUTHENTICATED: "the hub does not accept this token",
+    grpc.StatusCode.PERMISSION_DENIED: "this token may not sync this device",
+    grpc.StatusCode.ALREADY_EXISTS: "the hub holds different events under this device's sequence numbers",
+    grpc.StatusCode.INVALID_ARGUMENT: "the hub refused the request",
+}
 
 
-def sync(client: Any, target: str, *, token: str, **options: Any) -> SyncReport:
-    raise NotImplementedError
+# -- one sync at a time ----------------------------------------------------------------------
+
+_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _exclusive(client: Client) -> Iterator[None]:
+    """Hold this client's sync lock and the state directory's file lock."""
+    with _locks_guard:
+        lock = _locks.setdefault(client, threading.Lock())
+    with lock:
+        path = Path(client.state_dir) / "sync.lock"
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: the thread lock has to do
+            yield
+            return
+        with path.open("a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # another process syncing: wait for it
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# -- the channel -----------------------------------------------------------------------------
+
+
+def _read(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}", field=what.replace(" ", "_")) from exc
+
+
+def open_channel(
+    target: str,
+    *,
+    ca_file: str | os.PathLike[str] | None = None,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
+) -> grpc.Channel:
+    """A channel to ``HOST:PORT``: TLS when ``ca_file`` or a client certificate is given."""
+    if not isinstance(target, str) or ":" not in target:
+        raise InputError("target must be HOST:PORT", field="target")
+    if (client_cert is None) != (client_key is None):
+        raise InputError("client_cert and client_key must be given together", field="client_cert")
+    if ca_file is None and client_cert is None:
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file, "ca file") if ca_file is not None else None,
+        private_key=_read(client_key, "client key") if client_key is not None else None,
+        certificate_chain=_read(client_cert, "client cert") if client_cert is not None else None,
+    )
+    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+
+
+def _sync_error(exc: grpc.RpcError, what: str) -> SyncError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    hint = _PERMANENT.get(code) if isinstance(code, grpc.StatusCode) else None
+    message = f"{what} failed: {name}: {details}" + (f" ({hint})" if hint else "")
+    error = SyncError(message)
+    error.code = name  # type: ignore[attr-defined]
+    return error
+
+
+# -- pushing ---------------------------------------------------------------------------------
+
+
+def _pending_batch(client: Client, limit: int) -> list[tuple[int, str, str, float, str]]:
+    with client._store.read() as tx:
+        rows = tx.execute(
+            "SELECT o.seq, o.event_id, o.type, o.created_at, o.payload FROM outbox o WHERE o.acked = 0 "
+            "AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = o.seq) ORDER BY o.seq LIMIT ?",
+            (limit,),
+        )
+    return [(int(s), e, t, float(c), p) for s, e, t, c, p in rows]
+
+
+def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tuple[int, int]:
+    """Dead-letter, ack and store balances in one durable transaction; (dead, balances)."""
+    balances = {b.customer_id: int(b.balance) for b in response.balances}
+    with client._store.transaction(durable=True) as tx:
+        dead = 0
+        for rejected in response.rejected:
+            rows = tx.execute(
+                "SELECT seq, event_id, type, created_at, payload FROM outbox WHERE seq = ? AND event_id = ?",
+                (rejected.seq, rejected.event_id),
+            )
+            if not rows:
+                continue  # already moved by an earlier answer
+            seq, event_id, type_, created_at, payload = rows[0]
+            tx.execute(
+                "INSERT INTO dead_letter(seq, event_id, type, created_at, payload, reason, dead_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(seq) DO NOTHING",
+                (seq, event_id, type_, created_at, payload, rejected.reason[:1000] or "rejected by the hub", tx.now),
+            )
+            tx.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            dead += 1
+        tx.execute("UPDATE outbox SET acked = 1 WHERE acked = 0 AND seq <= ?", (int(response.acked_through),))
+        if balances:
+            _ledger.apply_central_balances(tx, balances, acked_through=int(response.acked_through))
+    return dead, len(balances)
+
+
+# -- downloading -----------------------------------------------------------------------------
+
+
+def _wants(client: Client, ref: common_pb2.BundleRef) -> bool:
+    """Is ``ref`` newer than anything this device has installed under that name?"""
+    highest = client._bundles.highest_versions().get(ref.name, 0)
+    return int(ref.version) > int(highest)
+
+
+def _download(stub: Any, client: Client, ref: common_pb2.BundleRef, *, metadata: Any, timeout: float) -> Path:
+    """Fetch ``ref`` into ``downloads/<name>-<version>.part`` (resuming), verify, return the zip path."""
+    downloads = Path(client.state_dir) / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    stem = f"{ref.name}-{ref.version}"
+    if "/" in stem or stem.startswith("."):
+        raise SyncError(f"the hub offered a bundle with an unsafe name {ref.name!r}")
+    part = downloads / f"{stem}.part"
+    done = downloads / f"{stem}.zip"
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > ref.size:  # not this file: start again
+        part.unlink()
+        offset = 0
+    if offset < ref.size:
+        request = sync_pb2.DownloadBundleRequest(name=ref.name, version=ref.version, offset=offset)
+        try:
+            with part.open("ab") as out:
+                for chunk in stub.DownloadBundle(request, metadata=metadata, timeout=timeout * 10):
+                    if chunk.sha256 != ref.sha256 or chunk.total_size != ref.size:
+                        out.close()
+                        part.unlink(missing_ok=True)
+                        raise SyncError(f"bundle {stem} changed on the hub during the download; will retry")
+                    if chunk.offset != offset:
+                        raise SyncError(f"bundle {stem}: chunk at offset {chunk.offset}, expected {offset}")
+                    out.write(chunk.data)
+                    offset += len(chunk.data)
+                    # flush as we go so a cut download keeps what arrived (resume from here)
+                    out.flush()
+                out.flush()
+                os.fsync(out.fileno())
+        except grpc.RpcError as exc:
+            raise _sync_error(exc, f"downloading bundle {stem} (kept {offset} bytes to resume)") from exc
+    if offset != ref.size:
+        raise SyncError(f"bundle {stem}: download ended at {offset} of {ref.size} bytes; will resume")
+    digest = hashlib.sha256()
+    with part.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != ref.sha256:
+        part.unlink(missing_ok=True)
+        raise SyncError(f"bundle {stem}: SHA-256 mismatch after download; discarded, will fetch again")
+    os.replace(part, done)
+    return done
+
+
+# -- the sync --------------------------------------------------------------------------------
+
+
+def sync(
+    client: Client,
+    target: str,
+    *,
+    token: str,
+    ca_file: str | os.PathLike[str] | None = None,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    download: bool = True,
+) -> SyncReport:
+    """Push the outbox to the hub at ``target`` (``HOST:PORT``), then pick up a newer bundle.
+
+    Raises :class:`SyncError` when the hub cannot be reached or refuses the push (events stay
+    queued; call again later — :class:`SyncLoop` does that with backoff). A failed bundle
+    download or install does not raise: it is listed in the report's ``errors`` and retried
+    (resuming) next time.
+    """
+    if not isinstance(token, str) or not token:
+        raise InputError("token must be a non-empty string", field="token")
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise InputError("timeout must be a positive number of seconds", field="timeout")
+    with _exclusive(client):
+        channel = open_channel(target, ca_file=ca_file, client_cert=client_cert, client_key=client_key)
+        try:
+            return _sync(client, sync_pb2_grpc.SyncServiceStub(channel), token=token, timeout=float(timeout),
+                         download=download)
+        finally:
+            channel.close()
+
+
+def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bool) -> SyncReport:
+    metadata = (("authorization", f"Bearer {token}"),)
+    batch_size = max(1, int(client.config.sync_batch_size))
+    pushed = dead = balances = 0
+    acked_through = 0
+    latest: common_pb2.BundleRef | None = None
+    errors: list[str] = []
+    while True:
+        rows = _pending_batch(client, batch_size)
+        if not rows:
+            break
+        request = sync_pb2.PushEventsRequest(
+            device_id=client.device_id,
+            events=[
+                sync_pb2.Event(event_id=e, device_id=client.device_id, seq=s, type=t, created_at=c, payload_json=p)
+                for s, e, t, c, p in rows
+            ],
+        )
+        try:
+            response = stub.PushEvents(request, metadata=metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _sync_error(exc, "PushEvents") from exc
+        d, b = _apply_answer(client, response)
+        pushed += len(rows)
+        dead += d
+        balances += b
+        acked_through = int(response.acked_through)
+        if response.HasField("latest_bundle"):
+            latest = response.latest_bundle
+        if acked_through < rows[-1][0]:
+            # The hub is missing an earlier event of ours (a gap it cannot close): stop rather
+            # than loop; the error says where.
+            errors.append(f"hub acknowledged through seq {acked_through}, batch ended at {rows[-1][0]}")
+            break
+    bundle_installed: BundleInfo | None = None
+    if download:
+        try:
+            if latest is None:
+                answer = stub.GetLatestBundle(sync_pb2.GetLatestBundleRequest(), metadata=metadata, timeout=timeout)
+                latest = answer.bundle if answer.HasField("bundle") else None
+            if latest is not None and _wants(client, latest):
+                path = _download(stub, client, latest, metadata=metadata, timeout=timeout)
+                bundle_installed = client.install_bundle(path)
+                path.unlink(missing_ok=True)
+        except grpc.RpcError as exc:
+            errors.append(str(_sync_error(exc, "GetLatestBundle")))
+        except NboError as exc:
+            errors.append(f"bundle: {exc}")
+    report = SyncReport(
+        pushed=pushed,
+        acked_through=acked_through,
+        dead_lettered=dead,
+        balances_updated=balances,
+        bundle_installed=bundle_installed,
+        errors=tuple(errors),
+    )
+    log.info("event=sync pushed=%d acked_through=%d dead=%d balances=%d bundle=%s errors=%d", pushed,
+             acked_through, dead, balances, bundle_installed.version if bundle_installed else "-", len(errors))
+    return report
+
+
+# -- retrying forever ------------------------------------------------------------------------
+
+
+def backoff_delay(attempt: int, *, initial: float = 1.0, cap: float = 300.0,
+                  rng: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, initial × 2^attempt)]."""
+    return rng() * min(cap, initial * (2 ** min(attempt, 62)))
+
+
+@dataclass
+class SyncLoop:
+    """Sync every ``interval`` seconds; after a failure retry with backoff; never give up.
+
+    ``sleep`` and ``rng`` are injectable so tests run without real waiting; ``stop`` ends the
+    loop at the next wait.
+    """
+
+    client: Client
+    target: str
+    token: str
+    interval: float = 60.0
+    initial_backoff: float = 1.0
+    max_backoff: float = 300.0
+    sleep: Callable[[float], None] = time.sleep
+    rng: Callable[[], float] = random.random
+    options: Mapping[str, Any] | None = None
+    on_report: Callable[[SyncReport], None] | None = None
+    on_error: Callable[[Exception, float], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.failures = 0
+        self.stop_event = threading.Event()
+        self._retry_in = 0.0
+
+    def next_delay(self) -> float:
+        """Seconds to wait before the next attempt: ``interval`` after a success, else backoff."""
+        return self.interval if self.failures == 0 else self._retry_in
+
+    def run_once(self) -> SyncReport | None:
+        """One attempt; returns the report, or None after a failure (counted for backoff)."""
+        try:
+            report = sync(self.client, self.target, token=self.token, **dict(self.options or {}))
+        except Exception as exc:  # never give up: every failure is retried with backoff
+            self.failures += 1
+            delay = self._retry_in = backoff_delay(self.failures - 1, initial=self.initial_backoff,
+                                                   cap=self.max_backoff, rng=self.rng)
+            log.warning("event=sync_failed attempt=%d retry_in_s=%.1f error=%s", self.failures, delay, exc)
+            if self.on_error is not None:
+                self.on_error(exc, delay)
+            return None
+        self.failures = 0
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
+
+    def run_forever(self, *, max_attempts: int | None = None) -> None:
+        """Loop until :meth:`stop` (or ``max_attempts``, for tests)."""
+        attempts = 0
+        while not self.stop_event.is_set():
+            self.run_once()
+            attempts += 1
+            if max_attempts is not None and attempts >= max_attempts:
+                return
+            if self.stop_event.is_set():
+                return
+            delay = self.next_delay()
+            if self.sleep is time.sleep:
+                self.stop_event.wait(delay)
+            else:
+                self.sleep(delay)
+
+    def stop(self) -> None:
+        """Ask :meth:`run_forever` to return at its next wait."""
+        self.stop_event.set()
+
+
+def run_forever(client: Client, target: str, *, token: str, **kwargs: Any) -> None:
+    """Run a :class:`SyncLoop` (keyword arguments as its fields) until interrupted."""
+    SyncLoop(client, target, token, **kwargs).run_forever()
