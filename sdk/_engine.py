@@ -1,13 +1,76 @@
-"""The decision pipeline. PLACEHOLDER: implemented by the decision-engine work (issue 4)."""
+"""``decide``: validate the request, read state, run the pure core, record the decision.
+
+The edges live here — the state store (profile, contact history, decision record and its
+event, all in one non-durable transaction whose clock reading is the decision's time) — and
+the pipeline itself is :func:`._policy.run_pipeline`. A decision receives exactly one
+:class:`~._runtime.LoadedBundle` reference and uses nothing else, so a concurrent bundle
+switch can never mix two bundles in one answer. Thread-safe: the bundle is immutable and
+every per-decision object is local.
+"""
 
 from __future__ import annotations
 
+import math
+import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from ._runtime import LoadedBundle
+from . import _contacts, _policy
+from ._errors import BundleError, InputError
+from ._runtime import DecisionPlan, LoadedBundle
 from ._store import StateStore
-from ._types import Decision
+from ._types import Decision, RankedOffer
+
+__all__ = ["MAX_LIMIT", "decide", "validate_mapping"]
+
+CUSTOMER_ID_MAX = 128
+MAX_LIMIT = 100
+
+
+def _check_value(value: Any, field: str) -> None:
+    if value is None or isinstance(value, str | bool):
+        return
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{field} must be a finite number, not {value!r}", field=field)
+        return
+    if isinstance(value, list | tuple):
+        if all(isinstance(v, str) for v in value):
+            return
+        raise InputError(f"{field} must be a list of strings", field=field)
+    raise InputError(
+        f"{field} has type {type(value).__name__}; expected str, int, float, bool, None or a list of str",
+        field=field,
+    )
+
+
+def validate_mapping(value: Any, name: str) -> dict[str, Any]:
+    """A caller's profile/context mapping, checked and copied; ``InputError`` names the field."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InputError(f"{name} must be a mapping, not {type(value).__name__}", field=name)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            raise InputError(f"{name} keys must be non-empty strings, not {key!r}", field=name)
+        _check_value(item, f"{name}.{key}")
+        out[key] = list(item) if isinstance(item, tuple) else item
+    return out
+
+
+def _validate(plan: DecisionPlan, customer_id: Any, channel: Any, limit: Any) -> None:
+    if not isinstance(customer_id, str) or not customer_id or len(customer_id) > CUSTOMER_ID_MAX:
+        raise InputError(
+            f"customer_id must be a non-empty string of at most {CUSTOMER_ID_MAX} characters", field="customer_id"
+        )
+    if not isinstance(channel, str) or channel not in plan.channels:
+        raise InputError(
+            f"unknown channel {channel!r}; this bundle knows {', '.join(sorted(plan.channels))}", field="channel"
+        )
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        raise InputError(f"limit must be an integer from 1 to {MAX_LIMIT}, not {limit!r}", field="limit")
 
 
 def decide(
@@ -21,4 +84,86 @@ def decide(
     limit: int,
     explain: bool,
 ) -> Decision:
-    raise NotImplementedError
+    """Rank ``bundle``'s offers for ``customer_id`` on ``channel`` and record the decision."""
+    plan = bundle.plan
+    if plan is None:
+        raise BundleError(f"bundle {bundle.info.name} v{bundle.info.version} was loaded without a decision plan")
+    _validate(plan, customer_id, channel, limit)
+    request_context = validate_mapping(context, "context")
+    overrides = validate_mapping(profile, "profile")
+    decision_id = str(uuid.uuid4())
+    info = bundle.info
+
+    with store.transaction() as tx:
+        now = tx.now
+        customer = dict(plan.default_profile)
+        customer.update(_contacts.load_profile(tx, customer_id))
+        customer.update(overrides)
+        when = datetime.fromtimestamp(now, tz=UTC)
+        request_context.update(channel=channel, hour=when.hour, weekday=when.weekday())
+        history = (
+            _contacts.contact_history(tx, customer_id, since=now - plan.max_window_seconds)
+            if plan.policies else []
+        )
+        outcome = _policy.run_pipeline(
+            plan,
+            customer=customer,
+            context=request_context,
+            channel=channel,
+            history=history,
+            now=now,
+            limit=limit,
+            explain=explain,
+            seed=decision_id,
+        )
+        ranked = [
+            RankedOffer(
+                offer_id=plan.offer_ids[s.index],
+                name=plan.names[s.index],
+                category=plan.categories[s.index],
+                propensity=s.propensity,
+                value=float(plan.value[s.index]),
+                strategy=outcome.strategy,
+                weight=s.weight,
+                lever=float(plan.lever[s.index]),
+                score=s.score,
+                mandatory=bool(plan.mandatory[s.index]),
+                fallback=bool(plan.fallback[s.index]),
+                selection_probability=s.selection_probability,
+            )
+            for s in outcome.shown
+        ]
+        _contacts.record_decision(
+            tx,
+            decision_id=decision_id,
+            customer_id=customer_id,
+            channel=channel,
+            bundle_name=info.name,
+            bundle_version=info.version,
+            strategy=outcome.strategy,
+            offers=[
+                {
+                    "offer_id": r.offer_id,
+                    "category": r.category,
+                    "rank": rank,
+                    "propensity": r.propensity,
+                    "value": r.value,
+                    "weight": r.weight,
+                    "lever": r.lever,
+                    "score": r.score,
+                    "selection_probability": r.selection_probability,
+                }
+                for rank, r in enumerate(ranked, start=1)
+            ],
+        )
+    return Decision(
+        decision_id=decision_id,
+        customer_id=customer_id,
+        channel=channel,
+        bundle_name=info.name,
+        bundle_version=info.version,
+        offers=ranked,
+        excluded=list(outcome.excluded) if explain else [],
+        strategy=outcome.strategy,
+        created_at=now,
+    )

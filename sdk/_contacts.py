@@ -1,0 +1,92 @@
+"""Profiles, contact history and decision records over the state-store seam.
+
+Written once against :class:`~._store.Tx` with portable SQL (``?`` placeholders, JSON as
+TEXT, epoch seconds as DOUBLE PRECISION), so a device's SQLite store and the gateway's hub
+store (SQLite or PostgreSQL) run the same code. Tables come from ``CORE_SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._errors import StateError
+from ._store import Tx
+
+__all__ = ["contact_history", "load_profile", "record_decision"]
+
+
+def load_profile(tx: Tx, customer_id: str) -> dict[str, Any]:
+    """The stored profile of ``customer_id``; empty when the customer is unknown."""
+    rows = tx.execute("SELECT profile FROM profiles WHERE customer_id = ?", (customer_id,))
+    if not rows:
+        return {}
+    try:
+        profile = json.loads(rows[0][0])
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise StateError(f"stored profile of customer {customer_id!r} is not valid JSON: {exc}") from exc
+    if not isinstance(profile, dict):
+        raise StateError(f"stored profile of customer {customer_id!r} is not a JSON object")
+    return profile
+
+
+def contact_history(tx: Tx, customer_id: str, *, since: float) -> list[tuple[str, str, str, str, float]]:
+    """The customer's contact events at or after ``since``: (offer_id, category, channel, event, ts)."""
+    rows = tx.execute(
+        "SELECT offer_id, category, channel, event, ts FROM contact_history WHERE customer_id = ? AND ts >= ?",
+        (customer_id, since),
+    )
+    return [(str(o), str(c), str(ch), str(e), float(ts)) for o, c, ch, e, ts in rows]
+
+
+def _json_number(value: float) -> float | None:
+    # JSON has no NaN/Infinity; a score part that is not finite is recorded as null
+    return value if math.isfinite(value) else None
+
+
+def record_decision(
+    tx: Tx,
+    *,
+    decision_id: str,
+    customer_id: str,
+    channel: str,
+    bundle_name: str,
+    bundle_version: int,
+    strategy: str,
+    offers: Sequence[Mapping[str, Any]],
+) -> None:
+    """Write the decision, a ``shown`` contact per offer, and the ``decision`` event, in ``tx``.
+
+    ``offers`` are the shown offers in rank order, each with ``offer_id``, ``category``,
+    ``rank``, ``propensity``, ``value``, ``weight``, ``lever``, ``score`` and
+    ``selection_probability`` (the event payload contract).
+    """
+    clean = [
+        {k: (_json_number(v) if isinstance(v, float) else v) for k, v in offer.items()} for offer in offers
+    ]
+    tx.execute(
+        "INSERT INTO decisions(decision_id, customer_id, channel, bundle_name, bundle_version, created_at, offers)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (decision_id, customer_id, channel, bundle_name, bundle_version, tx.now,
+         json.dumps(clean, separators=(",", ":"))),
+    )
+    for offer in clean:
+        tx.execute(
+            "INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts, decision_id)"
+            " VALUES (?, ?, ?, ?, 'shown', ?, ?)",
+            (customer_id, offer["offer_id"], offer["category"], channel, tx.now, decision_id),
+        )
+    tx.append_event(
+        "decision",
+        {
+            "decision_id": decision_id,
+            "customer_id": customer_id,
+            "channel": channel,
+            "bundle_name": bundle_name,
+            "bundle_version": bundle_version,
+            "strategy": strategy,
+            "offers": clean,
+        },
+    )

@@ -1,0 +1,428 @@
+"""The pure decision core: candidates → rules → contact policies → propensity → score → rank.
+
+Plain functions over a :class:`~._runtime.DecisionPlan` and plain data: no SQLite, no clock,
+no randomness of its own (time and the exploration seed are passed in). The ONNX sessions
+inside the plan are in-memory compute, called once per model per decision with every
+remaining candidate of that model.
+
+Hot-path notes: candidates travel as numpy boolean masks / index arrays over the bundle's
+offers, not as per-offer dicts; customer and context values are converted for CEL once per
+decision (only the fields expressions read), and model inputs are the bundle's precomputed
+offer columns row-selected by index plus broadcast customer/context columns.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _rules
+from ._errors import ModelError
+from ._runtime import DecisionPlan, ModelPlan, PolicyPlan, RulePlan, to_float, to_string
+from ._types import Exclusion
+
+__all__ = [
+    "HistoryRow",
+    "Outcome",
+    "Shown",
+    "candidate_mask",
+    "explore",
+    "model_feeds",
+    "policy_blocked",
+    "rank_probability",
+    "run_pipeline",
+]
+
+HistoryRow = tuple[str, str, str, str, float]
+"""(offer_id, category, channel, event, ts) from the customer's contact history."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """One offer of the answer, by its index in the plan, with every part of its score."""
+
+    index: int
+    propensity: float
+    weight: float
+    score: float
+    selection_probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the pipeline decided: the shown offers in rank order, the strategy, the exclusions."""
+
+    shown: tuple[Shown, ...]
+    strategy: str
+    excluded: tuple[Exclusion, ...]
+    explored: bool
+
+
+# -- stage 1: candidates -----------------------------------------------------------------
+
+
+def candidate_mask(plan: DecisionPlan, channel: str, now: float) -> np.ndarray:
+    """Offers valid at ``now`` (valid_from ≤ now < valid_to) and offered on ``channel``."""
+    return plan.channel_masks[channel] & (plan.valid_from <= now) & (now < plan.valid_to)
+
+
+# -- stage 2: rules ----------------------------------------------------------------------
+
+
+def _exclusion(plan: DecisionPlan, i: int, rule: RulePlan, failure: str | None) -> Exclusion:
+    return Exclusion(
+        offer_id=plan.offer_ids[i],
+        rule_id=rule.rule_id,
+        kind=rule.kind,
+        description=rule.description if failure is None else f"rule failed: {failure}",
+    )
+
+
+def _eval_candidate(
+    plan: DecisionPlan,
+    rule: RulePlan,
+    i: int,
+    program: Any,
+    cel_ctx: Any,
+    cel_ctx_error: str | None,
+    customer_proj: Mapping[str, Any],
+    context_proj: Mapping[str, Any],
+) -> tuple[bool, str | None]:
+    """(passed, failure message) of a mixed rule on offer ``i``."""
+    try:
+        if cel_ctx is None:
+            raise _rules.RuleFailure(cel_ctx_error or "no data")
+        if program is not None:
+            return _rules.evaluate(program, cel_ctx), None
+        # an offer whose data could not be baked into a program: the slow, dict path
+        return _rules.evaluate(rule.program, {
+            "customer": customer_proj,
+            "context": context_proj,
+            "offer": _rules.project(plan.offer_maps[i], rule.offer_fields),
+        }), None
+    except _rules.RuleFailure as exc:
+        return False, str(exc)
+
+
+def _apply_rules(
+    plan: DecisionPlan,
+    alive: np.ndarray,
+    cel_ctx: Any,
+    cel_ctx_error: str | None,
+    customer_proj: Mapping[str, Any],
+    context_proj: Mapping[str, Any],
+    explain: bool,
+    excluded: list[tuple[int, int, int, Exclusion]],
+) -> np.ndarray:
+    """Apply every rule kind; return the surviving mask. ``excluded`` gets (offer, stage, order, why)."""
+    candidates = alive
+    if explain and plan.static_exclusions:
+        for i in np.flatnonzero(candidates & ~plan.static_ok).tolist():
+            for rule_index, message in plan.static_exclusions[i]:
+                excluded.append((i, 0, rule_index, _exclusion(plan, i, plan.rules[rule_index], message)))
+    alive = candidates & plan.static_ok
+
+    for rule in plan.decision_rules:
+        if not (candidates & rule.applies).any():
+            continue
+        failure: str | None = None
+        ok: bool
+        try:
+            if cel_ctx is None:
+                raise _rules.RuleFailure(cel_ctx_error or "no data")
+            ok = _rules.evaluate(rule.program, cel_ctx)
+        except _rules.RuleFailure as exc:
+            ok, failure = False, str(exc)
+        if not ok:
+            if explain:
+                for i in np.flatnonzero(candidates & rule.applies).tolist():
+                    excluded.append((i, 0, rule.index, _exclusion(plan, i, rule, failure)))
+            alive = alive & ~rule.applies
+
+    # Offers with the same projection share one specialised program: evaluate it once.
+    memo: dict[int, tuple[bool, str | None]] = {}
+    for rule in plan.candidate_rules:
+        targets = np.flatnonzero(alive & rule.applies)
+        if len(targets) == 0:
+            continue
+        alive = alive.copy()
+        for i in targets.tolist():
+            program = rule.specialized[i]
+            key = id(program) if program is not None else -1 - i
+            verdict = memo.get(key)
+            if verdict is None:
+                verdict = _eval_candidate(plan, rule, i, program, cel_ctx, cel_ctx_error, customer_proj, context_proj)
+                if program is not None:
+                    memo[key] = verdict
+            if not verdict[0]:
+                alive[i] = False
+                if explain:
+                    excluded.append((i, 0, rule.index, _exclusion(plan, i, rule, verdict[1])))
+    return alive
+
+
+# -- stage 3: contact policies -------------------------------------------------------------
+
+
+def policy_blocked(policy: PolicyPlan, history: Sequence[HistoryRow], now: float) -> tuple[set[str], bool]:
+    """Scope keys (offer ids or categories) whose count reached ``max_count``; and "all blocked".
+
+    Counts the customer's ``policy.event`` rows in the last ``window_seconds`` on
+    ``policy.channel`` (any channel when empty).
+    """
+    if policy.max_count <= 0:
+        return set(), True
+    since = now - policy.window_seconds
+    counts: dict[str, int] = {}
+    total = 0
+    for offer_id, category, channel, event, ts in history:
+        if event != policy.event or ts < since or ts > now:
+            continue
+        if policy.channel and channel != policy.channel:
+            continue
+        total += 1
+        if policy.scope == "offer":
+            counts[offer_id] = counts.get(offer_id, 0) + 1
+        elif policy.scope == "category":
+            counts[category] = counts.get(category, 0) + 1
+    if policy.scope == "all":
+        return set(), total >= policy.max_count
+    return {k for k, c in counts.items() if c >= policy.max_count}, False
+
+
+def _apply_policies(
+    plan: DecisionPlan,
+    alive: np.ndarray,
+    history: Sequence[HistoryRow],
+    now: float,
+    explain: bool,
+    excluded: list[tuple[int, int, int, Exclusion]],
+) -> np.ndarray:
+    out = alive
+    for order, policy in enumerate(plan.policies):
+        keys, everything = policy_blocked(policy, history, now)
+        if not keys and not everything:
+            continue
+        hit = alive & policy.applies
+        if not everything:
+            by_key = np.zeros(len(plan.offer_ids), dtype=bool)
+            if policy.scope == "offer":
+                for key in keys:
+                    pos = plan.offer_position.get(key)
+                    if pos is not None:
+                        by_key[pos] = True
+            else:
+                for pos, cat in enumerate(plan.category_names):
+                    if cat in keys:
+                        by_key |= plan.category_index == pos
+            hit = hit & by_key
+        if not hit.any():
+            continue
+        out = out & ~hit
+        if explain:
+            for i in np.flatnonzero(hit).tolist():
+                excluded.append((i, 1, order, Exclusion(
+                    offer_id=plan.offer_ids[i], rule_id=policy.policy_id, kind="communication",
+                    description=policy.description,
+                )))
+    return out
+
+
+# -- stage 4: propensity ----------------------------------------------------------------
+
+
+def _broadcast(value: Any, dtype: str, n: int) -> np.ndarray:
+    if dtype == "string":
+        return np.full((n, 1), to_string(value), dtype=object)
+    if dtype == "int64":
+        from ._runtime import to_int
+
+        return np.full((n, 1), to_int(value), dtype=np.int64)
+    return np.full((n, 1), to_float(value), dtype=np.float32 if dtype == "float" else np.float64)
+
+
+def model_feeds(
+    model: ModelPlan, rows: np.ndarray, customer: Mapping[str, Any], context: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """ONNX feeds for ``rows`` (offer indices): precomputed offer columns + broadcast values."""
+    n = len(rows)
+    feeds: dict[str, np.ndarray] = {}
+    for inp in model.inputs:
+        if inp.source == "offer":
+            feeds[inp.name] = model.offer_columns[inp.name][rows]
+        else:
+            source = customer if inp.source == "customer" else context
+            feeds[inp.name] = _broadcast(source.get(inp.field), inp.dtype, n)
+    return feeds
+
+
+def propensities(
+    plan: DecisionPlan, rows: np.ndarray, customer: Mapping[str, Any], context: Mapping[str, Any]
+) -> np.ndarray:
+    """P(accept) for each offer index in ``rows``: one batched call per model; no model → 1.0."""
+    out = np.ones(len(rows), dtype=np.float64)
+    if len(rows) == 0 or not plan.models:
+        return out
+    which = plan.model_index[rows]
+    for k in np.unique(which):
+        if k < 0:
+            continue
+        model = plan.models[k]
+        sel = which == k
+        feeds = model_feeds(model, rows[sel], customer, context)
+        try:
+            probs = model.session.run([model.output_name], feeds)[0]
+        except Exception as exc:  # onnxruntime's exception types must not reach callers
+            raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
+        col = np.asarray(probs, dtype=np.float64)[:, -1]
+        out[sel] = np.clip(np.nan_to_num(col, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    return out
+
+
+# -- stage 5: strategy, score and rank ---------------------------------------------------------
+
+
+def choose_strategy(plan: DecisionPlan, cel_ctx: Any) -> str:
+    """The first strategy whose condition holds for this customer; "" when none does."""
+    if cel_ctx is None:
+        return ""
+    for program, strategy in plan.strategy_conditions:
+        try:
+            if _rules.evaluate(program, cel_ctx):
+                return strategy
+        except _rules.RuleFailure:
+            continue  # a condition that cannot be evaluated on this customer does not match
+    return ""
+
+
+def rank_probability(i: int, r: int, k: int, epsilon: float) -> float:
+    """P(the offer ranked ``i``-th by score is shown at rank ``r``), both 1-based, among ``k``.
+
+    The policy: with probability 1-ε the score order; with probability ε one of the other
+    k-1 offers, chosen uniformly, is promoted to rank 1 and the rest keep their order.
+    """
+    if k <= 1 or epsilon <= 0.0:
+        return 1.0 if i == r else 0.0
+    m = k - 1
+    if r == 1:
+        return 1.0 - epsilon if i == 1 else epsilon / m
+    p = 0.0
+    if i == r:  # not promoted: exploit, or an offer j with 2 ≤ j < r was promoted
+        p += (1.0 - epsilon) + epsilon * (r - 2) / m
+    if i == r - 1:  # pushed down one place by a promoted offer j ≥ r
+        p += epsilon * (k - r + 1) / m
+    return p
+
+
+def explore(k: int, epsilon: float, rng: random.Random) -> int | None:
+    """The 0-based position of the offer to promote to the top, or None (no exploration)."""
+    if k <= 1 or epsilon <= 0.0:
+        return None
+    if rng.random() >= epsilon:
+        return None
+    return 1 + rng.randrange(k - 1)
+
+
+def _ordered(plan: DecisionPlan, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Positions into ``rows``: mandatory first, then score descending, ties by offer_id."""
+    # offers are stored sorted by offer_id, so the offer index is the tie-break key
+    return np.lexsort((rows, -scores, ~plan.mandatory[rows]))
+
+
+# -- the whole pipeline -------------------------------------------------------------------------
+
+
+def run_pipeline(
+    plan: DecisionPlan,
+    *,
+    customer: Mapping[str, Any],
+    context: Mapping[str, Any],
+    channel: str,
+    history: Sequence[HistoryRow],
+    now: float,
+    limit: int,
+    explain: bool,
+    seed: str,
+) -> Outcome:
+    """Decide: every stage of DESIGN §2 in order. Pure given its arguments (``seed`` drives ε)."""
+    excluded: list[tuple[int, int, int, Exclusion]] = []
+    alive = candidate_mask(plan, channel, now)
+
+    customer_proj: dict[str, Any] = {}
+    context_proj: dict[str, Any] = {}
+    cel_ctx: Any = None
+    cel_error: str | None = None
+    if plan.needs_cel:
+        customer_proj = _rules.project(customer, plan.customer_fields)
+        context_proj = _rules.project(context, plan.context_fields)
+        try:
+            cel_ctx = _rules.new_context({"customer": customer_proj, "context": context_proj})
+        except _rules.RuleFailure as exc:
+            cel_error = str(exc)
+
+    if alive.any():
+        alive = _apply_rules(plan, alive, cel_ctx, cel_error, customer_proj, context_proj, explain, excluded)
+    if plan.policies and history and alive.any():
+        alive = _apply_policies(plan, alive, history, now, explain, excluded)
+
+    strategy = choose_strategy(plan, cel_ctx)
+    weights_by_category = plan.strategy_weights.get(strategy)
+
+    rows = np.flatnonzero(alive)
+    normal = rows[~plan.fallback[rows]]
+    pool = normal if len(normal) else rows  # fallback offers only when nothing else is left
+    prop = propensities(plan, pool, customer, context)
+    if weights_by_category is None:
+        weight = np.ones(len(pool), dtype=np.float64)
+    else:
+        weight = weights_by_category[plan.category_index[pool]]
+    scores = prop * plan.value[pool] * weight * plan.lever[pool]
+    order = _ordered(plan, pool, scores)
+
+    mandatory_count = int(plan.mandatory[pool].sum())
+    head, tail = order[:mandatory_count], order[mandatory_count:]
+    k = len(tail)
+    epsilon = plan.epsilon
+    promoted = explore(k, epsilon, random.Random(seed)) if epsilon > 0 else None
+    if promoted is not None:
+        tail = np.concatenate(([tail[promoted]], tail[:promoted], tail[promoted + 1:]))
+
+    shown: list[Shown] = []
+    for rank, pos in enumerate(np.concatenate((head, tail))[:limit], start=1):
+        if rank <= mandatory_count:
+            probability = 1.0
+        else:
+            r = rank - mandatory_count
+            if promoted is None:
+                i = r
+            elif r == 1:
+                i = promoted + 1
+            elif r <= promoted + 1:
+                i = r - 1
+            else:
+                i = r
+            probability = rank_probability(i, r, k, epsilon)
+        shown.append(Shown(
+            index=int(pool[pos]),
+            propensity=float(prop[pos]),
+            weight=float(weight[pos]),
+            score=float(scores[pos]),
+            selection_probability=probability,
+        ))
+
+    excluded.sort(key=lambda e: (e[0], e[1], e[2]))
+    return Outcome(
+        shown=tuple(shown),
+        strategy=strategy,
+        excluded=tuple(e[3] for e in excluded),
+        explored=promoted is not None,
+    )
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
