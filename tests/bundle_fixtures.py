@@ -130,3 +130,81 @@ def make_bundle(
         extra_files=extra_files,
     )
     return out
+
+
+# -- tampering: rewrite a bundle zip the way an attacker or a bad download would -------------
+
+
+def rewrite_zip(
+    src: Path,
+    dst: Path,
+    *,
+    replace: Mapping[str, bytes] | None = None,
+    add: Mapping[str, bytes] | None = None,
+    remove: Sequence[str] = (),
+    symlinks: Sequence[str] = (),
+) -> Path:
+    """Copy a zip entry by entry, replacing, adding (any name, even ``../x``) or removing entries."""
+    import warnings
+    import zipfile
+
+    replace = dict(replace or {})
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns on duplicate names; duplicates are the point
+            for info in zin.infolist():
+                if info.filename in remove:
+                    continue
+                data = replace.get(info.filename, zin.read(info))
+                zout.writestr(info, data)
+            for name, data in (add or {}).items():
+                entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                if name in symlinks:
+                    entry.external_attr = (0o120777 << 16)
+                zout.writestr(entry, data)
+    return dst
+
+
+def read_member(bundle: Path, name: str) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as zf:
+        return zf.read(name)
+
+
+def flip_byte(data: bytes, index: int | None = None) -> bytes:
+    """``data`` with one byte changed (in the middle unless ``index`` is given)."""
+    i = len(data) // 2 if index is None else index
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+
+
+def flip_stored_byte(src: Path, dst: Path, member: str) -> Path:
+    """Flip one byte of ``member``'s compressed data in the raw zip file (bit rot / bad download)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(src) as zf:
+        info = zf.getinfo(member)
+    raw = bytearray(src.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.compress_size // 2] ^= 0x01
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def resign(src: Path, dst: Path, *, key: Path, mutate: Any) -> Path:
+    """Change the manifest with ``mutate(manifest_dict)`` and sign it again with ``key``.
+
+    Models a bundle made by a trusted but different (e.g. future or careless) builder.
+    """
+    import json
+
+    from nbo.sdk._keys import load_private_key, sign_manifest
+
+    manifest = json.loads(read_member(src, "manifest.json"))
+    mutate(manifest)
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    sig = sign_manifest(load_private_key(key), manifest_bytes)
+    return rewrite_zip(src, dst, replace={"manifest.json": manifest_bytes, "manifest.sig": sig})
