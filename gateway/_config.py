@@ -22,6 +22,10 @@
     key = "tls/server.key"
     client_ca = "tls/ca.crt"
 
+    [metrics]                           # optional; Prometheus /metrics over HTTP
+    port = 9464                         # 0 = any free port
+    addr = "127.0.0.1"                  # default; "0.0.0.0" to expose it
+
 Unknown tables or keys are errors (a typo must not silently switch security off). Plain
 tokens are hashed on load; only SHA-256 digests are kept in memory.
 """
@@ -41,11 +45,12 @@ from nbo.sdk._errors import ConfigError
 __all__ = ["ROLES", "GatewayConfig", "TokenSpec", "load_config", "parse_config"]
 
 ROLES = frozenset({"app", "device", "publisher"})
-_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls"})
+_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "metrics"})
 _TOKEN_KEYS = frozenset({"token", "token_sha256", "role", "device_id"})
 _TRUST_KEYS = frozenset({"keys"})
 _HUB_KEYS = frozenset({"db"})
 _TLS_KEYS = frozenset({"cert", "key", "client_ca"})
+_METRICS_KEYS = frozenset({"port", "addr"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +76,9 @@ class GatewayConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    metrics_port: int | None = None
+    """Port of the Prometheus ``/metrics`` endpoint; ``None`` = no endpoint."""
+    metrics_addr: str = "127.0.0.1"
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -85,6 +93,7 @@ class GatewayConfig:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         client_ca: Path | None = None,
+        metrics_port: int | None = None,
     ) -> GatewayConfig:
         """A copy with command-line flags taking precedence over the file."""
         updated = replace(
@@ -93,7 +102,10 @@ class GatewayConfig:
             tls_cert=tls_cert if tls_cert is not None else self.tls_cert,
             tls_key=tls_key if tls_key is not None else self.tls_key,
             client_ca=client_ca if client_ca is not None else self.client_ca,
+            metrics_port=metrics_port if metrics_port is not None else self.metrics_port,
         )
+        if updated.metrics_port is not None and not 0 <= updated.metrics_port <= 65535:
+            raise ConfigError("--metrics-port must be between 0 and 65535")
         _check_tls(updated.tls_cert, updated.tls_key, updated.client_ca, where="options")
         if updated.hub_db is not None:
             _check_db_url(updated.hub_db, where="--hub-db")
@@ -149,6 +161,17 @@ def parse_config(
         paths[key] = _path(base, value) if value else None
     _check_tls(paths["cert"], paths["key"], paths["client_ca"], where=where)
 
+    metrics = _table(data, "metrics", where)
+    _unknown(metrics, _METRICS_KEYS, where, prefix="metrics.")
+    metrics_port = metrics.get("port")
+    if metrics_port is not None and (
+        isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or not 0 <= metrics_port <= 65535
+    ):
+        raise ConfigError(f"{where}: metrics.port must be an integer between 0 and 65535")
+    metrics_addr = metrics.get("addr", "127.0.0.1")
+    if not isinstance(metrics_addr, str) or not metrics_addr:
+        raise ConfigError(f"{where}: metrics.addr must be a host address")
+
     return GatewayConfig(
         tokens=tokens,
         trusted_keys=trusted,
@@ -156,6 +179,8 @@ def parse_config(
         tls_cert=paths["cert"],
         tls_key=paths["key"],
         client_ca=paths["client_ca"],
+        metrics_port=metrics_port,
+        metrics_addr=metrics_addr,
         source=source,
     )
 

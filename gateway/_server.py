@@ -34,11 +34,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nbo.sdk._clock import Clock
 from nbo.sdk._errors import ConfigError
-from nbo.v1 import sync_pb2, sync_pb2_grpc
+from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2, publish_pb2_grpc, sync_pb2, sync_pb2_grpc
 
 from ._auth import Authenticator, AuthInterceptor
 from ._config import GatewayConfig
+from ._decision_service import DecisionServicer
+from ._engine_host import EngineHost
 from ._hub import HubStore
+from ._hub_state import HubStateStore
+from ._metrics import GatewayMetrics, MetricsInterceptor
+from ._publish_service import PublishServicer
 from ._sync_service import SyncServicer
 
 __all__ = ["SERVER_OPTIONS", "GatewayServer", "create_server", "serve"]
@@ -73,6 +78,10 @@ class GatewayServer:
         self.hub = hub
         self.health = health_servicer
         self._closers = closers
+        # Set by create_server: the gateway's engine, its metrics and the /metrics port.
+        self.engine: EngineHost | None = None
+        self.metrics: GatewayMetrics | None = None
+        self.metrics_port: int | None = None
         self._stopped = threading.Event()
         self._closed = False
         self._lock = threading.Lock()
@@ -138,28 +147,54 @@ def create_server(
     max_workers: int = 16,
     clock: Clock | None = None,
     hub_schema: str | None = None,
+    bundle_poll_seconds: float = 5.0,
 ) -> tuple[GatewayServer, int]:
     """Build (not start) the gateway bound to ``listen``; returns the server and its port.
 
     ``hub_schema`` keeps a PostgreSQL hub's tables in their own schema (tests).
+    ``bundle_poll_seconds``: how often the engine looks for a bundle another replica published
+    (0 = never). The Prometheus endpoint starts here when ``config.metrics_port`` is set.
     """
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     credentials = _credentials(config)
     hub = HubStore.open(config.hub_db, state_dir=state, clock=clock, schema=hub_schema)
+    closers: list[Callable[[], None]] = []
     try:
         auth = Authenticator(config.tokens)
+        metrics = GatewayMetrics()
+        engine = EngineHost(
+            state / "engine-bundles",
+            trusted_keys=config.trusted_keys,
+            clock=clock,
+            on_switch=lambda info: metrics.bundle_version.set(info.version),
+        )
+        hub_state = HubStateStore(hub, clock=clock, on_events=lambda events: metrics.events_ingested.labels(
+            "app").inc(len(events)))
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbo-rpc"),
-            interceptors=[AuthInterceptor(auth)],
+            # Metrics outermost, so refused (unauthenticated) calls are counted too.
+            interceptors=[MetricsInterceptor(metrics), AuthInterceptor(auth)],
             options=list(SERVER_OPTIONS),
             maximum_concurrent_rpcs=max_workers * 8,
         )
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
-        services = [sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name]
+        services = [
+            sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name,
+            decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
+            publish_pb2.DESCRIPTOR.services_by_name["PublishService"].full_name,
+        ]
         sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(hub, auth), server)
+        decision_pb2_grpc.add_DecisionServiceServicer_to_server(
+            DecisionServicer(engine=engine, state=hub_state, metrics=metrics), server
+        )
+        publish_pb2_grpc.add_PublishServiceServicer_to_server(
+            PublishServicer(engine=engine, hub=hub, spool_dir=state / "publish-spool"), server
+        )
+        if bundle_poll_seconds > 0:
+            closers.append(_start_bundle_poller(engine, hub, bundle_poll_seconds))
 
         for name in ("", *services):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -174,10 +209,47 @@ def create_server(
             raise ConfigError(f"cannot listen on {listen}: {exc}") from exc
         if port == 0:
             raise ConfigError(f"cannot listen on {listen}")
+        metrics_port = None
+        if config.metrics_port is not None:
+            try:
+                metrics_port = metrics.start_http(config.metrics_port, addr=config.metrics_addr)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on {config.metrics_addr}:{config.metrics_port}: {exc.strerror or exc}"
+                ) from exc
+            closers.append(metrics.stop_http)
     except BaseException:
+        for close in closers:
+            close()
         hub.close()
         raise
-    return GatewayServer(server, port=port, hub=hub, health_servicer=health_servicer), port
+    gateway = GatewayServer(server, port=port, hub=hub, health_servicer=health_servicer, closers=tuple(closers))
+    gateway.engine, gateway.metrics, gateway.metrics_port = engine, metrics, metrics_port
+    return gateway, port
+
+
+def _start_bundle_poller(engine: EngineHost, hub: HubStore, interval: float) -> Callable[[], None]:
+    """Follow the hub's bundle registry so a bundle published to another replica is served here too."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval):
+            try:
+                active = engine.active
+                latest = hub.latest_bundle(active.info.name if active is not None else None)
+                if latest is not None:
+                    engine.refresh((latest.name, latest.version, latest.path))
+            except Exception as exc:  # a poll must never kill the thread; the next one retries
+                log.warning("event=bundle_poll_failed error=%s", type(exc).__name__)
+
+    thread = threading.Thread(target=run, name="nbo-bundle-poll", daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join(timeout=5)
+
+    return close
 
 
 def serve(
@@ -193,6 +265,8 @@ def serve(
     server.start()
     host = listen.rsplit(":", 1)[0]
     log.info("event=listening address=%s:%d tls=%s mtls=%s", host, port, config.tls, config.client_ca is not None)
+    if server.metrics_port is not None:
+        log.info("event=metrics address=%s:%d path=/metrics", config.metrics_addr, server.metrics_port)
     if ready is not None:
         ready(port)
 

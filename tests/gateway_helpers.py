@@ -1,0 +1,238 @@
+"""Helpers for the gateway tests: a configured gateway on 127.0.0.1:0, tokens, stubs, publishing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from bundle_fixtures import make_bundle, make_keys, small_catalog
+from nbo.gateway import GatewayServer, create_server, parse_config
+from nbo.sdk._clock import Clock
+from nbo.v1 import decision_pb2_grpc, publish_pb2, publish_pb2_grpc, sync_pb2_grpc
+
+APP_TOKEN = "app-token-0123456789"
+DEVICE_TOKEN = "device-token-pos-1"
+DEVICE2_TOKEN = "device-token-pos-2"
+PUBLISHER_TOKEN = "publisher-token-abcdef"
+
+TOKENS: dict[str, str] = {"app": APP_TOKEN, "device": DEVICE_TOKEN, "publisher": PUBLISHER_TOKEN}
+
+
+def auth(token: str) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying a bearer token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+APP = auth(APP_TOKEN)
+DEVICE = auth(DEVICE_TOKEN)
+PUBLISHER = auth(PUBLISHER_TOKEN)
+
+
+def config_data(
+    *, trusted_key: Path, hub_db: str | None = None, extra: Mapping[str, Any] | None = None, hashed_app: bool = False
+) -> dict[str, Any]:
+    """A gateway configuration mapping (what the TOML file would hold)."""
+    app: dict[str, Any] = (
+        {"token_sha256": hashlib.sha256(APP_TOKEN.encode()).hexdigest(), "role": "app"}
+        if hashed_app
+        else {"token": APP_TOKEN, "role": "app"}
+    )
+    data: dict[str, Any] = {
+        "tokens": [
+            app,
+            {"token": DEVICE_TOKEN, "role": "device", "device_id": "pos-1"},
+            {"token": DEVICE2_TOKEN, "role": "device", "device_id": "pos-2"},
+            {"token": PUBLISHER_TOKEN, "role": "publisher"},
+        ],
+        "trust": {"keys": [str(trusted_key)]},
+    }
+    if hub_db is not None:
+        data["hub"] = {"db": hub_db}
+    for key, value in (extra or {}).items():
+        data[key] = value
+    return data
+
+
+def toml_text(data: Mapping[str, Any]) -> str:
+    """A tiny TOML writer for the configuration mappings above (strings, ints, lists, tables)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(type(v))
+
+    lines: list[str] = []
+    for token in data.get("tokens", []):
+        lines.append("[[tokens]]")
+        lines.extend(f"{k} = {value(v)}" for k, v in token.items())
+        lines.append("")
+    for table, body in data.items():
+        if table == "tokens":
+            continue
+        lines.append(f"[{table}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in body.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class Gateway:
+    """A started in-process gateway and a channel to it."""
+
+    server: GatewayServer
+    port: int
+    channel: grpc.Channel
+    state_dir: Path
+
+    @property
+    def decision(self) -> decision_pb2_grpc.DecisionServiceStub:
+        return decision_pb2_grpc.DecisionServiceStub(self.channel)
+
+    @property
+    def sync(self) -> sync_pb2_grpc.SyncServiceStub:
+        return sync_pb2_grpc.SyncServiceStub(self.channel)
+
+    @property
+    def publisher(self) -> publish_pb2_grpc.PublishServiceStub:
+        return publish_pb2_grpc.PublishServiceStub(self.channel)
+
+
+@contextmanager
+def running_gateway(
+    state_dir: Path,
+    data: Mapping[str, Any],
+    *,
+    clock: Clock | None = None,
+    hub_schema: str | None = None,
+    channel_factory: Any = None,
+    bundle_poll_seconds: float = 0,
+) -> Iterator[Gateway]:
+    """Build, start and finally stop (drained) a gateway from a configuration mapping."""
+    config = parse_config(data, base_dir=state_dir)
+    server, port = create_server(
+        config,
+        state_dir=state_dir,
+        listen="127.0.0.1:0",
+        clock=clock,
+        hub_schema=hub_schema,
+        bundle_poll_seconds=bundle_poll_seconds,
+    )
+    server.start()
+    channel = (
+        channel_factory(f"127.0.0.1:{port}") if channel_factory is not None else grpc.insecure_channel(f"127.0.0.1:{port}")
+    )
+    try:
+        yield Gateway(server=server, port=port, channel=channel, state_dir=state_dir)
+    finally:
+        channel.close()
+        server.stop(grace=2).wait(10)
+
+
+def publish_chunks(data: bytes, *, chunk: int = 64 * 1024, filename: str = "bundle.zip",
+                   sha256: str | None = None, total_size: int | None = None) -> Iterator[publish_pb2.PublishChunk]:
+    """The client stream of one upload."""
+    meta = publish_pb2.PublishMetadata(
+        filename=filename,
+        total_size=len(data) if total_size is None else total_size,
+        sha256=hashlib.sha256(data).hexdigest() if sha256 is None else sha256,
+    )
+    first = publish_pb2.PublishChunk(metadata=meta, data=data[:chunk])
+    yield first
+    for start in range(chunk, len(data), chunk):
+        yield publish_pb2.PublishChunk(data=data[start:start + chunk])
+
+
+def publish(gateway: Gateway, path: Path, *, token: str = PUBLISHER_TOKEN) -> publish_pb2.PublishBundleResponse:
+    """Upload a bundle through PublishService."""
+    response: publish_pb2.PublishBundleResponse = gateway.publisher.PublishBundle(
+        publish_chunks(path.read_bytes()), metadata=auth(token), timeout=60
+    )
+    return response
+
+
+def policy_catalog(*, max_shows: int = 2, window_days: float = 7) -> dict[str, Any]:
+    """The small test catalog with an "at most N shows a week" contact policy on every offer."""
+    catalog = small_catalog()
+    catalog["exploration"] = {"epsilon": 0.0}
+    catalog["contact_policies"] = [
+        {
+            "policy_id": "max_shows_week",
+            "applies_to": "*",
+            "scope": "offer",
+            "event": "shown",
+            "max_count": max_shows,
+            "window_days": window_days,
+            "description": f"at most {max_shows} shows a week",
+        }
+    ]
+    return catalog
+
+
+@dataclass
+class BundleKit:
+    """Signing keys and bundles built with them."""
+
+    key: Path
+    pub: Path
+    directory: Path
+
+    def bundle(self, version: int, *, catalog: Mapping[str, Any] | None = None, name: str = "small") -> Path:
+        return make_bundle(self.directory / f"v{version}", key=self.key, version=version, name=name,
+                           catalog=catalog, created_at="2026-01-01T00:00:00Z")
+
+
+def bundle_kit(directory: Path) -> BundleKit:
+    key, pub = make_keys(directory / "keys")
+    return BundleKit(key=key, pub=pub, directory=directory / "bundles")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve_process(
+    state_dir: Path, config_path: Path, *, port: int, extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `nbo serve` in its own process (same interpreter as the tests)."""
+    args = [sys.executable, "-m", "nbo.sdk._cli", "serve", "--state", str(state_dir), "--listen",
+            f"127.0.0.1:{port}", "--config", str(config_path), *extra_args]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+
+
+def wait_serving(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until the health service of the gateway on ``port`` answers SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"nbo serve exited with {proc.returncode}: {err.decode()[-2000:]}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise AssertionError(f"gateway on port {port} did not become ready in {timeout}s")
