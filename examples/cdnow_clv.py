@@ -21,7 +21,6 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-
 from nbo.model_export import derive_features, train_propensity
 
 DATA = Path(__file__).resolve().parent / "data" / "cdnow" / "CDNOW_master.txt"
