@@ -35,6 +35,7 @@ Semantics (also in ``docs/ledger.md``):
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +46,7 @@ from ._errors import InputError, LedgerError
 from ._records import (
     KEY_MAX,
     UnknownReferenceError,
-    canonical_json,
-    check_id,
+        check_id,
     check_instant,
     check_int,
     check_text,
@@ -65,6 +65,7 @@ __all__ = [
     "available_lots",
     "award",
     "balance",
+    "balance_in",
     "entries",
     "entry_from_payload",
     "entry_to_payload",
@@ -80,19 +81,20 @@ KINDS = frozenset({"award", "redeem", "reverse", "expire"})
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS ledger_entries(
-        entry_id TEXT PRIMARY KEY,        -- uuid4
+        entry_id TEXT PRIMARY KEY,        -- UUID v5 of (store identity, idempotency key)
         customer_id TEXT NOT NULL,
         kind TEXT NOT NULL,               -- award | redeem | reverse | expire
         points BIGINT NOT NULL,           -- signed: awards +, redemptions and expiries -
         reason TEXT NOT NULL,
-        idempotency_key TEXT NOT NULL UNIQUE,
+        idempotency_key TEXT NOT NULL,    -- unique per store through entry_id (see _entry_id)
         created_at DOUBLE PRECISION NOT NULL,
         expires_at DOUBLE PRECISION,      -- awards only
         reverses TEXT,                    -- reverse: the entry reversed; expire: the lot expired
-        seq BIGINT NOT NULL,              -- seq of the event that carried it (device outbox seq)
-        request TEXT NOT NULL)            -- canonical JSON of the call, for idempotency checks""",
+        seq BIGINT NOT NULL)              -- seq of the event that carried it (device outbox seq)""",
     "CREATE INDEX IF NOT EXISTS ledger_by_customer ON ledger_entries(customer_id, seq)",
-    "CREATE INDEX IF NOT EXISTS ledger_by_reverses ON ledger_entries(reverses)",
+    # Partial (SQLite and PostgreSQL both have them): awards and redeems add no index page to
+    # their commit, and the database itself guarantees an entry is reversed at most once.
+    "CREATE UNIQUE INDEX IF NOT EXISTS ledger_reversed_once ON ledger_entries(reverses) WHERE kind = 'reverse'",
     """CREATE TABLE IF NOT EXISTS central_balances(
         customer_id TEXT PRIMARY KEY,
         balance BIGINT NOT NULL,          -- the hub's authoritative balance ...
@@ -100,6 +102,7 @@ SCHEMA: tuple[str, ...] = (
         updated_at DOUBLE PRECISION NOT NULL)""",
 )
 
+_EXPIRE_KEY_PREFIX = "expire:"
 _COLUMNS = "entry_id, customer_id, kind, points, reason, idempotency_key, created_at, expires_at, reverses"
 
 
@@ -292,6 +295,9 @@ def _check_points(points: object) -> int:
 
 def _check_common(idempotency_key: object, reason: object) -> tuple[str, str]:
     key = check_id(idempotency_key, "idempotency_key", max_len=KEY_MAX)
+    if key.startswith(_EXPIRE_KEY_PREFIX):
+        raise InputError(f"idempotency keys starting with {_EXPIRE_KEY_PREFIX!r} are reserved for expiry entries",
+                         field="idempotency_key")
     text = check_text(reason, "reason", max_len=REASON_MAX)
     return key, text
 
@@ -303,21 +309,50 @@ def _refuse_card_data(**fields: str) -> None:
     refuse_card_data(fields)
 
 
-def _first_result(tx: Tx, key: str, request: str) -> LedgerEntry | None:
-    rows = tx.execute(f"SELECT {_COLUMNS}, request FROM ledger_entries WHERE idempotency_key = ?", (key,))
+_LEDGER_NAMESPACE = uuid.UUID("6f1d3c52-8a0e-4f5b-9a3e-0b7c2d9e4a11")
+
+
+@functools.lru_cache(maxsize=64)
+def _store_namespace(identity: str) -> uuid.UUID:
+    return uuid.uuid5(_LEDGER_NAMESPACE, identity)
+
+
+def _entry_id(store: StateStore | Tx, key: str) -> str:
+    """The entry id an idempotency key maps to on this store: a name-based UUID (RFC 4122 v5).
+
+    Deriving the id from (store identity, key) makes the primary key do the idempotency check
+    — one index fewer on every durable commit — and keeps ids from different devices apart
+    when the hub gathers them (the same key on two devices gives two ids).
+    """
+    identity = getattr(store, "device_id", None) or "hub"
+    return str(uuid.uuid5(_store_namespace(str(identity)), key))
+
+
+def _first_result(tx: Tx, entry_id: str, call: tuple[Any, ...]) -> LedgerEntry | None:
+    """The entry an earlier call with the same key wrote, if its arguments match ``call``.
+
+    ``call`` is ``(kind, customer_id or reverses, signed points, reason, expires_at)`` —
+    for a reverse, the customer and points are the target's, so they are not compared.
+    """
+    rows = tx.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE entry_id = ?", (entry_id,))
     if not rows:
         return None
-    if rows[0][-1] != request:
+    first = _row_to_entry(rows[0])
+    if first.kind == "reverse":
+        same = call[0] == "reverse" and (first.reverses, first.reason) == (call[1], call[3])
+    else:
+        same = (first.kind, first.customer_id, first.points, first.reason, first.expires_at) == call
+    if not same:
         raise LedgerError("idempotency key reused with different arguments")
-    return _row_to_entry(rows[0][:-1])
+    return first
 
 
-def _write(tx: Tx, entry: LedgerEntry, request: str) -> LedgerEntry:
+def _write(tx: Tx, entry: LedgerEntry) -> LedgerEntry:
     event = tx.append_event("points", entry_to_payload(entry))
     tx.execute(
-        f"INSERT INTO ledger_entries({_COLUMNS}, seq, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO ledger_entries({_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (entry.entry_id, entry.customer_id, entry.kind, entry.points, entry.reason, entry.idempotency_key,
-         entry.created_at, entry.expires_at, entry.reverses, event.seq, request),
+         entry.created_at, entry.expires_at, entry.reverses, event.seq),
     )
     return entry
 
@@ -336,7 +371,7 @@ def _window(tx: Tx, customer_id: str, as_of_seq: int) -> list[LedgerEntry]:
     return [_row_to_entry(row) for row in rows]
 
 
-def _settle(tx: Tx, customer_id: str) -> LedgerState:
+def _settle(tx: Tx, customer_id: str, store: StateStore) -> LedgerState:
     """Write the ``expire`` entries now due for the customer; return the folded state after them."""
     opening, as_of = _opening(tx, customer_id)
     window = _window(tx, customer_id, as_of)
@@ -346,12 +381,12 @@ def _settle(tx: Tx, customer_id: str) -> LedgerState:
         return state
     for lot in due:
         assert lot.entry_id is not None
+        key = f"{_EXPIRE_KEY_PREFIX}{lot.entry_id}"
         entry = LedgerEntry(
-            entry_id=str(uuid.uuid4()), customer_id=customer_id, kind="expire", points=-lot.remaining,
-            reason="expired", created_at=tx.now, idempotency_key=f"expire:{lot.entry_id}",
-            reverses=lot.entry_id,
+            entry_id=_entry_id(store, key), customer_id=customer_id, kind="expire", points=-lot.remaining,
+            reason="expired", created_at=tx.now, idempotency_key=key, reverses=lot.entry_id,
         )
-        _write(tx, entry, canonical_json({"op": "expire", "lot": lot.entry_id}))
+        _write(tx, entry)
         window.append(entry)
     return fold(window, opening=opening)
 
@@ -364,19 +399,18 @@ def award(store: StateStore, customer_id: str, points: int, *, idempotency_key: 
     key, text = _check_common(idempotency_key, reason)
     _refuse_card_data(customer_id=customer_id, idempotency_key=key, reason=text)
     expiry = None if expires_at is None else check_instant(expires_at, "expires_at")
-    request = canonical_json({"op": "award", "customer_id": customer_id, "points": points, "reason": text,
-                              "expires_at": expiry})
     with store.transaction(durable=True) as tx:
-        first = _first_result(tx, key, request)
+        new_id = _entry_id(store, key)
+        first = _first_result(tx, new_id, ("award", customer_id, points, text, expiry))
         if first is not None:
             return first
         if expiry is not None and expiry <= tx.now:
             raise InputError("expires_at must be in the future", field="expires_at")
         entry = LedgerEntry(
-            entry_id=str(uuid.uuid4()), customer_id=customer_id, kind="award", points=points, reason=text,
+            entry_id=new_id, customer_id=customer_id, kind="award", points=points, reason=text,
             created_at=tx.now, idempotency_key=key, expires_at=expiry,
         )
-        return _write(tx, entry, request)
+        return _write(tx, entry)
 
 
 def redeem(store: StateStore, customer_id: str, points: int, *, idempotency_key: str, reason: str) -> LedgerEntry:
@@ -385,20 +419,20 @@ def redeem(store: StateStore, customer_id: str, points: int, *, idempotency_key:
     points = _check_points(points)
     key, text = _check_common(idempotency_key, reason)
     _refuse_card_data(customer_id=customer_id, idempotency_key=key, reason=text)
-    request = canonical_json({"op": "redeem", "customer_id": customer_id, "points": points, "reason": text})
     with store.transaction(durable=True) as tx:
-        first = _first_result(tx, key, request)
+        new_id = _entry_id(store, key)
+        first = _first_result(tx, new_id, ("redeem", customer_id, -points, text, None))
         if first is not None:
             return first
-        state = _settle(tx, customer_id)
+        state = _settle(tx, customer_id, store)
         if points > state.balance:
             raise LedgerError(
                 f"cannot redeem {points} points: the available balance is {max(state.balance, 0)}")
         entry = LedgerEntry(
-            entry_id=str(uuid.uuid4()), customer_id=customer_id, kind="redeem", points=-points, reason=text,
+            entry_id=new_id, customer_id=customer_id, kind="redeem", points=-points, reason=text,
             created_at=tx.now, idempotency_key=key,
         )
-        return _write(tx, entry, request)
+        return _write(tx, entry)
 
 
 def reverse(store: StateStore, entry_id: str, *, idempotency_key: str, reason: str) -> LedgerEntry:
@@ -406,9 +440,9 @@ def reverse(store: StateStore, entry_id: str, *, idempotency_key: str, reason: s
     check_id(entry_id, "entry_id")
     key, text = _check_common(idempotency_key, reason)
     _refuse_card_data(idempotency_key=key, reason=text)
-    request = canonical_json({"op": "reverse", "entry_id": entry_id, "reason": text})
     with store.transaction(durable=True) as tx:
-        first = _first_result(tx, key, request)
+        new_id = _entry_id(store, key)
+        first = _first_result(tx, new_id, ("reverse", entry_id, None, text, None))
         if first is not None:
             return first
         rows = tx.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE entry_id = ?", (entry_id,))
@@ -419,7 +453,7 @@ def reverse(store: StateStore, entry_id: str, *, idempotency_key: str, reason: s
             raise LedgerError(f"a {target.kind} entry cannot be reversed; only awards and redemptions can")
         if tx.execute("SELECT 1 FROM ledger_entries WHERE kind = 'reverse' AND reverses = ?", (entry_id,)):
             raise LedgerError(f"ledger entry {entry_id!r} has already been reversed")
-        state = _settle(tx, target.customer_id)
+        state = _settle(tx, target.customer_id, store)
         if target.kind == "award":
             if target.expires_at is not None and target.expires_at <= tx.now:
                 raise LedgerError(f"award {entry_id!r} has expired; its points are no longer on the books")
@@ -428,10 +462,10 @@ def reverse(store: StateStore, entry_id: str, *, idempotency_key: str, reason: s
                     f"reversing award {entry_id!r} would make the balance negative "
                     f"({state.balance} < {target.points}): reverse the redemption first")
         entry = LedgerEntry(
-            entry_id=str(uuid.uuid4()), customer_id=target.customer_id, kind="reverse", points=-target.points,
+            entry_id=new_id, customer_id=target.customer_id, kind="reverse", points=-target.points,
             reason=text, created_at=tx.now, idempotency_key=key, reverses=entry_id,
         )
-        return _write(tx, entry, request)
+        return _write(tx, entry)
 
 
 def balance(store: StateStore, customer_id: str) -> int:
@@ -444,7 +478,17 @@ def balance(store: StateStore, customer_id: str) -> int:
             return state.balance
     # Something expired: write it down durably (points movements are never NORMAL-synced).
     with store.transaction(durable=True) as tx:
-        return _settle(tx, customer_id).balance
+        return _settle(tx, customer_id, store).balance
+
+
+def balance_in(tx: Tx, customer_id: str) -> int:
+    """The balance inside an open transaction, net of due expiry, without writing anything.
+
+    For code that already holds a transaction (the decision engine filling
+    ``points_balance``, the hub answering balances): same number as :func:`balance`.
+    """
+    opening, as_of = _opening(tx, customer_id)
+    return ledger_balance(_window(tx, customer_id, as_of), now=tx.now, opening=opening)
 
 
 def entries(store: StateStore, customer_id: str) -> list[LedgerEntry]:

@@ -108,6 +108,16 @@ def _has_card_number(text: str) -> bool:
     return False
 
 
+def _is_card_data(text: str) -> bool:
+    # Every pattern needs digits (a PAN 13, track data 12, a CVV 3): most strings have few.
+    if len(text) - len(text.translate(_DROP_DIGITS)) < 3:
+        return False
+    return bool(_has_card_number(text) or _TRACK.search(text) or _SAD_VALUE.search(text))
+
+
+_DROP_DIGITS = str.maketrans("", "", "0123456789")
+
+
 def find_card_data(value: object, field: str) -> str | None:
     """The name of the first field holding card data or sensitive authentication data, or None.
 
@@ -115,9 +125,7 @@ def find_card_data(value: object, field: str) -> str | None:
     ``field.key`` / ``field[i]``. Never returns or formats the offending value.
     """
     if isinstance(value, str):
-        if _has_card_number(value) or _TRACK.search(value) or _SAD_VALUE.search(value):
-            return field
-        return None
+        return field if _is_card_data(value) else None
     if isinstance(value, Mapping):
         for key, item in value.items():
             name = f"{field}.{key}" if field else str(key)
@@ -138,7 +146,16 @@ def find_card_data(value: object, field: str) -> str | None:
 
 def refuse_card_data(fields: Mapping[str, Any]) -> None:
     """Raise :class:`PaymentDataError` (naming the field only) if any field holds card data."""
-    hit = find_card_data(fields, "")
+    hit = None
+    for name, value in fields.items():
+        if _SAD_NAME.match(name.strip()) or _is_card_data(name):
+            hit = "field name"
+        elif isinstance(value, str):
+            hit = name if _is_card_data(value) else None
+        elif value is not None:
+            hit = find_card_data(value, name)
+        if hit is not None:
+            break
     if hit is not None:
         raise PaymentDataError(
             f"{hit} looks like card data (a card number or sensitive authentication data); it was refused "

@@ -264,7 +264,7 @@ def record_purchase(store: StateStore, customer_id: str, *, amount: Decimal | st
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (purchase_id, customer_id, amount_text, quantity, ts, tx.now, idempotency_key),
         )
-        _update_profile_after_purchase(tx, customer_id)
+        _update_profile_after_purchase(tx, customer_id, ts=ts, amount=value, quantity=quantity)
         tx.append_event("purchase", {
             "purchase_id": purchase_id,
             "customer_id": customer_id,
@@ -275,50 +275,29 @@ def record_purchase(store: StateStore, customer_id: str, *, amount: Decimal | st
         })
 
 
-def _update_profile_after_purchase(tx: Tx, customer_id: str) -> None:
-    """Recompute the customer's measures from their purchase history with the shared code.
+def _update_profile_after_purchase(tx: Tx, customer_id: str, *, ts: float, amount: Decimal, quantity: int) -> None:
+    """Fold the purchase into the customer's stored profile with the shared measures code.
 
-    Recomputing from the full history (rather than incrementing) keeps the device's measures
-    identical to what training derives from the same transactions, whatever order purchases
-    arrive in (a back-dated purchase moves recency correctly).
+    ``sdk._measures.update_measures`` is the same per-purchase step training folds over the
+    transaction history (``derive_features``), so device and model cannot drift.
     """
     rows = tx.execute("SELECT profile FROM profiles WHERE customer_id = ?", (customer_id,))
-    profile: dict[str, Any] = _measures.new_customer_profile()
+    stored: Any = None
     if rows:
         try:
             stored = json.loads(rows[0][0])
         except ValueError:
-            stored = None
-        if isinstance(stored, dict):
-            profile.update(stored)
-    purchases = [(float(ts), Decimal(amount), int(quantity)) for ts, amount, quantity in tx.execute(
-        "SELECT ts, amount, quantity FROM purchases WHERE customer_id = ? ORDER BY ts", (customer_id,))]
-    profile.update(_measures_from_purchases(purchases, now=tx.now))
+            stored = None  # an unreadable profile is rebuilt from this purchase on
+    profile = _measures.update_measures(
+        stored if isinstance(stored, dict) else None,
+        [{"timestamp": ts, "amount": amount, "quantity": quantity}],
+        as_of=tx.now,
+    )
     tx.execute(
         "INSERT INTO profiles(customer_id, profile, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT(customer_id) DO UPDATE SET profile = excluded.profile, updated_at = excluded.updated_at",
         (customer_id, json.dumps(profile, separators=(",", ":")), tx.now),
     )
-
-
-def _measures_from_purchases(purchases: list[tuple[float, Decimal, int]], *, now: float) -> dict[str, Any]:
-    """The one call site into the shared measures module (sdk/_measures.py)."""
-    derive = getattr(_measures, "measures_from_purchases", None)
-    if derive is not None:
-        result: dict[str, Any] = derive([(ts, float(amount)) for ts, amount, _ in purchases], now=now)
-        return result
-    # Until the shared derivation lands: plain RFM, the same definitions as DESIGN §2.
-    day = 86_400.0
-    first_ts, last_ts = purchases[0][0], purchases[-1][0]
-    total = float(sum(amount for _, amount, _ in purchases))
-    frequency = len(purchases)
-    return {
-        "recency_days": max(0.0, (now - last_ts) / day),
-        "frequency": frequency,
-        "monetary": total,
-        "avg_purchase": total / frequency,
-        "tenure_days": max(0.0, (now - first_ts) / day),
-    }
 
 
 # -- the outbox as the device sees it ------------------------------------------------------------
