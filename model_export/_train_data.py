@@ -224,11 +224,11 @@ def train_from_directory(
     holdout_path = out / "holdout.csv"
     with holdout_path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["customer_id", "offer_id", "category", "label", "propensity", "true_propensity"])
+        writer.writerow(["row", "customer_id", "offer_id", "category", "label", "propensity", "true_propensity"])
         for k, idx in enumerate(trained.holdout_index.tolist()):
             true_p = data.true_propensity[idx]
             writer.writerow([
-                data.customer_ids[idx], data.offer_ids[idx], data.categories[idx],
+                idx + 1, data.customer_ids[idx], data.offer_ids[idx], data.categories[idx],
                 int(trained.holdout_labels[k]), f"{float(trained.holdout_proba[k]):.6f}",
                 "" if true_p is None else f"{true_p:.6f}",
             ])
