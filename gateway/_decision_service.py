@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from nbo.sdk import _engine, _ledger, _payments, _records
 from nbo.sdk._errors import (
     BundleError,
@@ -141,21 +141,30 @@ def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
 # -- conversions --------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    # Struct numbers arrive as doubles; whole numbers become ints so integer measures
-    # (frequency, points_balance, hour) keep their type, as a Python caller would pass them.
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        # Struct numbers arrive as doubles; whole numbers become ints so integer measures
+        # (frequency, points_balance, hour) keep their type, as a Python caller passes them.
+        # NaN and infinities stay floats, for the engine to refuse with the field's name.
+        if math.isfinite(number) and number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(v) for v in value.list_value.values]
+    return None  # null_value, or unset
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A ``google.protobuf.Struct`` as a plain dict (whole-number doubles as ints)."""
-    return {key: _plain(value) for key, value in json_format.MessageToDict(struct).items()}
+    """A ``google.protobuf.Struct`` as a plain dict (whole-number doubles as ints, NaN kept)."""
+    return {key: _value(value) for key, value in struct.fields.items()}
 
 
 def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
