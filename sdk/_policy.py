@@ -200,11 +200,14 @@ def _apply_policies(
     alive: np.ndarray,
     history: Sequence[HistoryRow],
     now: float,
+    channel: str,
     explain: bool,
     excluded: list[tuple[int, int, int, Exclusion]],
 ) -> np.ndarray:
     out = alive
     for order, policy in enumerate(plan.policies):
+        if policy.channel and policy.channel != channel:
+            continue  # "at most 3 a day on the app" constrains app decisions only
         keys, everything = policy_blocked(policy, history, now)
         if not keys and not everything:
             continue
@@ -368,7 +371,7 @@ def run_pipeline(
     if alive.any():
         alive = _apply_rules(plan, alive, cel_ctx, cel_error, customer_proj, context_proj, explain, excluded)
     if plan.policies and history and alive.any():
-        alive = _apply_policies(plan, alive, history, now, explain, excluded)
+        alive = _apply_policies(plan, alive, history, now, channel, explain, excluded)
 
     strategy = choose_strategy(plan, cel_ctx)
     weights_by_category = plan.strategy_weights.get(strategy)

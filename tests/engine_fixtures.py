@@ -322,3 +322,36 @@ def synthetic_profile(i: int) -> dict[str, Any]:
 
 def finite(x: float) -> bool:
     return math.isfinite(x)
+
+
+def signed_bundle(
+    directory: Path,
+    spec: Mapping[str, Any],
+    *,
+    key: Path,
+    models: Mapping[str, bytes] | None = None,
+    version: int = 1,
+) -> Path:
+    """Build a real signed bundle zip from an authoring-style spec with ``model_export.build_bundle``."""
+    from nbo.model_export import build_bundle
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model_paths = {}
+    for model_id, onnx_bytes in (models or {}).items():
+        path = directory / f"src-{model_id}.onnx"
+        path.write_bytes(onnx_bytes)
+        model_paths[model_id] = path
+    name = str(spec.get("name", "test"))
+    out = directory / f"{name}-v{version}.zip"
+    catalog = {k: v for k, v in spec.items() if k != "name"}
+    build_bundle(catalog=catalog, models=model_paths, name=name, version=version, key=key, out=out,
+                 created_at="2026-01-01T00:00:00Z")
+    return out
+
+
+def signing_keys(directory: Path) -> tuple[Path, Path]:
+    """(signing.key, signing.pub) generated into ``directory``."""
+    from nbo.model_export import generate_keys
+
+    keys = generate_keys(directory)
+    return keys.private_key, keys.public_key

@@ -1,0 +1,626 @@
+"""The decision engine end to end on real bundles: each stage, recording, exploration, bad input.
+
+Bundles are real catalog.sqlite files (sqlite-utils, contract tables) and real ONNX models
+(scikit-learn + skl2onnx) loaded by ``sdk._runtime.load_bundle``; state is a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from engine_fixtures import (
+    CATEGORIES,
+    load_spec_bundle,
+    signed_bundle,
+    signing_keys,
+    synthetic_profile,
+    synthetic_spec,
+    train_model,
+)
+from nbo.sdk import BundleError, Client, InputError, ManualClock, NotReadyError
+from nbo.sdk import _engine, _policy, _runtime
+from nbo.sdk._store import SQLiteStateStore
+
+NOW = 1_767_000_000.0  # 2025-12-29T09:20:00Z, a Monday
+DAY = 86_400.0
+
+
+def offer(offer_id: str, category: str = "xsell", value: float = 10.0, **extra: Any) -> dict[str, Any]:
+    return {"offer_id": offer_id, "category": category, "expected_volume": value, "margin": 1.0, "duration": 1.0,
+            **extra}
+
+
+def spec(offers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"name": "t", "channels": ["pos", "app", "web"], "offers": offers, **extra}
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOW)
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: ManualClock) -> Iterator[SQLiteStateStore]:
+    s = SQLiteStateStore(tmp_path / "state.sqlite", device_id="dev-1", clock=clock)
+    yield s
+    s.close()
+
+
+class Engine:
+    """A loaded bundle + a state store; ``decide`` with sensible defaults."""
+
+    def __init__(self, tmp_path: Path, store: SQLiteStateStore) -> None:
+        self.tmp_path = tmp_path
+        self.store = store
+        self.n = 0
+
+    def load(self, catalog: dict[str, Any], models: dict[str, bytes] | None = None) -> _runtime.LoadedBundle:
+        self.n += 1
+        return load_spec_bundle(self.tmp_path / f"bundle{self.n}", catalog, models=models)
+
+    def decide(self, bundle: _runtime.LoadedBundle, **kw: Any) -> Any:
+        args: dict[str, Any] = {"customer_id": "C1", "channel": "pos", "context": None, "profile": None,
+                                "limit": 10, "explain": True}
+        args.update(kw)
+        return _engine.decide(bundle, self.store, **args)
+
+
+@pytest.fixture
+def engine(tmp_path: Path, store: SQLiteStateStore) -> Engine:
+    return Engine(tmp_path, store)
+
+
+def ids(decision: Any) -> list[str]:
+    return [o.offer_id for o in decision.offers]
+
+
+def why(decision: Any) -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {}
+    for e in decision.excluded:
+        out.setdefault(e.offer_id, []).append((e.rule_id, e.kind))
+    return out
+
+
+def add_history(store: SQLiteStateStore, *rows: tuple[str, str, str, str, float], customer: str = "C1") -> None:
+    with store.transaction() as tx:
+        for offer_id, category, channel, event, ts in rows:
+            tx.execute(
+                "INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts, decision_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (customer, offer_id, category, channel, event, ts),
+            )
+
+
+# -- candidates ---------------------------------------------------------------------------
+
+
+def test_candidates_respect_validity_window_and_channel(engine: Engine, clock: ManualClock) -> None:
+    bundle = engine.load(spec([
+        offer("A"),
+        offer("B", valid_from="2026-01-01T00:00:00Z"),
+        offer("C", valid_to="2025-12-29T09:20:00Z"),  # half-open: not valid at exactly valid_to
+        offer("D", valid_from="2025-12-01T00:00:00Z", valid_to="2025-12-30T00:00:00Z"),
+        offer("E", channels=["app"]),
+        offer("F", channels=["pos", "app"]),
+    ]))
+    assert sorted(ids(engine.decide(bundle))) == ["A", "D", "F"]
+    assert sorted(ids(engine.decide(bundle, channel="app"))) == ["A", "D", "E", "F"]
+    clock.set(NOW + 10 * DAY)
+    assert sorted(ids(engine.decide(bundle))) == ["A", "B", "F"]
+
+
+# -- rules: each kind, each scope, applies_to ---------------------------------------------------
+
+
+def test_each_rule_kind_excludes_and_explains(engine: Engine) -> None:
+    bundle = engine.load(spec(
+        [offer("X1", "xsell"), offer("X2", "xsell", attributes={"in_stock": False}), offer("U1", "upsell"),
+         offer("L1", "loyalty", attributes={"min_age": 21})],
+        rules=[
+            {"rule_id": "hyg", "kind": "hygiene", "applies_to": "upsell", "expression": "!customer.credit_block",
+             "description": "credit block"},
+            {"rule_id": "stock", "kind": "business", "expression": "!has(offer.attributes.in_stock) || "
+             "offer.attributes.in_stock", "description": "in stock"},
+            {"rule_id": "own", "kind": "business", "applies_to": "xsell",
+             "expression": "!(offer.offer_id in customer.owned_products)", "description": "owns it"},
+            {"rule_id": "age", "kind": "business", "applies_to": "L1",
+             "expression": "customer.age >= offer.attributes.min_age", "description": "too young"},
+            {"rule_id": "night", "kind": "communication", "expression": "context.hour >= 8",
+             "description": "not before 8"},
+        ],
+    ))
+    d = engine.decide(bundle, profile={"credit_block": True, "owned_products": ["X1"], "age": 18})
+    assert ids(d) == []
+    assert why(d) == {
+        "X1": [("own", "business")],
+        "X2": [("stock", "business")],
+        "U1": [("hyg", "hygiene")],
+        "L1": [("age", "business")],
+    }
+    assert {e.description for e in d.excluded} == {"credit block", "in stock", "owns it", "too young"}
+    ok = engine.decide(bundle, profile={"credit_block": False, "owned_products": [], "age": 30})
+    assert sorted(ids(ok)) == ["L1", "U1", "X1"]
+    assert [(e.offer_id, e.rule_id) for e in ok.excluded] == [("X2", "stock")]
+
+
+def test_communication_rule_on_context_excludes_everything_it_applies_to(engine: Engine, clock: ManualClock) -> None:
+    bundle = engine.load(spec(
+        [offer("A"), offer("B", "service")],
+        rules=[{"rule_id": "quiet", "kind": "communication", "applies_to": "xsell",
+                "expression": "context.hour >= 10", "description": "quiet hours"}],
+    ))
+    d = engine.decide(bundle)  # 09:20 UTC
+    assert ids(d) == ["B"]
+    assert why(d) == {"A": [("quiet", "communication")]}
+    clock.advance(3600)
+    assert sorted(ids(engine.decide(bundle))) == ["A", "B"]
+
+
+def test_rule_scopes_are_classified(engine: Engine) -> None:
+    bundle = engine.load(spec([offer("A")], rules=[
+        {"rule_id": "c", "kind": "hygiene", "expression": "!customer.do_not_contact"},
+        {"rule_id": "x", "kind": "business", "expression": "context.channel != 'email'"},
+        {"rule_id": "o", "kind": "business", "expression": "offer.value > 0.0"},
+        {"rule_id": "m", "kind": "business", "expression": "offer.value > customer.min_value"},
+        {"rule_id": "k", "kind": "business", "expression": "true"},
+    ]))
+    assert bundle.plan is not None
+    assert {r.rule_id: r.scope for r in bundle.plan.rules} == {
+        "c": "decision", "x": "decision", "o": "bundle", "m": "candidate", "k": "bundle",
+    }
+
+
+@pytest.mark.parametrize(
+    ("expression", "profile", "reason"),
+    [
+        ("customer.age >= offer.attributes.min_age", {}, "missing field"),  # mixed, missing customer field
+        ("customer.age >= offer.attributes.min_age", {"age": "old"}, "No such overload"),  # wrong type
+        ("customer.recency_days < 30.0", {}, "No such overload"),  # null for a new customer
+        ("offer.attributes.nope == 1", {}, "missing field"),  # offer-only, at load
+        ("customer.age", {"age": 3}, "not a boolean"),
+    ],
+)
+def test_rule_failing_at_run_time_excludes_and_is_reported(
+    engine: Engine, expression: str, profile: dict[str, Any], reason: str
+) -> None:
+    bundle = engine.load(spec(
+        [offer("A", attributes={"min_age": 18}), offer("B", "service")],
+        rules=[{"rule_id": "r1", "kind": "business", "applies_to": "xsell", "expression": expression,
+                "description": "d"}],
+    ))
+    d = engine.decide(bundle, profile=profile)
+    assert ids(d) == ["B"]
+    (exclusion,) = d.excluded
+    assert (exclusion.offer_id, exclusion.rule_id, exclusion.kind) == ("A", "r1", "business")
+    assert exclusion.description.startswith("rule failed: ")
+    assert reason in exclusion.description
+
+
+def test_rule_applies_to_offer_id(engine: Engine) -> None:
+    bundle = engine.load(spec([offer("A"), offer("B")], rules=[
+        {"rule_id": "r", "kind": "business", "applies_to": "B", "expression": "customer.vip"},
+    ]))
+    assert ids(engine.decide(bundle, profile={"vip": False})) == ["A"]
+    assert sorted(ids(engine.decide(bundle, profile={"vip": True}))) == ["A", "B"]
+
+
+def test_without_explain_nothing_is_reported_but_filtering_is_the_same(engine: Engine) -> None:
+    bundle = engine.load(spec([offer("A"), offer("B", "service")], rules=[
+        {"rule_id": "r", "kind": "hygiene", "applies_to": "xsell", "expression": "!customer.do_not_contact"},
+    ]))
+    d = engine.decide(bundle, profile={"do_not_contact": True}, explain=False)
+    assert ids(d) == ["B"] and d.excluded == []
+
+
+# -- contact policies ------------------------------------------------------------------------
+
+
+POLICY_OFFERS = [offer("A", "xsell", 30), offer("B", "xsell", 20), offer("C", "loyalty", 10)]
+
+
+def test_contact_policy_scope_offer_counts_within_window(engine: Engine, store: SQLiteStateStore) -> None:
+    bundle = engine.load(spec(POLICY_OFFERS, contact_policies=[
+        {"policy_id": "p", "scope": "offer", "event": "shown", "max_count": 2, "window_days": 7,
+         "description": "max 2 a week"},
+    ]))
+    add_history(store, ("A", "xsell", "pos", "shown", NOW - DAY), ("A", "xsell", "web", "shown", NOW - 2 * DAY),
+                ("B", "xsell", "pos", "shown", NOW - DAY), ("B", "xsell", "pos", "shown", NOW - 8 * DAY))
+    d = engine.decide(bundle)
+    assert ids(d) == ["B", "C"]
+    assert [(e.offer_id, e.rule_id, e.kind, e.description) for e in d.excluded] == [
+        ("A", "p", "communication", "max 2 a week")]
+
+
+def test_contact_policy_scope_category(engine: Engine, store: SQLiteStateStore) -> None:
+    bundle = engine.load(spec(POLICY_OFFERS, contact_policies=[
+        {"policy_id": "cat", "scope": "category", "event": "declined", "max_count": 1, "window_days": 30},
+    ]))
+    add_history(store, ("B", "xsell", "pos", "declined", NOW - 10 * DAY))
+    d = engine.decide(bundle)
+    assert ids(d) == ["C"]
+    assert sorted(why(d)) == ["A", "B"]
+
+
+def test_contact_policy_scope_all_on_one_channel(engine: Engine, store: SQLiteStateStore) -> None:
+    bundle = engine.load(spec(POLICY_OFFERS, contact_policies=[
+        {"policy_id": "app3", "scope": "all", "event": "shown", "max_count": 3, "window_days": 1, "channel": "app"},
+    ]))
+    add_history(store, *[("C", "loyalty", "app", "shown", NOW - 3600.0 * h) for h in (1, 2, 3)])
+    assert ids(engine.decide(bundle, channel="app")) == []
+    assert ids(engine.decide(bundle, channel="pos")) == ["A", "B", "C"]  # other channels unaffected
+
+
+def test_contact_policy_applies_to_and_other_customers(engine: Engine, store: SQLiteStateStore) -> None:
+    bundle = engine.load(spec(POLICY_OFFERS, contact_policies=[
+        {"policy_id": "loy", "applies_to": "loyalty", "scope": "all", "event": "accepted", "max_count": 1,
+         "window_days": 30},
+    ]))
+    add_history(store, ("A", "xsell", "pos", "accepted", NOW - DAY))
+    add_history(store, ("A", "xsell", "pos", "accepted", NOW - DAY), customer="C2")
+    assert ids(engine.decide(bundle)) == ["A", "B"]
+    assert ids(engine.decide(bundle, customer_id="C3")) == ["A", "B", "C"]
+
+
+def test_decisions_feed_the_contact_policy(engine: Engine, clock: ManualClock) -> None:
+    bundle = engine.load(spec(POLICY_OFFERS, contact_policies=[
+        {"policy_id": "p", "scope": "offer", "event": "shown", "max_count": 2, "window_days": 7},
+    ]))
+    assert ids(engine.decide(bundle, limit=1)) == ["A"]
+    clock.advance(60)
+    assert ids(engine.decide(bundle, limit=1)) == ["A"]
+    clock.advance(60)
+    assert ids(engine.decide(bundle, limit=1)) == ["B"]
+    clock.advance(8 * DAY)
+    assert ids(engine.decide(bundle, limit=1)) == ["A"]
+
+
+def test_policy_blocked_pure_counts() -> None:
+    plan_policy = _runtime.PolicyPlan(policy_id="p", scope="category", event="shown", max_count=2,
+                                      window_seconds=DAY, channel="", description="",
+                                      applies=np.ones(1, dtype=bool))
+    history = [("A", "x", "pos", "shown", NOW - 10), ("B", "x", "app", "shown", NOW - 20),
+               ("C", "y", "pos", "shown", NOW - 30), ("C", "y", "pos", "shown", NOW - 2 * DAY)]
+    assert _policy.policy_blocked(plan_policy, history, NOW) == ({"x"}, False)
+
+
+# -- propensity ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_bytes() -> bytes:
+    return train_model(10)[0]
+
+
+def test_propensity_is_the_models_probability_with_contract_inputs(engine: Engine, model_bytes: bytes) -> None:
+    bundle = engine.load(spec(
+        [offer("A", "xsell", model_id="m", attributes={"price": 12.5}),
+         offer("B", "upsell", model_id="m"),  # no price attribute → NaN
+         offer("C", "loyalty")],  # no model → 1.0
+    ), models={"m": model_bytes})
+    profile = {"recency_days": 12.0, "frequency": 4, "monetary": 300.0, "lifecycle_stage": "active"}
+    d = engine.decide(bundle, profile=profile, context={"note": "x"})
+    by_id = {o.offer_id: o for o in d.offers}
+    assert by_id["C"].propensity == 1.0
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+
+    def col(v: Any, dtype: Any) -> np.ndarray:
+        return np.array([[v], [v]], dtype=dtype)
+
+    feeds = {
+        "customer__recency_days": col(12.0, np.float32),
+        "customer__frequency": col(4.0, np.float32),
+        "customer__monetary": col(300.0, np.float32),
+        "customer__lifecycle_stage": col("active", object),
+        "offer__category": np.array([["xsell"], ["upsell"]], dtype=object),
+        "offer__price": np.array([[12.5], [np.nan]], dtype=np.float32),
+        "context__hour": col(9.0, np.float32),
+        "context__channel": col("pos", object),
+    }
+    expected = session.run(None, feeds)[-1][:, -1]
+    assert by_id["A"].propensity == pytest.approx(float(expected[0]), abs=1e-6)
+    assert by_id["B"].propensity == pytest.approx(float(expected[1]), abs=1e-6)
+    for o in d.offers:
+        assert o.score == pytest.approx(o.propensity * o.value * o.weight * o.lever)
+
+
+def test_missing_customer_values_become_nan_and_empty_string(engine: Engine, model_bytes: bytes) -> None:
+    bundle = engine.load(spec([offer("A", model_id="m", attributes={"price": 3.0})]), models={"m": model_bytes})
+    d = engine.decide(bundle, profile={"lifecycle_stage": None, "frequency": None, "monetary": "n/a"})
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    feeds = {
+        "customer__recency_days": np.array([[np.nan]], dtype=np.float32),
+        "customer__frequency": np.array([[np.nan]], dtype=np.float32),
+        "customer__monetary": np.array([[np.nan]], dtype=np.float32),
+        "customer__lifecycle_stage": np.array([[""]], dtype=object),
+        "offer__category": np.array([["xsell"]], dtype=object),
+        "offer__price": np.array([[3.0]], dtype=np.float32),
+        "context__hour": np.array([[9.0]], dtype=np.float32),
+        "context__channel": np.array([["pos"]], dtype=object),
+    }
+    assert d.offers[0].propensity == pytest.approx(float(session.run(None, feeds)[-1][0, -1]), abs=1e-6)
+
+
+def test_unknown_model_id_is_a_bundle_error(engine: Engine) -> None:
+    with pytest.raises(BundleError, match="not in the bundle"):
+        engine.load(spec([offer("A", model_id="ghost")]))
+
+
+def test_model_with_input_outside_the_prefixes_is_refused(engine: Engine) -> None:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), [0, 0, 1, 1])
+    onx = convert_sklearn(lr, initial_types=[("age", FloatTensorType([None, 1]))],
+                          options={id(lr): {"zipmap": False}}, target_opset=17)
+    with pytest.raises(BundleError, match="customer__X"):
+        engine.load(spec([offer("A", model_id="m")]), models={"m": onx.SerializeToString()})
+
+
+# -- strategy, score, rank ------------------------------------------------------------------
+
+
+STRATEGY_SPEC: dict[str, Any] = {
+    "strategies": {"develop": {"xsell": 2.0, "upsell": 0.5}, "retain": {"retention": 3.0}},
+    "strategy_assignment": [
+        {"condition": "customer.lifecycle_stage in ['declining', 'inactive']", "strategy": "retain"},
+        {"condition": "customer.lifecycle_stage == 'active'", "strategy": "develop"},
+    ],
+}
+
+
+def test_strategy_weights_scores(engine: Engine) -> None:
+    bundle = engine.load(spec(
+        [offer("X", "xsell", 10), offer("U", "upsell", 30), offer("R", "retention", 6), offer("S", "service", 12)],
+        **STRATEGY_SPEC,
+    ))
+    d = engine.decide(bundle, profile={"lifecycle_stage": "active"})
+    assert d.strategy == "develop"
+    assert [(o.offer_id, o.weight, o.score) for o in d.offers] == [
+        ("X", 2.0, 20.0), ("U", 0.5, 15.0), ("S", 1.0, 12.0), ("R", 1.0, 6.0)]
+    d = engine.decide(bundle, profile={"lifecycle_stage": "inactive"})
+    assert d.strategy == "retain" and ids(d) == ["U", "R", "S", "X"]
+    d = engine.decide(bundle)  # new customer: no condition matches
+    assert d.strategy == "" and all(o.weight == 1.0 for o in d.offers) and ids(d) == ["U", "S", "X", "R"]
+    assert all(o.strategy == d.strategy for o in d.offers)
+
+
+def test_strategy_condition_that_fails_does_not_match(engine: Engine) -> None:
+    bundle = engine.load(spec([offer("X")], strategies={"a": {"xsell": 2.0}, "b": {"xsell": 3.0}},
+                              strategy_assignment=[{"condition": "customer.missing > 1", "strategy": "a"},
+                                                   {"condition": "true", "strategy": "b"}]))
+    d = engine.decide(bundle)
+    assert d.strategy == "b" and d.offers[0].weight == 3.0
+
+
+def test_lever_ties_mandatory_and_limit(engine: Engine) -> None:
+    bundle = engine.load(spec([
+        offer("B", value=10), offer("A", value=10), offer("C", value=5, lever=3.0),
+        offer("M", value=1, mandatory=True), offer("N", value=2, mandatory=True),
+    ]))
+    d = engine.decide(bundle)
+    assert ids(d) == ["N", "M", "C", "A", "B"]
+    assert [o.mandatory for o in d.offers] == [True, True, False, False, False]
+    assert ids(engine.decide(bundle, limit=3)) == ["N", "M", "C"]
+
+
+def test_fallback_only_when_nothing_else_is_left(engine: Engine) -> None:
+    bundle = engine.load(spec(
+        [offer("A", value=10), offer("F", "service", value=100, fallback=True),
+         offer("G", "service", value=1, fallback=True)],
+        rules=[{"rule_id": "r", "kind": "hygiene", "applies_to": "xsell", "expression": "!customer.block"}],
+    ))
+    d = engine.decide(bundle, profile={"block": False})
+    assert ids(d) == ["A"]  # fallback not ranked among normal offers despite its score
+    d = engine.decide(bundle, profile={"block": True})
+    assert ids(d) == ["F", "G"] and all(o.fallback for o in d.offers)
+
+
+# -- the customer and the context ---------------------------------------------------------------
+
+
+def test_profile_layers_default_meta_stored_argument(engine: Engine, store: SQLiteStateStore) -> None:
+    bundle = engine.load(spec(
+        [offer("A")],
+        new_customer_profile={"segment": "walk-in"},
+        rules=[{"rule_id": "seg", "kind": "business", "expression": "customer.segment == 'walk-in' || "
+                "(customer.segment == 'vip' && customer.lifecycle_stage == 'active' && customer.loyalty_stage "
+                "== 'know_me')"}],
+    ))
+    assert ids(engine.decide(bundle)) == ["A"]  # unknown: defaults + bundle meta
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO profiles(customer_id, profile, updated_at) VALUES (?, ?, ?)",
+                   ("C1", json.dumps({"segment": "vip", "lifecycle_stage": "lost"}), NOW))
+    assert ids(engine.decide(bundle)) == []  # stored profile: lost
+    assert ids(engine.decide(bundle, profile={"lifecycle_stage": "active"})) == ["A"]  # argument overrides
+
+
+def test_context_gets_channel_hour_weekday_from_the_store_clock(engine: Engine, clock: ManualClock) -> None:
+    bundle = engine.load(spec([offer("A")], rules=[
+        {"rule_id": "r", "kind": "communication",
+         "expression": "context.channel == 'web' && context.hour == 9 && context.weekday == 0 && context.store == 'S1'"},
+    ]))
+    # the caller cannot override what the SDK derives
+    assert ids(engine.decide(bundle, channel="web", context={"store": "S1", "hour": 3, "channel": "pos"})) == ["A"]
+    clock.advance(DAY)
+    assert ids(engine.decide(bundle, channel="web", context={"store": "S1"})) == []
+
+
+# -- recording ----------------------------------------------------------------------------------
+
+
+def test_decision_is_recorded_with_contact_history_and_outbox_event(engine: Engine, store: SQLiteStateStore) -> None:
+    bundle = engine.load(spec([offer("A", value=3), offer("B", "upsell", value=2), offer("C", value=1)]))
+    d = engine.decide(bundle, limit=2, customer_id="C9")
+    with store.transaction() as tx:
+        (row,) = tx.execute("SELECT customer_id, channel, bundle_name, bundle_version, created_at, offers "
+                            "FROM decisions WHERE decision_id = ?", (d.decision_id,))
+        shown = tx.execute("SELECT offer_id, category, channel, event, ts, decision_id FROM contact_history "
+                           "WHERE customer_id = 'C9' ORDER BY offer_id")
+        events = tx.execute("SELECT type, payload FROM outbox ORDER BY seq")
+    assert row[:5] == ("C9", "pos", "t", 1, NOW)
+    assert shown == [("A", "xsell", "pos", "shown", NOW, d.decision_id),
+                     ("B", "upsell", "pos", "shown", NOW, d.decision_id)]
+    ((kind, payload_text),) = events
+    payload = json.loads(payload_text)
+    assert kind == "decision"
+    assert set(payload) == {"decision_id", "customer_id", "channel", "bundle_name", "bundle_version", "strategy",
+                            "offers"}
+    assert payload["decision_id"] == d.decision_id and payload["bundle_version"] == 1
+    assert [o["offer_id"] for o in payload["offers"]] == ["A", "B"]
+    first = payload["offers"][0]
+    assert set(first) == {"offer_id", "category", "rank", "propensity", "value", "weight", "lever", "score",
+                          "selection_probability"}
+    assert first["rank"] == 1 and first["selection_probability"] == 1.0 and first["score"] == 3.0
+    assert json.loads(row[5]) == payload["offers"]
+    assert d.created_at == NOW and d.bundle_name == "t" and d.customer_id == "C9"
+
+
+def test_an_empty_decision_is_still_recorded(engine: Engine, store: SQLiteStateStore) -> None:
+    bundle = engine.load(spec([offer("A", channels=["app"])]))
+    d = engine.decide(bundle)
+    assert d.offers == []
+    with store.transaction() as tx:
+        assert tx.execute("SELECT offers FROM decisions WHERE decision_id = ?", (d.decision_id,)) == [("[]",)]
+
+
+# -- exploration ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 10])
+@pytest.mark.parametrize("epsilon", [0.0, 0.05, 0.3, 1.0])
+def test_rank_probabilities_form_a_doubly_stochastic_matrix(k: int, epsilon: float) -> None:
+    matrix = [[_policy.rank_probability(i, r, k, epsilon) for r in range(1, k + 1)] for i in range(1, k + 1)]
+    for i in range(k):
+        assert sum(matrix[i]) == pytest.approx(1.0)  # each offer lands somewhere
+        assert sum(matrix[j][i] for j in range(k)) == pytest.approx(1.0)  # each rank holds one offer
+    assert matrix[0][0] == pytest.approx(1.0 - epsilon if k > 1 else 1.0)
+
+
+def test_exploration_frequencies_match_recorded_probabilities(engine: Engine) -> None:
+    bundle = engine.load(spec([offer(c, value=v) for c, v in zip("ABCD", (40, 30, 20, 10), strict=True)],
+                              exploration={"epsilon": 0.4}))
+    assert bundle.plan is not None
+    trials = 4000
+    counts: dict[tuple[str, int], int] = {}
+    recorded: dict[tuple[str, int], float] = {}
+    for t in range(trials):
+        out = _policy.run_pipeline(bundle.plan, customer={}, context={"channel": "pos"}, channel="pos",
+                                   history=[], now=NOW, limit=4, explain=False, seed=f"seed-{t}")
+        for rank, s in enumerate(out.shown, start=1):
+            key = (bundle.plan.offer_ids[s.index], rank)
+            counts[key] = counts.get(key, 0) + 1
+            recorded.setdefault(key, s.selection_probability)
+            assert recorded[key] == s.selection_probability  # a pure function of (offer, rank)
+    for key, p in recorded.items():
+        assert counts[key] / trials == pytest.approx(p, abs=0.03)
+    for rank in range(1, 5):
+        assert sum(p for (o, r), p in recorded.items() if r == rank) == pytest.approx(1.0)
+    assert recorded[("A", 1)] == pytest.approx(0.6)
+    assert recorded[("B", 1)] == pytest.approx(0.4 / 3)
+
+
+def test_exploration_is_seeded_by_the_decision_id(engine: Engine) -> None:
+    bundle = engine.load(spec([offer(c, value=v) for c, v in zip("ABCD", (40, 30, 20, 10), strict=True)],
+                              exploration={"epsilon": 0.5}))
+    assert bundle.plan is not None
+    runs = [_policy.run_pipeline(bundle.plan, customer={}, context={}, channel="pos", history=[], now=NOW,
+                                 limit=4, explain=False, seed=s) for s in ("x", "x", "y")]
+    assert runs[0] == runs[1]
+    d = engine.decide(bundle, limit=4)
+    again = _policy.run_pipeline(bundle.plan, customer=dict(bundle.plan.default_profile), context={},
+                                 channel="pos", history=[], now=NOW, limit=4, explain=False, seed=d.decision_id)
+    assert ids(d) == [bundle.plan.offer_ids[s.index] for s in again.shown]
+
+
+def test_no_exploration_means_probability_one(engine: Engine) -> None:
+    bundle = engine.load(spec([offer("A", value=2), offer("B", value=1)]))
+    assert [o.selection_probability for o in engine.decide(bundle).offers] == [1.0, 1.0]
+
+
+def test_explore_promotes_uniformly_among_the_others() -> None:
+    rng = random.Random(7)
+    picks = [_policy.explore(4, 1.0, rng) for _ in range(3000)]
+    assert set(picks) == {1, 2, 3}
+    assert all(abs(picks.count(j) / 3000 - 1 / 3) < 0.04 for j in (1, 2, 3))
+    assert _policy.explore(1, 1.0, rng) is None and _policy.explore(5, 0.0, rng) is None
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"customer_id": ""}, "customer_id"),
+        ({"customer_id": "x" * 129}, "customer_id"),
+        ({"customer_id": 42}, "customer_id"),
+        ({"channel": "fax"}, "channel"),
+        ({"channel": None}, "channel"),
+        ({"context": ["not", "a", "mapping"]}, "context"),
+        ({"context": {"basket": math.nan}}, "context.basket"),
+        ({"profile": "age=3"}, "profile"),
+        ({"profile": {"age": math.inf}}, "profile.age"),
+        ({"profile": {"age": math.nan}}, "profile.age"),
+        ({"profile": {"tags": [1, 2]}}, "profile.tags"),
+        ({"profile": {"nested": {"a": 1}}}, "profile.nested"),
+        ({"profile": {3: "x"}}, "profile"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": 2.0}, "limit"),
+        ({"limit": True}, "limit"),
+    ],
+)
+def test_bad_input_names_the_field_and_writes_nothing(
+    engine: Engine, store: SQLiteStateStore, kwargs: dict[str, Any], field: str
+) -> None:
+    bundle = engine.load(spec([offer("A")]))
+    with pytest.raises(InputError) as info:
+        engine.decide(bundle, **kwargs)
+    assert info.value.field == field
+    with store.transaction() as tx:
+        assert tx.execute("SELECT COUNT(*) FROM decisions") == [(0,)]
+        assert tx.execute("SELECT COUNT(*) FROM outbox") == [(0,)]
+
+
+def test_valid_odd_profile_values_are_accepted(engine: Engine) -> None:
+    bundle = engine.load(spec([offer("A")]))
+    d = engine.decide(bundle, profile={"tags": ("a", "b"), "flag": True, "n": None, "big": 10**30, "s": "é" * 50})
+    assert ids(d) == ["A"]
+
+
+# -- through Client ---------------------------------------------------------------------------------
+
+
+def test_client_decide_without_bundle_is_not_ready(tmp_path: Path) -> None:
+    _, pub = signing_keys(tmp_path / "keys")
+    with Client.open(tmp_path / "state", device_id="d1", trusted_keys=[pub]) as client:
+        with pytest.raises(NotReadyError):
+            client.decide("C1", channel="pos")
+
+
+def test_client_decide_on_an_installed_signed_bundle(tmp_path: Path, model_bytes: bytes) -> None:
+    key, pub = signing_keys(tmp_path / "keys")
+    catalog = synthetic_spec(24, name="shop")
+    bundle = signed_bundle(tmp_path / "build", catalog, key=key, models={"gbt0": model_bytes})
+    with Client.open(tmp_path / "state", device_id="d1", trusted_keys=[pub], clock=ManualClock(NOW)) as client:
+        client.install_bundle(bundle)
+        d = client.decide("C1", channel="pos", profile=synthetic_profile(4), limit=5, explain=True)
+        assert d.bundle_name == "shop" and d.bundle_version == 1 and 1 <= len(d.offers) <= 5
+        assert {o.category for o in d.offers} <= set(CATEGORIES)
+        assert not {e.offer_id for e in d.excluded} & set(ids(d))
+        assert client.pending_events() == 1
+        client.record_response(d.decision_id, d.offers[0].offer_id, "declined")
+        again = client.decide("C1", channel="pos", profile=synthetic_profile(4), limit=5, explain=True)
+        assert d.offers[0].offer_id not in ids(again)  # declined/offer/1/30 policy
+        assert ("P2", "communication") in why(again)[d.offers[0].offer_id]
+        with pytest.raises(InputError):
+            client.decide("C1", channel="nowhere")
