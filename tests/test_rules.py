@@ -8,8 +8,7 @@ import cel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nbo.sdk import RuleError
-from nbo.sdk import _rules
+from nbo.sdk import RuleError, _rules
 
 
 @pytest.mark.parametrize(
