@@ -68,14 +68,18 @@ class Client:
             clock=self.clock,
             schemas=(_ledger.SCHEMA, _payments.SCHEMA, _records.SCHEMA),
         )
-        self._bundles = _bundle.BundleStore(
-            state_dir / "bundles", trusted_keys=_bundle.load_trusted_keys(trusted_keys), clock=self.clock
-        )
         self._install_lock = threading.Lock()
         self._active: LoadedBundle | None = None
-        current = self._bundles.active()
-        if current is not None:
-            self._active = load_bundle(current.directory, current.manifest, current.info)
+        try:
+            self._bundles = _bundle.BundleStore(
+                state_dir / "bundles", trusted_keys=_bundle.load_trusted_keys(trusted_keys), clock=self.clock
+            )
+            current = self._bundles.active()
+            if current is not None:
+                self._active = load_bundle(current.directory, current.manifest, current.info)
+        except BaseException:
+            self._store.close()  # a bad key or a damaged bundle must not leak the open state database
+            raise
 
     @classmethod
     def open(
