@@ -324,8 +324,9 @@ def _entry_id(store: StateStore | Tx, key: str) -> str:
     — one index fewer on every durable commit — and keeps ids from different devices apart
     when the hub gathers them (the same key on two devices gives two ids).
     """
-    identity = getattr(store, "device_id", None) or "hub"
-    return str(uuid.uuid5(_store_namespace(str(identity)), key))
+    device_id = getattr(store, "device_id", None)
+    identity = f"device:{device_id}" if device_id else "hub"
+    return str(uuid.uuid5(_store_namespace(identity), key))
 
 
 def _first_result(tx: Tx, entry_id: str, call: tuple[Any, ...]) -> LedgerEntry | None:
