@@ -28,6 +28,10 @@ PUBLISHER_TOKEN = "publisher-token-abcdef"
 TOKENS: dict[str, str] = {"app": APP_TOKEN, "device": DEVICE_TOKEN, "publisher": PUBLISHER_TOKEN}
 
 
+NBO_CLI: tuple[str, ...] = (sys.executable, "-c", "import sys; from nbo.sdk._cli import main; sys.exit(main())")
+"""The `nbo` command line, run by the interpreter of the tests."""
+
+
 def auth(token: str) -> tuple[tuple[str, str], ...]:
     """gRPC metadata carrying a bearer token."""
     return (("authorization", f"Bearer {token}"),)
@@ -212,7 +216,7 @@ def start_serve_process(
     state_dir: Path, config_path: Path, *, port: int, extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start `nbo serve` in its own process (same interpreter as the tests)."""
-    args = [sys.executable, "-m", "nbo.sdk._cli", "serve", "--state", str(state_dir), "--listen",
+    args = [*NBO_CLI, "serve", "--state", str(state_dir), "--listen",
             f"127.0.0.1:{port}", "--config", str(config_path), *extra_args]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, **(env or {})})
