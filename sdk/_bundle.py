@@ -37,7 +37,7 @@ from typing import Any
 
 from ._clock import Clock, to_datetime
 from ._errors import BundleError
-from ._keys import TrustedKey, load_public_key, trusted_key_map, verify_manifest_signature
+from ._keys import TrustedKey, load_public_key, parse_signature, trusted_key_map, verify_manifest_signature
 from ._types import BundleInfo
 
 __all__ = [
@@ -374,8 +374,6 @@ def _read_bundle(
         if trusted is not None:
             key_id = verify_manifest_signature(manifest_bytes, sig_bytes, trusted)
         else:
-            from ._keys import parse_signature
-
             key_id = parse_signature(sig_bytes)[0]
         manifest = parse_manifest(manifest_bytes)
         if before_extract is not None:

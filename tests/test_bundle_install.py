@@ -22,7 +22,8 @@ from bundle_fixtures import (
     resign,
     rewrite_zip,
 )
-from nbo.sdk import BundleError, Client, ManualClock, NotReadyError
+from nbo.sdk import BundleError, Client, InputError, ManualClock, NotReadyError
+from nbo.sdk._bundle import BundleStore, load_trusted_keys
 
 
 @dataclass(frozen=True)
@@ -310,3 +311,30 @@ def test_a_device_trusting_no_key_installs_nothing(env, tmp_path):
         with pytest.raises(BundleError, match="untrusted key"):
             client.install_bundle(env.v1)
         assert client.bundle is None
+
+
+def test_opening_with_a_bad_trusted_key_is_an_input_error(env, tmp_path):
+    with pytest.raises(InputError) as info:
+        Client.open(tmp_path / "state", device_id="pos-1", trusted_keys=[b"garbage"], clock=ManualClock())
+    assert info.value.field == "trusted_keys"
+    with Client.open(tmp_path / "state", device_id="pos-1", trusted_keys=[env.pub], clock=ManualClock()) as client:
+        assert client.bundle is None  # the state dir is still usable
+
+
+def test_discard_never_removes_the_active_or_previous_bundle(env, tmp_path):
+    store = BundleStore(tmp_path / "bundles", trusted_keys=load_trusted_keys([env.pub]), clock=ManualClock())
+    first = store.stage(env.v1, force=False)
+    store.commit(first)
+    second = store.stage(env.v2, force=False)
+    store.commit(second)
+    store.discard(first)
+    store.discard(second)
+    assert first.directory.is_dir() and second.directory.is_dir()
+    active, previous = store.active(), store.previous()
+    assert active is not None and previous is not None
+    assert (active.info.version, previous.info.version) == (2, 1)
+    third = store.stage(env.v3, force=False)
+    store.discard(third)  # staged but never committed: removed, nothing else changes
+    assert not third.directory.exists()
+    active_again = store.active()
+    assert active_again is not None and active_again.directory == second.directory
