@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from . import _contacts, _policy
+from . import _contacts, _measures, _policy
 from ._errors import BundleError, InputError
 from ._runtime import DecisionPlan, LoadedBundle
 from ._store import StateStore
@@ -97,7 +97,12 @@ def decide(
     with store.transaction() as tx:
         now = tx.now
         customer = dict(plan.default_profile)
-        customer.update(_contacts.load_profile(tx, customer_id))
+        stored = _contacts.load_profile(tx, customer_id)
+        if stored.get("last_purchase_at") is not None:
+            # Stored measures are as of the last purchase; the model was trained on them as of
+            # now (recency, tenure, stages, CLV), so bring them up to this decision's time.
+            stored = _measures.refresh_measures(stored, as_of=now)
+        customer.update(stored)
         customer.update(overrides)
         when = datetime.fromtimestamp(now, tz=UTC)
         request_context.update(channel=channel, hour=when.hour, weekday=when.weekday())
