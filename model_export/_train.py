@@ -90,6 +90,8 @@ def _as_category(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # as the SDK writes a whole float into a string input
     return str(value)
 
 
