@@ -623,3 +623,47 @@ def test_client_decide_on_an_installed_signed_bundle(tmp_path: Path, model_bytes
         assert ("P2", "communication") in why(again)[d.offers[0].offer_id]
         with pytest.raises(InputError):
             client.decide("C1", channel="nowhere")
+
+
+# -- nbo decide ---------------------------------------------------------------------------------------
+
+
+def test_cli_decide_table_explain_json_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nbo.sdk._cli import main
+
+    key, pub = signing_keys(tmp_path / "keys")
+    catalog = spec(
+        [offer("A", value=5, name="Alpha"), offer("B", "upsell", value=3, name="Beta"),
+         offer("F", "service", value=1, fallback=True, name="Fallback")],
+        rules=[{"rule_id": "adult", "kind": "business", "applies_to": "upsell", "expression": "customer.age >= 18",
+                "description": "adults only"}],
+    )
+    state = tmp_path / "state"
+    assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "pos"]) == 1
+    assert "no state.sqlite" in capsys.readouterr().err
+    with Client.open(state, device_id="pos-7", trusted_keys=[pub]) as client:
+        with pytest.raises(NotReadyError):
+            client.decide("C1", channel="pos")
+        client.install_bundle(signed_bundle(tmp_path / "build", catalog, key=key))
+
+    assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "pos",
+                 "--profile", '{"age": 16}', "--explain"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "bundle t v1" in lines[0]
+    assert lines[1].split() == ["rank", "offer", "name", "category", "propensity", "value", "weight", "lever",
+                                "score", "note"]
+    assert lines[3].split()[:3] == ["1", "A", "Alpha"]
+    assert out.splitlines()[-1].split(maxsplit=3) == ["B", "adult", "business", "adults only"]
+
+    assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "web", "--json",
+                 "--profile", '{"age": 40}', "--limit", "5", "--device-id", "pos-7"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert [o["offer_id"] for o in decision["offers"]] == ["A", "B"]
+    assert decision["offers"][0]["score"] == 5.0 and decision["bundle_version"] == 1
+
+    assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "fax"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown channel 'fax'") and len(err.strip().splitlines()) == 1
+    assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "pos", "--profile", "[1]"]) == 1
+    assert "--profile must be a JSON object" in capsys.readouterr().err
