@@ -22,6 +22,9 @@ _EXPORTS: dict[str, str] = {
     # training, export, reports, sample data (train extras)
     "train_propensity": "_train",
     "TrainedModel": "_train",
+    "MeasureConfig": "_features",
+    "train_from_directory": "_train_data",
+    "load_training_data": "_train_data",
     "write_report": "_report",
     "generate_demo_data": "_demo_data",
 }
