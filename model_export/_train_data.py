@@ -101,8 +101,17 @@ def _require(record: Mapping[str, str], columns: Sequence[str], path: Path) -> N
         raise InputError(f"{path.name}: missing column {missing[0]!r}", field=missing[0])
 
 
-def load_training_data(data_dir: str | Path) -> TrainingData:
-    """Build training rows from a demo-data style directory (see module docstring)."""
+def load_training_data(data_dir: str | Path, *, features: Sequence[str] = DEFAULT_FEATURES) -> TrainingData:
+    """Build training rows from a demo-data style directory (see module docstring).
+
+    ``features``: model input names to fill, each ``customer__X`` (measure or customers.csv
+    column X), ``offer__X`` (catalog column or attribute X) or ``context__X`` (history.csv
+    column X: channel, hour, weekday).
+    """
+    for name in features:
+        source, sep, key = name.partition("__")
+        if not sep or not key or source not in ("customer", "offer", "context"):
+            raise InputError(f"feature {name!r} is not named customer__X, offer__X or context__X", field=name)
     root = Path(data_dir)
     customers_path, tx_path = root / "customers.csv", root / "transactions.csv"
     catalog_path, history_path = root / "catalog.yaml", root / "history.csv"
@@ -151,7 +160,7 @@ def load_training_data(data_dir: str | Path) -> TrainingData:
         if outcome not in ("accepted", "declined"):
             raise InputError(f"history.csv row {i + 1}: outcome {outcome!r} is not accepted/declined", field="outcome")
         row: dict[str, Any] = {}
-        for name in DEFAULT_FEATURES:
+        for name in features:
             source, _, key = name.partition("__")
             if source == "customer":
                 row[name] = customer.get(key)
@@ -198,17 +207,24 @@ def train_from_directory(
     *,
     model: str = "gbt",
     seed: int = 0,
+    features: Sequence[str] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train on a demo-data style directory; write propensity.onnx, metrics.json, holdout.csv, report.html."""
+    """Train on a demo-data style directory; write propensity.onnx, metrics.json, holdout.csv, report.html.
+
+    ``features`` defaults to :data:`DEFAULT_FEATURES` (with their known string columns);
+    with your own list, string columns are inferred from the values.
+    """
     from ._report import truth_comparison, write_report
     from ._train import _progress, train_propensity
 
     started = time.monotonic()
-    data = load_training_data(data_dir)
+    chosen = tuple(features) if features is not None else DEFAULT_FEATURES
+    data = load_training_data(data_dir, features=chosen)
     _progress(progress, f"{len(data.rows)} shown offers, {len(set(data.customer_ids))} customers")
     trained = train_propensity(
-        data.rows, data.labels, features=DEFAULT_FEATURES, categorical=DEFAULT_CATEGORICAL,
+        data.rows, data.labels, features=chosen,
+        categorical=DEFAULT_CATEGORICAL if features is None else None,
         model=model, groups=data.customer_ids, seed=seed, progress=progress,
     )
     out = Path(out_dir)

@@ -120,3 +120,23 @@ def test_exported_model_drops_into_a_bundle(trained_dir: tuple[Path, Path], tmp_
     assert model["id"] == "propensity"
     assert [i["name"] for i in model["inputs"]] == list(DEFAULT_FEATURES)
     assert built is not None
+
+
+def test_train_with_chosen_features(trained_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = trained_dir
+    out = tmp_path / "m"
+    features = "customer__recency_days,customer__segment,offer__category,offer__discount_pct,context__channel"
+    assert cli(["train", "--data", str(data), "--out", str(out), "--model", "logreg", "--quiet",
+                "--features", features]) == 0
+    model = onnx.load(str(out / "propensity.onnx"))
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert list(types) == features.split(",")
+    assert types["customer__segment"] == onnx.TensorProto.STRING
+    assert types["customer__recency_days"] == onnx.TensorProto.FLOAT
+
+
+def test_train_rejects_a_badly_named_feature(trained_dir: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = trained_dir
+    assert cli(["train", "--data", str(data), "--out", str(tmp_path / "m"), "--features", "recency"]) == 1
+    assert "'recency' is not named customer__X" in capsys.readouterr().err

@@ -40,8 +40,9 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
     result = _train_module("_train_data").train_from_directory(
-        args.data, args.out, model=args.model, seed=args.seed, progress=not args.quiet
+        args.data, args.out, model=args.model, seed=args.seed, features=features, progress=not args.quiet
     )
     m = result.metrics
     print(f"model    {result.model_path}")
@@ -77,6 +78,8 @@ def register(sub: Any) -> None:
     train.add_argument("--out", required=True, help="model directory to write")
     train.add_argument("--model", choices=("gbt", "logreg"), default="gbt", help="model kind (default gbt)")
     train.add_argument("--seed", type=int, default=0, help="seed of the customer split and the model (default 0)")
+    train.add_argument("--features", help="comma-separated model inputs (customer__X, offer__X, context__X); "
+                                          "default: the 20 documented in docs/training.md")
     train.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     train.set_defaults(func=_train)
 
