@@ -18,6 +18,8 @@ replica sharing one PostgreSQL hub sees the same profiles, contact history and l
   like points pushed by terminals. :meth:`HubStateStore.ledger_transaction` makes the SDK
   ledger see the hub's authoritative balance (all terminals + app) as its opening balance, so
   a redeem on the gateway is checked against it.
+- **Durability**: money and points commit with an fsync; decisions and responses do not wait
+  for one (see :meth:`HubStateStore.transaction`).
 - **Contact policies across replicas**: :meth:`HubStateStore.customer_transaction` opens one
   transaction holding a per-customer lock (a PostgreSQL transaction-scoped advisory lock; the
   SQLite hub's writer lock already serialises everything) in which every transaction the
@@ -28,6 +30,7 @@ replica sharing one PostgreSQL hub sees the same profiles, contact history and l
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,13 +42,66 @@ from nbo.sdk._clock import Clock, SystemClock
 from nbo.sdk._errors import StateError
 from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event
 
-from ._db import Database, DbTx
+from ._db import Database, DbTx, SQLiteDatabase
 from ._hub import HubStore, IncomingEvent, validate_payload
 
 __all__ = ["APP_SOURCE", "HubStateStore", "HubTx"]
 
 APP_SOURCE = "app"
 """The ``device_id`` under which the gateway's own (app-channel) events enter the event log."""
+
+class _RelaxedSQLite:
+    """A second connection to the SQLite hub file with ``synchronous=NORMAL``.
+
+    For transactions that are not money or points (decisions, responses): in WAL mode a
+    NORMAL commit survives a process crash, only an OS crash can lose the last ones — the same
+    trade the device store makes for decisions, and it saves an fsync per ``Decide``. Writers
+    of both connections are serialised by SQLite's own lock (``BEGIN IMMEDIATE``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open hub database {path}: {exc}") from exc
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[_RelaxedSQLite]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StateError(f"hub database {self.path}: {exc}") from exc
+            try:
+                yield self
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StateError(f"hub database {self.path}: {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the failing statement already ended the transaction
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
 
 # Namespace of the advisory locks this module takes (the other key is the customer's hash).
 _ADVISORY_NAMESPACE = 0x4E42  # "NB"
@@ -129,6 +185,7 @@ class HubStateStore:
         self.source_id = source_id
         self._on_events = on_events
         self._local = threading.local()
+        self._relaxed = _RelaxedSQLite(str(self.db.path)) if isinstance(self.db, SQLiteDatabase) else None
         now = self.clock.now()
         with self.db.transaction() as tx:
             for ddl in (*CORE_SCHEMA, *(s for schema in schemas for s in schema)):
@@ -146,14 +203,17 @@ class HubStateStore:
 
     @contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[HubTx]:
-        """One transaction (joins the thread's open one, if any). ``durable`` is always true here:
-        the SQLite hub runs ``synchronous=FULL`` and PostgreSQL commits are durable."""
-        del durable
+        """One transaction (joins the thread's open one, if any).
+
+        ``durable=True`` (money, points) commits with an fsync: the SQLite hub's own
+        ``synchronous=FULL`` connection, an ordinary PostgreSQL commit. Other transactions use
+        ``synchronous=NORMAL`` on SQLite and ``synchronous_commit=off`` on PostgreSQL.
+        """
         current = self._current()
         if current is not None:
             yield current
             return
-        with self._outer() as tx:
+        with self._outer(durable=durable) as tx:
             yield tx
 
     @contextmanager
@@ -163,8 +223,11 @@ class HubStateStore:
             yield tx
 
     @contextmanager
-    def _outer(self) -> Iterator[HubTx]:
-        with self.db.transaction() as db_tx:
+    def _outer(self, *, durable: bool) -> Iterator[HubTx]:
+        database: Any = self.db if durable or self._relaxed is None else self._relaxed
+        with database.transaction() as db_tx:
+            if not durable and self.db.dialect == "postgresql":
+                db_tx.execute("SET LOCAL synchronous_commit TO OFF")
             tx = HubTx(self, db_tx, self.clock.now())
             self._local.tx = tx
             try:
@@ -176,7 +239,9 @@ class HubStateStore:
             self._on_events(tuple(tx.events))
 
     def close(self) -> None:
-        """Nothing to release: the hub store owns the database connection."""
+        """Close the relaxed SQLite connection (the hub store owns its own)."""
+        if self._relaxed is not None:
+            self._relaxed.close()
 
     # -- gateway helpers --------------------------------------------------------------------
 
@@ -189,7 +254,7 @@ class HubStateStore:
         """
         if self._current() is not None:
             raise StateError("customer_transaction cannot be nested in another transaction")
-        with self._outer() as tx:
+        with self._outer(durable=False) as tx:
             if self.db.dialect == "postgresql":
                 tx.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (_ADVISORY_NAMESPACE, customer_id))
             yield tx
@@ -206,7 +271,7 @@ class HubStateStore:
         """
         if self._current() is not None:
             raise StateError("ledger_transaction cannot be nested in another transaction")
-        with self._outer() as tx:
+        with self._outer(durable=True) as tx:
             rows = tx.execute(
                 "UPDATE hub_devices SET updated_at = ? WHERE device_id = ? RETURNING acked_through",
                 (tx.now, self.source_id),

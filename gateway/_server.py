@@ -171,6 +171,7 @@ def create_server(
         )
         hub_state = HubStateStore(hub, clock=clock, on_events=lambda events: metrics.events_ingested.labels(
             "app").inc(len(events)))
+        closers.append(hub_state.close)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbo-rpc"),
             # Metrics outermost, so refused (unauthenticated) calls are counted too.

@@ -1,0 +1,165 @@
+"""Gateway ``Decide`` requests/s over loopback vs the health service's ``Check`` on the same server.
+
+DESIGN §10 target: with 8 concurrent clients, ``DecisionService.Decide`` reaches at least 50 %
+of the requests/s of an empty RPC (``grpc.health.v1.Health/Check``) on the same server setup
+(same interceptors, same thread pool, same channels), measured in the same run.
+
+    .venv/bin/python bench/bench_gateway.py [--seconds 3] [--threads 8] [--rounds 3]
+
+The gateway runs in its own process (so clients and server do not share one interpreter
+lock), built with ``create_server`` from a real configuration, with a real signed bundle (the
+test catalog, a scikit-learn model exported to ONNX) published through ``PublishService``, on
+the default SQLite hub. Each client thread has its own channel. Decide goes to 1,000 distinct
+customers, so the decisions and their contact history are really written to the hub. Rounds
+alternate Check and Decide; the headline ratio is the median of per-round ratios. Prints both
+rates and the ratio; exits 1 below the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the signed-bundle fixtures of the test suite
+
+TARGET_RATIO = 0.5
+
+
+def serve_child(state: str, config: str, port_file: str) -> None:
+    """Child mode: run a gateway until SIGTERM, writing its port to ``port_file``."""
+    from nbo.gateway import create_server, load_config
+
+    server, port = create_server(load_config(config), state_dir=state, listen="127.0.0.1:0", bundle_poll_seconds=0)
+    server.start()
+    Path(port_file).write_text(str(port))
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    done.wait()
+    server.stop(grace=2).wait(10)
+
+
+def run_clients(threads: int, seconds: float, make_call: Callable[[int], Callable[[], Any]]) -> tuple[int, int, float]:
+    """``threads`` clients calling as fast as they can for ``seconds``; (calls, failures, elapsed)."""
+    counts = [0] * threads
+    failures = [0] * threads
+    start_gate = threading.Barrier(threads + 1)
+    stop_at = [0.0]
+
+    def worker(i: int) -> None:
+        call = make_call(i)
+        call()  # warm the channel
+        start_gate.wait()
+        n = bad = 0
+        while time.perf_counter() < stop_at[0]:
+            try:
+                call()
+                n += 1
+            except Exception:
+                bad += 1
+        counts[i], failures[i] = n, bad
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    stop_at[0] = time.perf_counter() + 3600
+    start_gate.wait()
+    started = time.perf_counter()
+    stop_at[0] = started + seconds
+    for t in pool:
+        t.join()
+    return sum(counts), sum(failures), time.perf_counter() - started
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--threads", type=int, default=8, help="concurrent client threads")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating Check/Decide rounds")
+    parser.add_argument("--serve-child", nargs=3, metavar=("STATE", "CONFIG", "PORT_FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_child:
+        serve_child(*args.serve_child)
+        return 0
+
+    import grpc
+    from bundle_fixtures import make_bundle, make_keys, small_catalog
+    from gateway_helpers import APP, APP_TOKEN, PUBLISHER, config_data, publish_chunks, toml_text
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2_grpc
+
+    with tempfile.TemporaryDirectory(prefix="nbo-bench-gw-") as tmp:
+        base = Path(tmp)
+        key, pub = make_keys(base / "keys")
+        catalog = small_catalog()
+        catalog["exploration"] = {"epsilon": 0.0}
+        bundle = make_bundle(base / "bundle", key=key, version=1, catalog=catalog)
+        config = base / "gateway.toml"
+        config.write_text(toml_text(config_data(trusted_key=pub)))
+        port_file = base / "port"
+        child = subprocess.Popen([sys.executable, __file__, "--serve-child", str(base / "state"), str(config),
+                                  str(port_file)], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + 60
+            while not port_file.exists() or not port_file.read_text():
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the gateway process did not start")
+                time.sleep(0.05)
+            target = f"127.0.0.1:{int(port_file.read_text())}"
+            with grpc.insecure_channel(target) as channel:
+                publish_pb2_grpc.PublishServiceStub(channel).PublishBundle(
+                    publish_chunks(bundle.read_bytes()), metadata=PUBLISHER, timeout=60)
+
+            channels = [grpc.insecure_channel(target) for _ in range(args.threads)]
+
+            def check_call(i: int) -> Callable[[], Any]:
+                stub = health_pb2_grpc.HealthStub(channels[i])
+                request = health_pb2.HealthCheckRequest()
+                return lambda: stub.Check(request, timeout=10)
+
+            def decide_call(i: int) -> Callable[[], Any]:
+                stub = decision_pb2_grpc.DecisionServiceStub(channels[i])
+                rng = random.Random(i)
+                return lambda: stub.Decide(decision_pb2.DecideRequest(
+                    customer_id=f"C{rng.randrange(1000)}", channel="pos"), metadata=APP, timeout=10)
+
+            ratios, check_rates, decide_rates = [], [], []
+            decide_failures = 0
+            for r in range(args.rounds):
+                n, bad, elapsed = run_clients(args.threads, args.seconds, check_call)
+                check = n / elapsed
+                n, bad_d, elapsed = run_clients(args.threads, args.seconds, decide_call)
+                decide = n / elapsed
+                decide_failures += bad_d + bad
+                check_rates.append(check)
+                decide_rates.append(decide)
+                ratios.append(decide / check)
+                print(f"round {r + 1}: Check {check:8.0f} req/s   Decide {decide:8.0f} req/s   ratio {decide / check:.2f}",
+                      flush=True)
+            for ch in channels:
+                ch.close()
+        finally:
+            child.terminate()
+            child.wait(timeout=30)
+    del APP_TOKEN
+    ratio = statistics.median(ratios)
+    print(f"health Check (empty RPC), {args.threads} clients: {statistics.median(check_rates):.0f} req/s")
+    print(f"Decide (5 offers, 4 rules, 2 policies, 1 ONNX model, SQLite hub), {args.threads} clients: "
+          f"{statistics.median(decide_rates):.0f} req/s")
+    print(f"ratio Decide/Check: {ratio:.2f} (target >= {TARGET_RATIO}); failed calls: {decide_failures}")
+    return 0 if ratio >= TARGET_RATIO and decide_failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
