@@ -130,6 +130,12 @@ def analyze(expression: str) -> References:
         field: str | None = None
         if nxt == ("op", ".") and idx + 2 < len(toks) and toks[idx + 2][0] == "id":
             field = toks[idx + 2][1]
+            # one level deeper (``offer.attributes.min_age``) lets offers that differ only in
+            # attributes the rule ignores share one specialised program; a call such as
+            # ``offer.attributes.size()`` needs the whole field
+            if (idx + 4 < len(toks) and toks[idx + 3] == ("op", ".") and toks[idx + 4][0] == "id"
+                    and (idx + 5 >= len(toks) or toks[idx + 5] != ("op", "("))):
+                field = f"{field}.{toks[idx + 4][1]}"
         elif (nxt == ("op", "[") and idx + 3 < len(toks) and toks[idx + 2][0] == "str"
               and toks[idx + 3] == ("op", "]")):
             field = toks[idx + 2][1]
@@ -161,10 +167,33 @@ def merge_fields(refs: Iterable[References], variable: str) -> frozenset[str] | 
 
 
 def project(obj: Mapping[str, Any], fields: frozenset[str] | None) -> dict[str, Any]:
-    """The part of ``obj`` an expression reads (all of it when ``fields`` is None)."""
+    """The part of ``obj`` an expression reads (all of it when ``fields`` is None).
+
+    ``fields`` holds top-level names (``age``) and two-level paths (``attributes.min_age``);
+    a path keeps only that key of a mapping field (the whole field if it is not a mapping or
+    is also read as a whole).
+    """
     if fields is None:
         return dict(obj)
-    return {f: obj[f] for f in fields if f in obj}
+    out: dict[str, Any] = {}
+    whole = {f for f in fields if "." not in f}
+    for f in whole:
+        if f in obj:
+            out[f] = obj[f]
+    for path in fields:
+        head, dot, key = path.partition(".")
+        if not dot or head in whole or head not in obj:
+            continue
+        value = obj[head]
+        if not isinstance(value, Mapping):
+            out[head] = value
+        elif key in value:
+            sub = out.setdefault(head, {})
+            if isinstance(sub, dict):
+                sub[key] = value[key]
+        else:
+            out.setdefault(head, {})
+    return out
 
 
 def compile_expression(expression: str, *, what: str) -> Program:

@@ -18,14 +18,16 @@ from nbo.sdk import RuleError, _rules
         ("!(offer.offer_id in customer.owned_products)", {"customer", "offer"},
          {"customer": {"owned_products"}, "offer": {"offer_id"}}),
         ("offer.attributes.min_age <= customer.age && context.hour < 22", {"customer", "offer", "context"},
-         {"customer": {"age"}, "offer": {"attributes"}, "context": {"hour"}}),
+         {"customer": {"age"}, "offer": {"attributes.min_age"}, "context": {"hour"}}),
+        ("offer.attributes.size() > 0 && offer.attributes.x == 1", {"offer"}, {"offer": {"attributes", "attributes.x"}}),
+        ('offer.attributes["k"] == 1', {"offer"}, {"offer": {"attributes"}}),
         ('customer["segment"] == "vip"', {"customer"}, {"customer": {"segment"}}),
         ("has(customer.age)", {"customer"}, {"customer": {"age"}}),
         ("size(customer) > 3", {"customer"}, {"customer": None}),
         ('"x" in customer', {"customer"}, {"customer": None}),
         # names inside strings and as fields of something else are not references
         ('"customer.age" == offer.name', {"offer"}, {"offer": {"name"}}),
-        ("offer.attributes.customer == 'a'", {"offer"}, {"offer": {"attributes"}}),
+        ("offer.attributes.customer == 'a'", {"offer"}, {"offer": {"attributes.customer"}}),
         ("r'offer.x' == 'a' && context.channel == 'pos'", {"context"}, {"context": {"channel"}}),
         ('"""customer""" == "x"', set(), {}),
         ("true", set(), {}),
@@ -50,6 +52,21 @@ def test_merge_fields_unions_and_all_wins() -> None:
 def test_project_keeps_only_present_referenced_fields() -> None:
     assert _rules.project({"a": 1, "b": 2}, frozenset({"a", "z"})) == {"a": 1}
     assert _rules.project({"a": 1, "b": 2}, None) == {"a": 1, "b": 2}
+    offer = {"attributes": {"min_age": 18, "price": 3.0}, "channels": ["pos"]}
+    assert _rules.project(offer, frozenset({"attributes.min_age"})) == {"attributes": {"min_age": 18}}
+    assert _rules.project(offer, frozenset({"attributes.nope"})) == {"attributes": {}}
+    assert _rules.project(offer, frozenset({"attributes", "attributes.min_age"})) == {"attributes": offer["attributes"]}
+    assert _rules.project(offer, frozenset({"channels.size"})) == {"channels": ["pos"]}
+
+
+def test_projection_preserves_rule_results() -> None:
+    offer = {"attributes": {"min_age": 18, "price": 3.0}}
+    for expression in ["has(offer.attributes.min_age)", "has(offer.attributes.nope)",
+                       "offer.attributes.size() == 2", "size(offer.attributes) == 2",
+                       "offer.attributes.min_age == 18"]:
+        program = _rules.compile_expression(expression, what="r")
+        fields = _rules.analyze(expression).fields["offer"]
+        assert program.execute({"offer": _rules.project(offer, fields)}) == program.execute({"offer": offer})
 
 
 json_values = st.recursive(
