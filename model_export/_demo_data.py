@@ -172,11 +172,11 @@ def demo_catalog() -> dict[str, Any]:
          "expression": "double(customer.monetary) >= 200.0",
          "description": "Premium membership for customers who spent at least 200"},
         {"rule_id": "comm_callcenter_hours", "kind": "communication", "applies_to": "*",
-         "expression": 'context.channel != "callcenter" || (context.hour >= 9 && context.hour < 20)',
-         "description": "Call-centre offers only between 09:00 and 20:00"},
+         "expression": 'offer.fallback || context.channel != "callcenter" || (context.hour >= 9 && context.hour < 20)',
+         "description": "Call-centre offers only between 09:00 and 20:00 (the fallback keeps the slot filled)"},
         {"rule_id": "comm_no_email_at_night", "kind": "communication", "applies_to": "*",
-         "expression": 'context.channel != "email" || (context.hour >= 7 && context.hour < 22)',
-         "description": "No offer emails at night"},
+         "expression": 'offer.fallback || context.channel != "email" || (context.hour >= 7 && context.hour < 22)',
+         "description": "No offer emails at night (the fallback keeps the slot filled)"},
     ]
     strategies = {
         "acquire": {"xsell": 1.2, "upsell": 0.6, "loyalty": 1.0, "retention": 0.4, "winback": 0.2, "service": 1.5},
@@ -203,6 +203,8 @@ def demo_catalog() -> dict[str, Any]:
          "max_count": 3, "window_days": 7, "channel": "", "description": "The same offer at most 3 times a week"},
         {"policy_id": "cp_app_daily_cap", "applies_to": "*", "scope": "all", "event": "shown",
          "max_count": 3, "window_days": 1, "channel": "app", "description": "At most 3 offers a day in the app"},
+        {"policy_id": "cp_privacy_notice_once", "applies_to": MANDATORY_OFFER, "scope": "offer", "event": "shown",
+         "max_count": 1, "window_days": 365, "channel": "", "description": "The privacy notice once a year"},
         {"policy_id": "cp_winback_monthly", "applies_to": "winback", "scope": "category", "event": "shown",
          "max_count": 2, "window_days": 30, "channel": "", "description": "Win-back offers at most twice a month"},
     ]

@@ -86,3 +86,31 @@ def test_device_propensities_equal_training_rows(world: dict[str, Any]) -> None:
     got = np.array([o.propensity for o in scored])
     assert np.max(np.abs(got - expected)) < 1e-5, list(zip([o.offer_id for o in scored], got, expected, strict=True))
     assert measures["lifecycle_stage"] in ("active", "starter", "declining", "inactive", "lost")
+
+
+def test_demo_catalog_rules_run_cleanly_on_the_engine(world: dict[str, Any]) -> None:
+    """Every demo rule evaluates (no 'rule failed') for known, unknown and partial profiles."""
+    demo = world["demo"]
+    customers = _csv(demo.customers)[:25]
+    clock = ManualClock(demo.as_of + timedelta(days=3))
+    kinds: set[str] = set()
+    with Client.open(world["root"] / "state-rules", device_id="kiosk-1", trusted_keys=[world["pub"]],
+                     clock=clock) as client:
+        client.install_bundle(world["root"] / "bundle.zip")
+        profiles: list[tuple[str, dict[str, Any] | None]] = [("stranger", None), ("partial", {"age": 19})]
+        for raw in customers:
+            profiles.append((raw["customer_id"], {
+                "age": int(raw["age"]), "segment": raw["segment"],
+                "do_not_contact": raw["do_not_contact"] == "true", "complaint_open": raw["complaint_open"] == "true",
+                "credit_block": raw["credit_block"] == "true",
+                "owned_products": [p for p in raw["owned_products"].split("|") if p],
+            }))
+        for n, (cid, profile) in enumerate(profiles):
+            channel = ("pos", "app", "web", "email", "kiosk", "callcenter")[n % 6]
+            clock.advance(3600 * 5)
+            decision = client.decide(cid, channel=channel, profile=profile, limit=5, explain=True)
+            failed = [e for e in decision.excluded if (e.description or "").startswith("rule failed")]
+            assert not failed, (cid, channel, failed)
+            assert decision.offers, (cid, channel)  # the fallback at worst: never an empty slot
+            kinds |= {e.kind for e in decision.excluded}
+    assert {"business", "hygiene"} <= kinds
