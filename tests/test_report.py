@@ -140,3 +140,18 @@ def test_train_rejects_a_badly_named_feature(trained_dir: tuple[Path, Path], tmp
     data, _ = trained_dir
     assert cli(["train", "--data", str(data), "--out", str(tmp_path / "m"), "--features", "recency"]) == 1
     assert "'recency' is not named customer__X" in capsys.readouterr().err
+
+
+def test_own_data_without_ground_truth(trained_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = trained_dir
+    own = tmp_path / "own"
+    own.mkdir()
+    for name in ("customers.csv", "transactions.csv", "catalog.yaml"):
+        (own / name).write_bytes((data / name).read_bytes())
+    lines = (data / "history.csv").read_text().splitlines()
+    assert lines[0].endswith(",true_propensity")
+    (own / "history.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    assert cli(["train", "--data", str(own), "--out", str(tmp_path / "m"), "--model", "logreg", "--quiet"]) == 0
+    page = (tmp_path / "m" / "report.html").read_text()
+    assert "<h2>Calibration" in page and "ground truth" not in page
+    assert "ground_truth" not in json.loads((tmp_path / "m" / "metrics.json").read_text())
