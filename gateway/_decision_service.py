@@ -119,13 +119,14 @@ def rpc_errors(context: grpc.ServicerContext, method: str) -> Iterator[None]:
         code, message = status_for(exc)
         if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE):
             # Type and stack only: exception messages can carry request values.
-            log.error("%s failed: %s\n%s", method, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+            log.error("event=rpc_failed rpc=%s status=%s error=%s\n%s", method, code.name, type(exc).__name__,
+                      "".join(traceback.format_tb(exc.__traceback__)))
             if isinstance(exc, StateError):
-                log.error("%s: hub store: %s", method, _detail(exc))
-        elif not isinstance(exc, PaymentDataError):
-            log.info("%s refused: %s %s", method, code.name, message)
+                log.error("event=hub_store_error rpc=%s detail=%s", method, _detail(exc))
         else:
-            log.info("%s refused: %s (card data in field %s)", method, code.name, getattr(exc, "field", "?"))
+            # The field name only, never the message: it may quote what the caller sent.
+            log.info("event=rpc_refused rpc=%s status=%s field=%s error=%s", method, code.name,
+                     getattr(exc, "field", None) or "-", type(exc).__name__)
         abort_with(context, code, message)
 
 

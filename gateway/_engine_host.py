@@ -55,7 +55,7 @@ class EngineHost:
                 self._active = load_bundle(current.directory, current.manifest, current.info)
             except NboError as exc:
                 # A bundle that no longer loads must not keep the gateway down: serve none, say why.
-                log.error("installed gateway bundle does not load: %s", exc)
+                log.error("event=engine_bundle_unloadable detail=%s", exc)
             else:
                 self._notify(self._active.info)
 
@@ -101,7 +101,7 @@ class EngineHost:
         with self._lock:
             info = self._store.commit(staged)
             self._active = replace(loaded, info=info)
-        log.info("gateway engine switched to bundle %s v%d", info.name, info.version)
+        log.info("event=engine_switched bundle=%s version=%d", info.name, info.version)
         self._notify(info)
         return info
 
@@ -131,7 +131,7 @@ class EngineHost:
                     return None
                 return self.install(path)
         except BundleError as exc:
-            log.warning("registered bundle %s v%d not installed in the gateway engine: %s", name, version, exc)
+            log.warning("event=engine_refresh_failed bundle=%s version=%d detail=%s", name, version, exc)
             return None
 
     def _notify(self, info: BundleInfo) -> None:

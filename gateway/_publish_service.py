@@ -169,7 +169,7 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
                 self._engine.discard(staged)
                 raise
             info = self._engine.switch(staged, loaded)
-        log.info("published bundle %s v%d (%d offers, sha256 %s…)", name, version, info.offer_count, sha[:12])
+        log.info("event=bundle_published bundle=%s version=%d offers=%d sha256=%s", name, version, info.offer_count, sha)
         return _response(name, version, info.offer_count, sha, accepted=True)
 
 

@@ -164,10 +164,19 @@ def test_decide_without_a_bundle_is_failed_precondition(kit: Any, tmp_path: Path
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "bundle" in details
 
 
-def test_decide_honours_an_expired_deadline(gw: Gateway) -> None:
-    code, _ = code_of(lambda: gw.decision.Decide(
-        decision_pb2.DecideRequest(customer_id=cid(), channel="pos"), metadata=APP, timeout=0.000001))
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+def test_decide_honours_deadlines(gw: Gateway) -> None:
+    # A deadline already (nearly) over: the call either made it or ends DEADLINE_EXCEEDED — no other
+    # status, no hang. Over 30 tries some must run out (the exact split depends on timing).
+    codes = []
+    for _ in range(30):
+        try:
+            gw.decision.Decide(decision_pb2.DecideRequest(customer_id=cid(), channel="pos"), metadata=APP,
+                               timeout=0.000001)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert grpc.StatusCode.DEADLINE_EXCEEDED in codes
 
 
 # -- RecordResponse --------------------------------------------------------------------------------
