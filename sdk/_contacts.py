@@ -72,11 +72,14 @@ def record_decision(
         (decision_id, customer_id, channel, bundle_name, bundle_version, tx.now,
          json.dumps(clean, separators=(",", ":"))),
     )
-    for offer in clean:
+    if clean:  # one multi-row INSERT (portable: SQLite and PostgreSQL) rather than one per offer
+        params: list[Any] = []
+        for offer in clean:
+            params += [customer_id, offer["offer_id"], offer["category"], channel, tx.now, decision_id]
         tx.execute(
-            "INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts, decision_id)"
-            " VALUES (?, ?, ?, ?, 'shown', ?, ?)",
-            (customer_id, offer["offer_id"], offer["category"], channel, tx.now, decision_id),
+            "INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts, decision_id) VALUES "
+            + ", ".join(["(?, ?, ?, ?, 'shown', ?, ?)"] * len(clean)),
+            params,
         )
     tx.append_event(
         "decision",

@@ -151,14 +151,24 @@ def _apply_rules(
         if len(targets) == 0:
             continue
         alive = alive.copy()
+        specialized = rule.specialized
         for i in targets.tolist():
-            program = rule.specialized[i]
-            key = id(program) if program is not None else -1 - i
-            verdict = memo.get(key)
-            if verdict is None:
-                verdict = _eval_candidate(plan, rule, i, program, cel_ctx, cel_ctx_error, customer_proj, context_proj)
-                if program is not None:
+            program = specialized[i]
+            if program is not None and cel_ctx is not None:
+                # the hot path: one prepared-context execution, no wrapper calls
+                key = id(program)
+                verdict = memo.get(key)
+                if verdict is None:
+                    try:
+                        result = program.execute(cel_ctx)
+                    except Exception:  # let evaluate() word the failure
+                        result = None
+                    verdict = (True, None) if result is True else (
+                        (False, None) if result is False else
+                        _eval_candidate(plan, rule, i, program, cel_ctx, cel_ctx_error, customer_proj, context_proj))
                     memo[key] = verdict
+            else:
+                verdict = _eval_candidate(plan, rule, i, program, cel_ctx, cel_ctx_error, customer_proj, context_proj)
             if not verdict[0]:
                 alive[i] = False
                 if explain:
@@ -283,7 +293,10 @@ def propensities(
         except Exception as exc:  # onnxruntime's exception types must not reach callers
             raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
         col = np.asarray(probs, dtype=np.float64)[:, -1]
-        out[sel] = np.clip(np.nan_to_num(col, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        bad = np.isnan(col)
+        if bad.any():  # a model that cannot score a row gives it no chance, not NaN scores
+            col = np.where(bad, 0.0, col)
+        out[sel] = np.clip(col, 0.0, 1.0)
     return out
 
 
