@@ -146,3 +146,22 @@ def test_prepared_context_is_reused_across_programs() -> None:
     assert _rules.evaluate(_rules.compile_expression("customer.age >= 18", what="a"), ctx)
     assert _rules.evaluate(_rules.compile_expression("customer.stage == 'active'", what="b"), ctx)
     assert not _rules.evaluate(_rules.compile_expression("customer.stage == 'lost'", what="c"), ctx)
+
+
+def test_sdk_loads_the_cel_evaluator_without_its_cli_and_cel_still_imports() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, nbo.sdk\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'rich', 'prompt_toolkit', 'pygments'})\n"
+        "assert heavy == [], heavy\n"
+        "import cel\n"
+        "from nbo.sdk import _rules\n"
+        "assert cel.compile('1 + 2').execute({}) == 3\n"
+        "assert _rules.cel.Context is cel.Context\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
