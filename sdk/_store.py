@@ -195,6 +195,11 @@ class SQLiteStateStore:
                     )
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+        # WAL checkpoints run in the background, off the request path: with SQLite's default
+        # auto-checkpoint, one commit in every few hundred copies the WAL into the database
+        # file (~1 ms), which was the p99 of decide (bench/bench_decide.py, docs/decisions.md).
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = _WalCheckpointer(self.path)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -230,5 +235,39 @@ class SQLiteStateStore:
                 raise StateError(f"state database {self.path}: {exc}") from exc
 
     def close(self) -> None:
+        self._checkpointer.stop()  # first, so that closing the main connection checkpoints last
         with self._lock:
             self._conn.close()
+
+
+class _WalCheckpointer:
+    """A daemon thread with its own connection running ``wal_checkpoint(PASSIVE)`` periodically.
+
+    PASSIVE never blocks writers or readers; SQLite releases the GIL while it copies pages.
+    """
+
+    def __init__(self, path: Path, *, interval: float = 0.5) -> None:
+        self._path = path
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"nbo-wal-checkpoint:{path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=False, timeout=1.0)
+        except sqlite3.Error:
+            return
+        try:
+            while not self._stopped.wait(self._interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    continue  # busy or gone: try again next time; the main connection still works
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)

@@ -667,3 +667,19 @@ def test_cli_decide_table_explain_json_and_errors(tmp_path: Path, capsys: pytest
     assert err.startswith("error: unknown channel 'fax'") and len(err.strip().splitlines()) == 1
     assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "pos", "--profile", "[1]"]) == 1
     assert "--profile must be a JSON object" in capsys.readouterr().err
+
+
+def test_wal_is_checkpointed_in_the_background_not_by_decisions(engine: Engine, store: SQLiteStateStore) -> None:
+    import time
+
+    bundle = engine.load(spec([offer(f"O{i:03d}", value=float(i + 1)) for i in range(30)]))
+    with store.transaction() as tx:
+        assert tx.execute("PRAGMA wal_autocheckpoint") == [(0,)]  # no commit pays for a checkpoint
+    db_file = store.path
+    before = db_file.stat().st_size
+    for i in range(300):
+        engine.decide(bundle, customer_id=f"C{i}", limit=5)
+    deadline = time.monotonic() + 10
+    while db_file.stat().st_size <= before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert db_file.stat().st_size > before  # the background checkpointer moved pages into the database
