@@ -168,8 +168,13 @@ def core_python(create: bool) -> tuple[str, str]:
     venv = ROOT / ".venv-core"
     python = venv / "bin" / "python"
     if not python.exists():
+        print("creating .venv-core (pip install -e . without extras) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", str(ROOT)], check=True)
+        out = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", str(ROOT)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stdout + out.stderr, file=sys.stderr)
+            raise SystemExit(f"pip install into {venv} failed")
     return str(python), ".venv-core (pip install -e . — core dependencies only, no extras)"
 
 

@@ -13,7 +13,6 @@ offer columns row-selected by index plus broadcast customer/context columns.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -438,7 +437,3 @@ def run_pipeline(
         excluded=tuple(e[3] for e in excluded),
         explored=promoted is not None,
     )
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
