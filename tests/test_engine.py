@@ -683,3 +683,34 @@ def test_wal_is_checkpointed_in_the_background_not_by_decisions(engine: Engine, 
     while db_file.stat().st_size <= before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert db_file.stat().st_size > before  # the background checkpointer moved pages into the database
+
+
+class _CountingSession:
+    """A real onnxruntime session that also records the batch size of every run."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.batches: list[int] = []
+
+    def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> Any:
+        self.batches.append(len(next(iter(feeds.values()))))
+        return self.session.run(outputs, feeds)
+
+
+def test_one_batched_onnx_call_per_model(engine: Engine, model_bytes: bytes) -> None:
+    import dataclasses
+
+    offers = [offer(f"O{i:02d}", CATEGORIES[i % 6], model_id=f"m{i % 3}" if i % 4 else None,
+                    attributes={"price": float(i)}) for i in range(24)]
+    bundle = engine.load(spec(offers), models={"m0": model_bytes, "m1": model_bytes, "m2": model_bytes})
+    assert bundle.plan is not None
+    counters = [_CountingSession(m.session) for m in bundle.plan.models]
+    plan = dataclasses.replace(bundle.plan, models=tuple(
+        dataclasses.replace(m, session=c) for m, c in zip(bundle.plan.models, counters, strict=True)))
+    out = _policy.run_pipeline(plan, customer=dict(plan.default_profile), context={"channel": "pos", "hour": 9},
+                               channel="pos", history=[], now=NOW, limit=100, explain=False, seed="s")
+    expected = {f"m{k}": sum(1 for o in offers if o.get("model_id") == f"m{k}") for k in range(3)}
+    assert {m.model_id: c.batches for m, c in zip(plan.models, counters, strict=True)} == {
+        k: [n] for k, n in expected.items()}
+    assert len(out.shown) == 24
+    assert all(s.propensity == 1.0 for s in out.shown if plan.model_index[s.index] < 0)
