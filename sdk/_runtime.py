@@ -395,9 +395,13 @@ def _warm(model: ModelPlan, rows: np.ndarray, profile: Mapping[str, Any], contex
     """Run the model once (also proves its output shape) so the first decision is not slow."""
     from ._policy import model_feeds
 
-    if len(rows) == 0:
+    if len(rows):
+        feeds = model_feeds(model, rows, profile, context)
+    else:  # no offer uses this model: warm it on one row of missing offer values
+        feeds = model_feeds(replace(model, offer_columns={}, inputs=tuple(
+            i for i in model.inputs if i.source != "offer")), np.zeros(1, dtype=np.intp), profile, context)
+        feeds.update({i.name: input_column([None], i.dtype) for i in model.inputs if i.source == "offer"})
         rows = np.zeros(1, dtype=np.intp)
-    feeds = model_feeds(model, rows, profile, context)
     try:
         out = model.session.run([model.output_name], feeds)[0]
     except Exception as exc:  # onnxruntime's own exception types must not escape

@@ -714,3 +714,10 @@ def test_one_batched_onnx_call_per_model(engine: Engine, model_bytes: bytes) -> 
         k: [n] for k, n in expected.items()}
     assert len(out.shown) == 24
     assert all(s.propensity == 1.0 for s in out.shown if plan.model_index[s.index] < 0)
+
+
+def test_model_used_by_no_offer_and_empty_catalog_load(engine: Engine, model_bytes: bytes) -> None:
+    bundle = engine.load(spec([offer("A")]), models={"unused": model_bytes})
+    assert ids(engine.decide(bundle)) == ["A"]
+    empty = engine.load(spec([]), models={"m": model_bytes})
+    assert engine.decide(empty).offers == []
