@@ -32,6 +32,8 @@ _PLAIN = frozenset({str, bool, int, type(None)})
 
 
 def _check_value(value: Any, field: str) -> None:
+    if type(value) is int and not -(2**63) <= value < 2**63:
+        raise InputError(f"{field} is out of the 64-bit integer range", field=field)
     if type(value) in _PLAIN:  # the common case, checked first because it is cheap
         return
     if isinstance(value, int | float):

@@ -572,6 +572,7 @@ def test_explore_promotes_uniformly_among_the_others() -> None:
         ({"profile": {"tags": [1, 2]}}, "profile.tags"),
         ({"profile": {"nested": {"a": 1}}}, "profile.nested"),
         ({"profile": {3: "x"}}, "profile"),
+        ({"profile": {"big": 10**30}}, "profile.big"),
         ({"limit": 0}, "limit"),
         ({"limit": 101}, "limit"),
         ({"limit": 2.0}, "limit"),
@@ -592,7 +593,7 @@ def test_bad_input_names_the_field_and_writes_nothing(
 
 def test_valid_odd_profile_values_are_accepted(engine: Engine) -> None:
     bundle = engine.load(spec([offer("A")]))
-    d = engine.decide(bundle, profile={"tags": ("a", "b"), "flag": True, "n": None, "big": 10**30, "s": "é" * 50})
+    d = engine.decide(bundle, profile={"tags": ("a", "b"), "flag": True, "n": None, "big": 2**63 - 1, "s": "é" * 50})
     assert ids(d) == ["A"]
 
 
