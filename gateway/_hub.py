@@ -93,6 +93,9 @@ SCHEMA: tuple[str, ...] = (
         PRIMARY KEY(name, version))""",
 )
 
+SCHEMA_LOCK_KEY = 0x4E42_0001
+"""PostgreSQL advisory-lock key held while creating tables (shared by every hub-side schema)."""
+
 EVENT_TYPES = frozenset({"decision", "response", "purchase", "points", "payment"})
 POINTS_KINDS = frozenset({"award", "redeem", "reverse", "expire"})
 OUTCOMES = frozenset({"accepted", "declined", "ignored"})
@@ -314,6 +317,10 @@ class HubStore:
         self.bundle_dir = Path(state_dir) / "hub-bundles"
         self.bundle_dir.mkdir(parents=True, exist_ok=True)
         with db.transaction() as tx:
+            if db.dialect == "postgresql":
+                # Replicas starting together: concurrent CREATE TABLE IF NOT EXISTS can collide in
+                # PostgreSQL's catalog (unique violation on pg_type); one creator at a time.
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
             for ddl in SCHEMA:
                 tx.execute(ddl)
 

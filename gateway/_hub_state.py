@@ -43,7 +43,7 @@ from nbo.sdk._errors import StateError
 from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event
 
 from ._db import Database, DbTx, SQLiteDatabase
-from ._hub import HubStore, IncomingEvent, validate_payload
+from ._hub import SCHEMA_LOCK_KEY, HubStore, IncomingEvent, validate_payload
 
 __all__ = ["APP_SOURCE", "HubStateStore", "HubTx"]
 
@@ -188,6 +188,8 @@ class HubStateStore:
         self._relaxed = _RelaxedSQLite(str(self.db.path)) if isinstance(self.db, SQLiteDatabase) else None
         now = self.clock.now()
         with self.db.transaction() as tx:
+            if self.db.dialect == "postgresql":
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))  # replicas start together
             for ddl in (*CORE_SCHEMA, *(s for schema in schemas for s in schema)):
                 tx.execute(ddl)
             tx.execute(
