@@ -29,6 +29,9 @@ _EXPORTS: dict[str, str] = {
     "serve": "_server",
     "GatewayServer": "_server",
     "Principal": "_auth",
+    "EngineHost": "_engine_host",
+    "HubStateStore": "_hub_state",
+    "GatewayMetrics": "_metrics",
 }
 
 __all__ = sorted(_EXPORTS)
