@@ -35,12 +35,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from nbo.sdk import _ledger, _payments, _records
 from nbo.sdk._clock import Clock, SystemClock
 from nbo.sdk._errors import StateError
-from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event
+from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event, _WalCheckpointer
 
 from ._db import Database, DbTx, SQLiteDatabase
 from ._hub import SCHEMA_LOCK_KEY, HubStore, IncomingEvent, validate_payload
@@ -66,8 +67,11 @@ class _RelaxedSQLite:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            # No checkpoint inside a Decide's commit: a background thread does them (as on devices).
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise StateError(f"cannot open hub database {path}: {exc}") from exc
+        self._checkpointer = _WalCheckpointer(Path(path))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, params).fetchall()
@@ -99,6 +103,7 @@ class _RelaxedSQLite:
             pass  # the failing statement already ended the transaction
 
     def close(self) -> None:
+        self._checkpointer.stop()
         with self._lock:
             self._conn.close()
 
