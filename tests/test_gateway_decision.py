@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -373,8 +374,16 @@ def test_cvv_field_and_bad_amounts(gw: Gateway) -> None:
 def test_metrics_endpoint_counts_decisions_and_errors(gw: Gateway) -> None:
     gw.decision.Decide(decision_pb2.DecideRequest(customer_id=cid(), channel="pos"), metadata=APP)
     code_of(lambda: gw.decision.GetBalance(decision_pb2.GetBalanceRequest(customer_id=""), metadata=APP))
+    # A terminal pushes an event created an hour ago: the sync lag shows it.
+    old = points(cid(), 5, created_at=time.time() - 3600)
+    gw.sync.PushEvents(sync_pb2.PushEventsRequest(device_id="pos-1", events=[sync_pb2.Event(
+        event_id=str(uuid.uuid4()), device_id="pos-1", seq=gw.server.hub.acked_through("pos-1") + 1, type="points",
+        created_at=old["created_at"], payload_json=json.dumps(old))]), metadata=DEVICE)
     assert gw.server.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{gw.server.metrics_port}/metrics", timeout=5).read().decode()
+    lag = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("nbo_sync_lag_seconds "))
+    assert 3590 < lag < 3700
+    assert 'nbo_events_ingested_total{source="device"}' in text
     assert 'nbo_decisions_total{bundle="small:1"}' in text
     assert "nbo_decide_latency_seconds_bucket" in text
     assert 'nbo_rpc_errors_total{code="INVALID_ARGUMENT",method="DecisionService/GetBalance"}' in text
