@@ -17,6 +17,7 @@ the currency's minor units; currencies are ISO 4217 active codes.
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
@@ -63,9 +64,11 @@ ISO_4217: frozenset[str] = frozenset(CURRENCY_MINOR_UNITS)
 
 _NA_MAX_PLACES = 4
 
-# Digits grouped by single spaces or dashes: every run of groups is a card-number candidate.
-_DIGIT_RUN = re.compile(r"[0-9]+(?:[ \-]{1,2}[0-9]+)*")
-_GROUP_SPLIT = re.compile(r"[ \-]+")
+# Digits grouped by spaces or dashes ("4111 1111", "4111-1111", "4111 - 1111"): every run of
+# groups is a card-number candidate.
+_SEPARATOR = r"[\s\-\u2010-\u2015\u2212]"  # any space (tab, no-break space …) or dash
+_DIGIT_RUN = re.compile(rf"[0-9]+(?:{_SEPARATOR}{{1,3}}[0-9]+)*")
+_GROUP_SPLIT = re.compile(rf"{_SEPARATOR}+")
 # Track 1: %B<PAN>^<NAME>^<YYMM…>; track 2: ;<PAN>=<YYMM…> (sentinels optional when pasted).
 _TRACK = re.compile(r"%?B[0-9]{12,19}\^[^^]{0,26}\^[0-9]{4}|;?[0-9]{12,19}=[0-9]{4}")
 _CVV_WORDS = r"cvv2?|cvc2?|cvn2?|cav2|cid|csc|security[ _-]?code"
@@ -108,7 +111,15 @@ def _has_card_number(text: str) -> bool:
     return False
 
 
+def _ascii_digits(text: str) -> str:
+    # Full-width, Arabic-Indic and other decimal digits are digits too: a PAN typed in them is
+    # still a PAN, and nothing downstream should have to know.
+    return "".join(str(unicodedata.digit(c)) if c.isdecimal() else c for c in text)
+
+
 def _is_card_data(text: str) -> bool:
+    if not text.isascii():
+        text = _ascii_digits(text)
     # Every pattern needs digits (a PAN 13, track data 12, a CVV 3): most strings have few.
     if len(text) - len(text.translate(_DROP_DIGITS)) < 3:
         return False

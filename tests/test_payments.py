@@ -10,6 +10,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nbo.sdk import Client, InputError, ManualClock, PaymentDataError, PaymentRecord, StateError, _payments
 
 T0 = 1_700_000_000.0
@@ -215,6 +217,10 @@ def test_a_card_number_in_any_field_is_refused_naming_only_the_field(client: Cli
     "tok_4111111111111111",
     "12 4111111111111111",
     "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",   # one digit per group
+    "4111 - 1111 - 1111 - 1111",
+    "4111\t1111\u00a01111\u20131111",      # tab, no-break space, en dash
+    "\uff14" + "\uff11" * 15,            # full-width digits
+    "\u0664\u0661\u0661\u0661\u0661\u0661\u0661\u0661\u0661\u0661\u0661\u0661\u0661\u0661\u0661\u0661",  # Arabic-Indic
 ])
 def test_a_card_number_inside_other_text_is_found(text):
     with pytest.raises(PaymentDataError):
@@ -290,3 +296,38 @@ def test_refused_card_data_is_absent_from_disk_and_logs(client: Client, state_di
             assert needle.encode("utf-16-le") not in blob, needle
     for needle in [*formatted(pan), "cvv=739", "739", "DOE/JOHN"]:
         assert needle not in logs, needle
+
+
+# -- the scanner, by property -----------------------------------------------------------------------
+
+_WORDS = st.text(alphabet=st.characters(categories=["L"], max_codepoint=0x24F), max_size=12)
+
+
+@st.composite
+def grouped_pans(draw: st.DrawFn) -> tuple[str, str]:
+    length = draw(st.integers(13, 19))
+    body = draw(st.text(alphabet="0123456789", min_size=length - 1, max_size=length - 1))
+    pan = luhn_complete(body)
+    out, i = [], 0
+    while i < len(pan):
+        size = draw(st.integers(1, 6))
+        out.append(pan[i:i + size])
+        i += size
+    separators = [draw(st.sampled_from(["", " ", "-", "  ", " - ", "\t", "\u00a0"])) for _ in out[1:]]
+    grouped = out[0] + "".join(sep + group for sep, group in zip(separators, out[1:], strict=True))
+    return pan, grouped
+
+
+@settings(max_examples=300, deadline=None)
+@given(grouped_pans(), _WORDS, _WORDS)
+def test_any_luhn_valid_pan_in_any_grouping_inside_text_is_refused(pan_and_text, before, after):
+    pan, grouped = pan_and_text
+    with pytest.raises(PaymentDataError) as info:
+        _payments.refuse_card_data({"payment_token": f"{before} {grouped} {after}"})
+    assert pan not in str(info.value) and grouped not in str(info.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=["Nd"]), max_size=60))
+def test_text_without_digits_is_never_refused(text):
+    _payments.refuse_card_data({"payment_token": text, "store_id": text})
