@@ -16,6 +16,7 @@ the currency's minor units; currencies are ISO 4217 active codes.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import uuid
@@ -155,11 +156,17 @@ def find_card_data(value: object, field: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=512)
+def _sensitive_name(name: str) -> bool:
+    # Callers pass the same few parameter names on every call (the hot award path included).
+    return bool(_SAD_NAME.match(name.strip()) or _is_card_data(name))
+
+
 def refuse_card_data(fields: Mapping[str, Any]) -> None:
     """Raise :class:`PaymentDataError` (naming the field only) if any field holds card data."""
     hit = None
     for name, value in fields.items():
-        if _SAD_NAME.match(name.strip()) or _is_card_data(name):
+        if _sensitive_name(name):
             hit = "field name"
         elif isinstance(value, str):
             hit = name if _is_card_data(value) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -416,14 +417,16 @@ while True:
 @pytest.mark.slow
 def test_kill_9_while_awarding_loses_no_acknowledged_award_and_pairs_every_entry_with_its_event(tmp_path: Path):
     state = tmp_path / "state"
-    for round_no in range(3):
+    rng = random.Random(5)
+    for round_no in range(5):
         proc = subprocess.Popen([sys.executable, "-c", _AWARD_LOOP, str(state)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         acknowledged = -1
         deadline = time.monotonic() + 20
         while acknowledged < 20 * (round_no + 1) and time.monotonic() < deadline:
             acknowledged = int(proc.stdout.readline())
-        time.sleep(0.01 * round_no)
+        time.sleep(rng.uniform(0, 0.05))  # kill at a random point of a later award
+
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
