@@ -122,7 +122,7 @@ class Lot:
         return self.expires_at is None or self.expires_at > t
 
     def order(self) -> tuple[bool, float, int]:
-        # Oldest-expiring first; lots that never expire (and the central credit) last.
+        # Oldest-expiring first, then lots that never expire; the credit comes after every lot.
         return (self.expires_at is None, self.expires_at or 0.0, self.position)
 
 
