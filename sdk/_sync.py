@@ -312,7 +312,10 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
                 bundle_installed = client.install_bundle(path)
                 path.unlink(missing_ok=True)
         except grpc.RpcError as exc:
-            errors.append(str(_sync_error(exc, "GetLatestBundle")))
+            error = _sync_error(exc, "GetLatestBundle or DownloadBundle")
+            if pushed == 0 and latest is None:
+                raise error from exc  # the hub was not reached at all: a failed sync
+            errors.append(str(error))
         except NboError as exc:
             errors.append(f"bundle: {exc}")
     report = SyncReport(
