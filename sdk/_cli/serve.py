@@ -1,14 +1,49 @@
-"""`nbo` commands of the serve group. PLACEHOLDER until implemented."""
+"""`nbo serve`: run the gateway (hub for terminals, decisions for apps, uploads from the central team)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from pathlib import Path
 from typing import Any
 
 
 def register(sub: Any) -> None:
-    del sub
+    serve = sub.add_parser(
+        "serve",
+        help="run the gRPC gateway (sync hub, decisions, publishing)",
+        description="Run the nbo.v1 gRPC gateway with the TOML configuration of DESIGN §8 ([[tokens]], "
+        "[trust], [hub], [tls]). Flags override the file. Stops gracefully on SIGTERM/SIGINT, "
+        "letting in-flight calls finish within --grace seconds.",
+    )
+    serve.add_argument("--state", required=True, metavar="DIR", help="the gateway's state directory")
+    serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
+    serve.add_argument("--config", required=True, metavar="FILE", help="the gateway TOML configuration")
+    serve.add_argument("--hub-db", metavar="URL", help="sqlite:///path or postgresql://… (overrides [hub] db)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="server certificate (overrides [tls] cert)")
+    serve.add_argument("--tls-key", metavar="PEM", help="server private key (overrides [tls] key)")
+    serve.add_argument("--client-ca", metavar="PEM", help="CA of client certificates: mutual TLS")
+    serve.add_argument("--grace", type=float, default=10.0, metavar="S",
+                       help="seconds in-flight calls get to finish on shutdown (default 10)")
+    serve.set_defaults(func=_serve)
 
 
-def _unused(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace) -> int:
+    from nbo.gateway import load_config, serve
+
+    config = load_config(args.config).with_overrides(
+        hub_db=args.hub_db,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        client_ca=Path(args.client_ca) if args.client_ca else None,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+
+    def ready(port: int) -> None:
+        # One machine-readable line on stdout: scripts and tests wait for it.
+        print(f"listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
+
+    serve(config, state_dir=args.state, listen=args.listen, grace=args.grace, ready=ready)
     return 0

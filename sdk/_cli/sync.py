@@ -1,14 +1,134 @@
-"""`nbo` commands of the sync group. PLACEHOLDER until implemented."""
+"""`nbo sync` (push the outbox to a hub, pick up a newer bundle) and `nbo events` (inspect it)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from pathlib import Path
 from typing import Any
+
+from .._errors import ConfigError
+from ._table import format_table
 
 
 def register(sub: Any) -> None:
-    del sub
+    sync = sub.add_parser(
+        "sync",
+        help="push this device's outbox to a hub and pick up a newer bundle",
+        description="Push pending outbox events to the hub in batches, mark them acknowledged, store the "
+        "hub's points balances, and download, verify and install a newer bundle (resuming a cut "
+        "download). With --forever: keep syncing every --interval seconds, retrying with backoff "
+        "(1 s doubling to 5 min, with jitter) while the hub is unreachable.",
+    )
+    sync.add_argument("--state", required=True, metavar="DIR", help="the device's state directory")
+    sync.add_argument("--hub", required=True, metavar="HOST:PORT", help="the gateway to sync with")
+    sync.add_argument("--token", required=True, help="this device's bearer token")
+    sync.add_argument("--device-id", help="the device id (default: the one recorded in the state directory)")
+    sync.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                      help="a trusted public key file for installing bundles (repeatable)")
+    sync.add_argument("--ca-file", metavar="PEM", help="CA certificate of the hub (turns on TLS)")
+    sync.add_argument("--client-cert", metavar="PEM", help="client certificate for mutual TLS")
+    sync.add_argument("--client-key", metavar="PEM", help="client private key for mutual TLS")
+    sync.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per call (default 30)")
+    sync.add_argument("--forever", action="store_true", help="keep syncing; never give up")
+    sync.add_argument("--interval", type=float, default=60.0, metavar="S",
+                      help="with --forever: seconds between successful syncs (default 60)")
+    sync.set_defaults(func=_sync)
+
+    events = sub.add_parser(
+        "events",
+        help="show the outbox: pending, acknowledged and dead-lettered events",
+        description="Summarise this device's outbox by status and type, then list events (oldest first).",
+    )
+    events.add_argument("--state", required=True, metavar="DIR", help="the device's state directory")
+    events.add_argument("--status", choices=("pending", "acked", "dead", "all"), default="pending",
+                        help="which events to list (default pending)")
+    events.add_argument("--limit", type=int, default=20, help="how many events to list (default 20)")
+    events.add_argument("--device-id", help="the device id (default: the one recorded in the state directory)")
+    events.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
+    events.set_defaults(func=_events)
 
 
-def _unused(args: argparse.Namespace) -> int:
+def _open(args: argparse.Namespace) -> Any:
+    from .. import Client
+    from .decide import stored_device_id
+
+    state_dir = Path(args.state)
+    device_id = args.device_id or stored_device_id(state_dir)
+    return Client.open(state_dir, device_id=device_id, trusted_keys=[Path(p) for p in args.trusted_key])
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from .. import _sync
+
+    if (args.client_cert is None) != (args.client_key is None):
+        raise ConfigError("--client-cert and --client-key must be given together")
+    options = {"ca_file": args.ca_file, "client_cert": args.client_cert, "client_key": args.client_key,
+               "timeout": args.timeout}
+    with _open(args) as client:
+        if args.forever:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+            loop = _sync.SyncLoop(client, args.hub, args.token, interval=args.interval, options=options,
+                                  on_report=_print_report)
+            try:
+                loop.run_forever()
+            except KeyboardInterrupt:
+                loop.stop()
+            return 0
+        report = _sync.sync(client, args.hub, token=args.token, **options)
+        _print_report(report)
+        return 1 if report.errors else 0
+
+
+def _print_report(report: Any) -> None:
+    bundle = (f"{report.bundle_installed.name} v{report.bundle_installed.version}"
+              if report.bundle_installed else "none")
+    print(f"pushed {report.pushed} events; hub acknowledged through seq {report.acked_through}; "
+          f"dead-lettered {report.dead_lettered}; balances updated {report.balances_updated}; "
+          f"bundle installed: {bundle}", flush=True)
+    for error in report.errors:
+        print(f"warning: {error}", file=sys.stderr, flush=True)
+
+
+def _events(args: argparse.Namespace) -> int:
+    from .. import Client, _records
+    from .decide import stored_device_id
+
+    if args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    state_dir = Path(args.state)
+    device_id = args.device_id or stored_device_id(state_dir)
+    status = "dead_lettered" if args.status == "dead" else args.status
+    with Client.open(state_dir, device_id=device_id, trusted_keys=[]) as client:
+        summary = _records.outbox_summary(client._store)
+        listed = _records.list_events(client._store, status=status, limit=args.limit)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items()}, sort_keys=True))
+        for item in listed:
+            print(json.dumps(item, sort_keys=True, default=str))
+        return 0
+    rows = [[t, c["pending"], c["acked"], c["dead_lettered"]] for t, c in summary["by_type"].items()]
+    rows.append(["total", summary["pending"], summary["acked"], summary["dead_lettered"]])
+    print(format_table(["type", "pending", "acked", "dead-lettered"], rows, title=f"outbox of {device_id}"))
+    if summary.get("compacted_decisions"):
+        print(f"decision events compacted past the disk budget: {summary['compacted_decisions']}")
+    print()
+    if not listed:
+        print(f"no {args.status} events")
+        return 0
+    print(format_table(
+        ["seq", "type", "status", "created", "customer", "reason"],
+        [[e["seq"], e["type"], e["status"], _iso(e["created_at"]),
+          (e["payload"] or {}).get("customer_id", "") if isinstance(e["payload"], dict) else "",
+          (e["reason"] or "")[:60]] for e in listed],
+        title=f"{args.status} events (oldest first, at most {args.limit})",
+    ))
     return 0
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(float(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
