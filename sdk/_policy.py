@@ -220,7 +220,9 @@ def _apply_policies(
         keys, everything = policy_blocked(policy, history, now)
         if not keys and not everything:
             continue
-        hit = alive & policy.applies
+        # Fallback offers are exempt: they exist so that a channel never shows an empty slot,
+        # which a cap like "at most 3 offers a day" would otherwise produce.
+        hit = alive & policy.applies & ~plan.fallback
         if not everything:
             by_key = np.zeros(len(plan.offer_ids), dtype=bool)
             if policy.scope == "offer":

@@ -257,6 +257,16 @@ def test_contact_policy_scope_all_on_one_channel(engine: Engine, store: SQLiteSt
     assert ids(engine.decide(bundle, channel="pos")) == ["A", "B", "C"]  # other channels unaffected
 
 
+def test_fallback_is_exempt_from_contact_policies_so_no_slot_is_empty(engine: Engine, store: SQLiteStateStore) -> None:
+    bundle = engine.load(spec([*POLICY_OFFERS, offer("FB", "service", 1.0, fallback=True)], contact_policies=[
+        {"policy_id": "app3", "scope": "all", "event": "shown", "max_count": 3, "window_days": 1, "channel": "app"},
+    ]))
+    add_history(store, *[("FB", "service", "app", "shown", NOW - 3600.0 * h) for h in (1, 2, 3)])
+    decision = engine.decide(bundle, channel="app")
+    assert ids(decision) == ["FB"] and decision.offers[0].fallback
+    assert {e.offer_id for e in decision.excluded if e.rule_id == "app3"} == {"A", "B", "C"}
+
+
 def test_contact_policy_applies_to_and_other_customers(engine: Engine, store: SQLiteStateStore) -> None:
     bundle = engine.load(spec(POLICY_OFFERS, contact_policies=[
         {"policy_id": "loy", "applies_to": "loyalty", "scope": "all", "event": "accepted", "max_count": 1,
