@@ -222,5 +222,9 @@ def write_report(model_dir: str | Path, *, out: str | Path | None = None) -> Pat
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{style}</style></head><body><h1>{title}</h1>" + "".join(sections) + "</body></html>\n")
     target = Path(out) if out is not None else root / "report.html"
-    target.write_text(page, encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page, encoding="utf-8")
+    except OSError as exc:  # a caller gets an NboError naming the file, never a raw OSError
+        raise InputError(f"cannot write the report {target}: {exc.strerror or exc}", field="out") from exc
     return target
