@@ -341,7 +341,10 @@ def generate_demo_data(out_dir: str | Path, *, customers: int = 2000, seed: int 
     if customers > 1_000_000:
         raise InputError("customers must be at most 1,000,000", field="customers")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a path through a file: one clear error, not a raw OSError
+        raise InputError(f"cannot create the output directory {out}: {exc.strerror or exc}", field="out_dir") from exc
     rng = np.random.default_rng(seed)
     span = (END - START).total_seconds()
 
