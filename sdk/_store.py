@@ -154,6 +154,18 @@ class _SQLiteTx:
         return event
 
 
+def damaged_hint(exc: sqlite3.DatabaseError) -> str:
+    """What to do about a state file SQLite cannot read ("not a database", "malformed").
+
+    Only for the plain ``DatabaseError`` SQLite raises on a damaged file: a locked, full or
+    closed database (its subclasses) is not damaged.
+    """
+    if type(exc) is not sqlite3.DatabaseError:
+        return ""
+    return (" — the file is damaged or not an nbo state database: move the state directory aside and "
+            "re-provision the device (docs/operations.md, Backups)")
+
+
 class SQLiteStateStore:
     """The device's state database: one SQLite file in WAL mode, with the outbox.
 
@@ -194,7 +206,7 @@ class SQLiteStateStore:
                         f"state database {self.path} belongs to device {row[0]!r}, not {device_id!r}"
                     )
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+            raise StateError(f"cannot open state database {self.path}: {exc}{damaged_hint(exc)}") from exc
         # WAL checkpoints run in the background, off the request path: with SQLite's default
         # auto-checkpoint, one commit in every few hundred copies the WAL into the database
         # file (~1 ms), which was the p99 of decide (bench/bench_decide.py, docs/decisions.md).
@@ -223,7 +235,7 @@ class SQLiteStateStore:
                 with self._write() as conn:
                     yield _SQLiteTx(self, conn, self.clock.now())
             except sqlite3.DatabaseError as exc:
-                raise StateError(f"state database {self.path}: {exc}") from exc
+                raise StateError(f"state database {self.path}: {exc}{damaged_hint(exc)}") from exc
 
     @contextmanager
     def read(self) -> Iterator[_SQLiteTx]:
@@ -232,7 +244,7 @@ class SQLiteStateStore:
             try:
                 yield _SQLiteTx(self, self._conn, self.clock.now())
             except sqlite3.DatabaseError as exc:
-                raise StateError(f"state database {self.path}: {exc}") from exc
+                raise StateError(f"state database {self.path}: {exc}{damaged_hint(exc)}") from exc
 
     def close(self) -> None:
         self._checkpointer.stop()  # first, so that closing the main connection checkpoints last

@@ -67,7 +67,9 @@ def stored_device_id(state_dir: Path) -> str:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        raise StateError(f"cannot read {path}: {exc}") from exc
+        from .._store import damaged_hint
+
+        raise StateError(f"cannot read {path}: {exc}{damaged_hint(exc)}") from exc
     if row is None:
         raise ConfigError(f"{path} records no device id; pass --device-id")
     return str(row[0])
