@@ -93,7 +93,10 @@ def _run(args: argparse.Namespace) -> int:
             from None
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="nbo-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--dir {root}: cannot create the demo directory: {exc.strerror or exc}") from None
     steps = _Steps(9)
     rng = random.Random(args.seed)
     server = None
