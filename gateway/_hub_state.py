@@ -286,10 +286,9 @@ class HubStateStore:
             if not rows:
                 raise StateError(f"hub event source {self.source_id!r} is not registered")
             as_of = int(rows[0][0])
-            tx.execute(
-                "INSERT INTO hub_customers(customer_id, entries) VALUES (?, 0) ON CONFLICT (customer_id) DO NOTHING",
-                (customer_id,),
-            )
+            # Take the customer's ledger row lock (the one terminal pushes take) when the row
+            # exists. A customer without it has no entries anywhere yet: the balance read below is
+            # 0, and a concurrent first push can only be refused against, never over-spent.
             tx.execute("UPDATE hub_customers SET entries = entries WHERE customer_id = ?", (customer_id,))
             balance = self.hub._balances(tx.db, [customer_id], tx.now)[customer_id]
             tx.execute(

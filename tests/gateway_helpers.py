@@ -212,13 +212,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-SERVE_SNIPPET = (
-    "import sys, logging; from nbo.gateway import load_config, serve; "
-    "logging.basicConfig(level=logging.INFO); "
-    "serve(load_config(sys.argv[3]), state_dir=sys.argv[1], listen=sys.argv[2])"
-)
-
-
 def serve_log(state_dir: Path) -> Path:
     """Where :func:`start_serve_process` sends the gateway's output."""
     return state_dir.parent / f"{state_dir.name}.serve.log"
@@ -227,11 +220,12 @@ def serve_log(state_dir: Path) -> Path:
 def start_serve_process(
     state_dir: Path, config_path: Path, *, port: int, extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start a gateway in its own process (same interpreter as the tests), as `nbo serve` runs it.
+    """Start `nbo serve` in its own process (same interpreter as the tests).
 
     Its output goes to :func:`serve_log` (not a pipe, so a chatty server can never block).
     """
-    args = [sys.executable, "-c", SERVE_SNIPPET, str(state_dir), f"127.0.0.1:{port}", str(config_path), *extra_args]
+    args = [*NBO_CLI, "serve", "--state", str(state_dir), "--listen", f"127.0.0.1:{port}", "--config",
+            str(config_path), *extra_args]
     state_dir.parent.mkdir(parents=True, exist_ok=True)
     with serve_log(state_dir).open("ab") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})

@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
         "serve",
         help="run the gRPC gateway (sync hub, decisions, publishing)",
         description="Run the nbo.v1 gRPC gateway with the TOML configuration of DESIGN §8 ([[tokens]], "
-        "[trust], [hub], [tls]). Flags override the file. Stops gracefully on SIGTERM/SIGINT, "
+        "[trust], [hub], [tls], [metrics]). Flags override the file. Stops gracefully on SIGTERM/SIGINT, "
         "letting in-flight calls finish within --grace seconds.",
     )
     serve.add_argument("--state", required=True, metavar="DIR", help="the gateway's state directory")
@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--tls-cert", metavar="PEM", help="server certificate (overrides [tls] cert)")
     serve.add_argument("--tls-key", metavar="PEM", help="server private key (overrides [tls] key)")
     serve.add_argument("--client-ca", metavar="PEM", help="CA of client certificates: mutual TLS")
+    serve.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve Prometheus /metrics on this port (overrides [metrics] port; 0: any)")
     serve.add_argument("--grace", type=float, default=10.0, metavar="S",
                        help="seconds in-flight calls get to finish on shutdown (default 10)")
     serve.set_defaults(func=_serve)
@@ -37,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         client_ca=Path(args.client_ca) if args.client_ca else None,
+        metrics_port=args.metrics_port,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
