@@ -131,3 +131,27 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     finally:
         hub.close()
     assert not list((tmp_path / "state" / "publish-spool").iterdir())
+
+
+def test_nbo_serve_metrics_port(tmp_path: Path) -> None:
+    import urllib.request
+
+    kit = bundle_kit(tmp_path / "kit")
+    config = tmp_path / "gateway.toml"
+    config.write_text(toml_text(config_data(trusted_key=kit.pub)))
+    port, metrics_port = free_port(), free_port()
+    proc = start_serve_process(tmp_path / "state", config, port=port, extra_args=("--metrics-port", str(metrics_port)))
+    try:
+        wait_serving(port, proc=proc)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                decision_pb2_grpc.DecisionServiceStub(channel).Decide(
+                    decision_pb2.DecideRequest(customer_id="m", channel="pos"), metadata=APP, timeout=5)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION  # no bundle yet
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'nbo_rpc_errors_total{code="FAILED_PRECONDITION",method="DecisionService/Decide"} 1.0' in text
+        assert "nbo_bundle_version 0.0" in text
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
