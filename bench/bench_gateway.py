@@ -37,11 +37,11 @@ sys.path.insert(0, str(ROOT / "tests"))  # the signed-bundle fixtures of the tes
 TARGET_RATIO = 0.5
 
 
-def serve_child(state: str, config: str, port_file: str) -> None:
+def serve_child(state: str, config: str, port_file: str, listen: str) -> None:
     """Child mode: run a gateway until SIGTERM, writing its port to ``port_file``."""
     from nbo.gateway import create_server, load_config
 
-    server, port = create_server(load_config(config), state_dir=state, listen="127.0.0.1:0", bundle_poll_seconds=0)
+    server, port = create_server(load_config(config), state_dir=state, listen=listen, bundle_poll_seconds=0)
     server.start()
     Path(port_file).write_text(str(port))
     done = threading.Event()
@@ -87,7 +87,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--threads", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--rounds", type=int, default=3, help="alternating Check/Decide rounds")
-    parser.add_argument("--serve-child", nargs=3, metavar=("STATE", "CONFIG", "PORT_FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="gateway processes sharing the port (SO_REUSEPORT) and one hub (default 1)")
+    parser.add_argument("--serve-child", nargs=4, metavar=("STATE", "CONFIG", "PORT_FILE", "LISTEN"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_child:
         serve_child(*args.serve_child)
@@ -107,19 +110,42 @@ def main(argv: list[str]) -> int:
         bundle = make_bundle(base / "bundle", key=key, version=1, catalog=catalog)
         config = base / "gateway.toml"
         config.write_text(toml_text(config_data(trusted_key=pub)))
-        port_file = base / "port"
-        child = subprocess.Popen([sys.executable, __file__, "--serve-child", str(base / "state"), str(config),
-                                  str(port_file)], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        children: list[subprocess.Popen[bytes]] = []
+        listen = "127.0.0.1:0"
         try:
+            for n in range(args.processes):
+                port_file = base / f"port-{n}"
+                # Every process has its own state directory and shares the hub database and port.
+                children.append(subprocess.Popen(
+                    [sys.executable, __file__, "--serve-child", str(base / f"state-{n}"), str(config), str(port_file),
+                     listen], env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+                deadline = time.monotonic() + 60
+                while not port_file.exists() or not port_file.read_text():
+                    if children[-1].poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit("the gateway process did not start")
+                    time.sleep(0.05)
+                listen = f"127.0.0.1:{int(port_file.read_text())}"
+            target = listen
+            # Publish until every process answers with the bundle (each one serves its own engine).
             deadline = time.monotonic() + 60
-            while not port_file.exists() or not port_file.read_text():
-                if child.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the gateway process did not start")
-                time.sleep(0.05)
-            target = f"127.0.0.1:{int(port_file.read_text())}"
-            with grpc.insecure_channel(target) as channel:
-                publish_pb2_grpc.PublishServiceStub(channel).PublishBundle(
-                    publish_chunks(bundle.read_bytes()), metadata=PUBLISHER, timeout=60)
+            while True:
+                with grpc.insecure_channel(target) as channel:
+                    publish_pb2_grpc.PublishServiceStub(channel).PublishBundle(
+                        publish_chunks(bundle.read_bytes()), metadata=PUBLISHER, timeout=60)
+                ready = 0
+                for _ in range(4 * args.processes):
+                    with grpc.insecure_channel(target) as channel:  # a new connection may land on another process
+                        try:
+                            decision_pb2_grpc.DecisionServiceStub(channel).Decide(
+                                decision_pb2.DecideRequest(customer_id="warm", channel="pos"), metadata=APP, timeout=10)
+                            ready += 1
+                        except grpc.RpcError:
+                            pass
+                if ready == 4 * args.processes:
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit("not every gateway process got the bundle")
+                time.sleep(0.3)
 
             channels = [grpc.insecure_channel(target) for _ in range(args.threads)]
 
@@ -150,8 +176,10 @@ def main(argv: list[str]) -> int:
             for ch in channels:
                 ch.close()
         finally:
-            child.terminate()
-            child.wait(timeout=30)
+            for child in children:
+                child.terminate()
+            for child in children:
+                child.wait(timeout=30)
     del APP_TOKEN
     ratio = statistics.median(ratios)
     print(f"health Check (empty RPC), {args.threads} clients: {statistics.median(check_rates):.0f} req/s")
