@@ -43,6 +43,7 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
 
         # A slow upload is in flight when SIGTERM arrives; it must complete.
         sent_half = threading.Event()
+        sigterm_sent = threading.Event()
         data = v2.read_bytes()
 
         def slow_chunks() -> Iterator[publish_pb2.PublishChunk]:
@@ -50,7 +51,8 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
             for i, chunk in enumerate(chunks):
                 if i == len(chunks) // 2:
                     sent_half.set()
-                    time.sleep(1.5)  # SIGTERM lands here
+                    sigterm_sent.wait(30)  # the rest of the upload is sent after SIGTERM
+                    time.sleep(0.3)
                 yield chunk
 
         upload: dict[str, object] = {}
@@ -94,6 +96,7 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
             time.sleep(0.01)
         assert not upload  # the upload is still in flight
         proc.send_signal(signal.SIGTERM)
+        sigterm_sent.set()
         uploader.join(30)
         stop.set()
         for t in loaders:
