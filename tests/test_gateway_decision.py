@@ -413,13 +413,14 @@ def test_hot_swap_under_concurrent_decide_load(kit: Any, tmp_path: Path) -> None
         threads = [threading.Thread(target=load) for _ in range(8)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 60
         try:
-            while len(versions) < 20:
+            while len(versions) < 20 and not failures and time.monotonic() < deadline:
                 stop.wait(0.01)
             response = publish(g, kit.v2)
             assert response.accepted and response.version == 2
             seen = len(versions)
-            while len(versions) < seen + 20:
+            while len(versions) < seen + 20 and not failures and time.monotonic() < deadline:
                 stop.wait(0.01)
         finally:
             stop.set()
