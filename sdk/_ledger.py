@@ -507,13 +507,20 @@ def apply_central_balances(tx: Tx, balances: Mapping[str, int], *, acked_through
     earlier batch cannot roll a balance back.
     """
     check_int(acked_through, "acked_through", minimum=0, maximum=2**62)
+    rows: list[tuple[Any, ...]] = []
     for customer_id, value in balances.items():
         check_id(customer_id, "customer_id")
         check_int(value, "balance", minimum=-(2**62), maximum=2**62)
+        rows.append((customer_id, value, acked_through, tx.now))
+    # Multi-row upserts: a sync batch can carry thousands of balances (one statement each
+    # would dominate the sync's cost on the device).
+    for start in range(0, len(rows), 200):
+        chunk = rows[start:start + 200]
         tx.execute(
-            "INSERT INTO central_balances(customer_id, balance, as_of_seq, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(customer_id) DO UPDATE SET balance = excluded.balance, "
+            "INSERT INTO central_balances(customer_id, balance, as_of_seq, updated_at) VALUES "
+            + ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+            + " ON CONFLICT(customer_id) DO UPDATE SET balance = excluded.balance, "
             "as_of_seq = excluded.as_of_seq, updated_at = excluded.updated_at "
             "WHERE central_balances.as_of_seq <= excluded.as_of_seq",
-            (customer_id, value, acked_through, tx.now),
+            [v for row in chunk for v in row],
         )

@@ -143,12 +143,13 @@ def _sync_error(exc: grpc.RpcError, what: str) -> SyncError:
 # -- pushing ---------------------------------------------------------------------------------
 
 
-def _pending_batch(client: Client, limit: int) -> list[tuple[int, str, str, float, str]]:
+def _pending_batch(client: Client, limit: int, *, after: int = 0) -> list[tuple[int, str, str, float, str]]:
+    """The next ``limit`` unacknowledged events with ``seq > after``, in seq order."""
     with client._store.read() as tx:
         rows = tx.execute(
             "SELECT o.seq, o.event_id, o.type, o.created_at, o.payload FROM outbox o WHERE o.acked = 0 "
-            "AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = o.seq) ORDER BY o.seq LIMIT ?",
-            (limit,),
+            "AND o.seq > ? AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = o.seq) ORDER BY o.seq LIMIT ?",
+            (after, limit),
         )
     return [(int(s), e, t, float(c), p) for s, e, t, c, p in rows]
 
@@ -274,10 +275,17 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
     acked_through = 0
     latest: common_pb2.BundleRef | None = None
     errors: list[str] = []
-    while True:
-        rows = _pending_batch(client, batch_size)
+    # Overlap without reordering: while the hub stores batch k, the device records the answer
+    # to k-1 and reads and encodes batch k+1; k+1 is sent the moment the answer to k arrives.
+    # Batches leave one at a time and in order, so the hub always sees them in seq order.
+    after = 0
+
+    def build_next() -> tuple[sync_pb2.PushEventsRequest, int] | None:
+        nonlocal after
+        rows = _pending_batch(client, batch_size, after=after)
         if not rows:
-            break
+            return None
+        after = rows[-1][0]
         request = sync_pb2.PushEventsRequest(
             device_id=client.device_id,
             events=[
@@ -285,22 +293,39 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
                 for s, e, t, c, p in rows
             ],
         )
-        try:
-            response = stub.PushEvents(request, metadata=metadata, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise _sync_error(exc, "PushEvents") from exc
-        d, b = _apply_answer(client, response)
-        pushed += len(rows)
-        dead += d
-        balances += b
-        acked_through = int(response.acked_through)
-        if response.HasField("latest_bundle"):
-            latest = response.latest_bundle
-        if acked_through < rows[-1][0]:
-            # The hub is missing an earlier event of ours (a gap it cannot close): stop rather
-            # than loop; the error says where.
-            errors.append(f"hub acknowledged through seq {acked_through}, batch ended at {rows[-1][0]}")
-            break
+        return request, len(rows)
+
+    def send(built: tuple[sync_pb2.PushEventsRequest, int] | None) -> tuple[Any, int] | None:
+        if built is None:
+            return None
+        return stub.PushEvents.future(built[0], metadata=metadata, timeout=timeout), built[1]
+
+    in_flight = send(build_next())
+    prepared = build_next() if in_flight is not None else None
+    try:
+        while in_flight is not None:
+            future, count = in_flight
+            in_flight = None
+            try:
+                response = future.result()
+            except grpc.RpcError as exc:
+                raise _sync_error(exc, "PushEvents") from exc
+            in_flight, prepared = send(prepared), None
+            d, b = _apply_answer(client, response)
+            if in_flight is not None:
+                prepared = build_next()
+            pushed += count
+            dead += d
+            balances += b
+            acked_through = max(acked_through, int(response.acked_through))
+            if response.HasField("latest_bundle"):
+                latest = response.latest_bundle
+    finally:
+        if in_flight is not None:
+            in_flight[0].cancel()
+    if after and acked_through < after:
+        # The hub is missing an earlier event of ours (a gap it cannot close): say where.
+        errors.append(f"hub acknowledged through seq {acked_through}, but events up to {after} were pushed")
     bundle_installed: BundleInfo | None = None
     if download:
         try:
