@@ -214,7 +214,10 @@ class HubStateStore:
 
         ``durable=True`` (money, points) commits with an fsync: the SQLite hub's own
         ``synchronous=FULL`` connection, an ordinary PostgreSQL commit. Other transactions use
-        ``synchronous=NORMAL`` on SQLite and ``synchronous_commit=off`` on PostgreSQL.
+        ``synchronous=NORMAL`` on SQLite and ``synchronous_commit=off`` on PostgreSQL. A joined
+        transaction commits with the outer one's durability, so the gateway opens money and
+        points work with :meth:`ledger_transaction` (durable) and only decisions with
+        :meth:`customer_transaction`.
         """
         current = self._current()
         if current is not None:
