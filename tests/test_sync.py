@@ -111,6 +111,26 @@ def test_rejected_events_go_to_the_dead_letter_and_the_queue_moves(tmp_path: Pat
         assert [e["status"] for e in gateway.hub.events()] == ["ok", "rejected", "ok"]
 
 
+def test_nbo_events_shows_pending_acked_and_dead(tmp_path: Path, gateway: GatewayServer, keys: tuple[Path, Path],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from nbo.sdk._cli import main
+
+    with open_client(tmp_path / "dev", keys) as client:
+        append(client, "response", response_payload("c1"))
+        append(client, "payment", {"customer_id": "c1"})
+        client.sync(target(gateway), token="tok-dev-1")
+        client.award_points("c7", 5, idempotency_key="k", reason="x")
+    assert main(["events", "--state", str(tmp_path / "dev"), "--status", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "outbox of dev-1" in out and "dead_lettered" in out and "payload.payment_id" in out
+    assert "pending" in out and "acked" in out
+    assert main(["events", "--state", str(tmp_path / "dev"), "--status", "dead", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["pending"] == 1 and lines[0]["acked"] == 1 and lines[0]["dead_lettered"] == 1
+    assert [e["seq"] for e in lines[1:]] == [2]
+    assert main(["events", "--state", str(tmp_path / "nowhere")]) == 1
+
+
 def test_balances_from_two_terminals_reconcile(tmp_path: Path, gateway: GatewayServer,
                                                keys: tuple[Path, Path]) -> None:
     with open_client(tmp_path / "a", keys, "dev-1") as a, open_client(tmp_path / "b", keys, "dev-2") as b:
