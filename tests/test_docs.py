@@ -228,3 +228,46 @@ def test_shell_commands_are_split_like_a_shell() -> None:
     body = "nbo decide --state s \\\n    --profile '{\"age\": 3}'  # a comment\n\n# only a comment\nnbo events --state s\n"
     assert shell_commands(body) == [["nbo", "decide", "--state", "s", "--profile", '{"age": 3}'],
                                     ["nbo", "events", "--state", "s"]]
+
+
+# -- links -------------------------------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(doc: Path) -> set[str]:
+    text = doc.read_text(encoding="utf-8")
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # headings inside code blocks are not headings
+    return {github_anchor(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, flags=re.M)}
+
+
+LINKED_DOCS = [*DOCS, REPO / "examples" / "README.md"]
+
+
+@pytest.mark.parametrize("doc", LINKED_DOCS, ids=lambda d: d.relative_to(REPO).as_posix())
+def test_relative_links_point_at_files_and_headings_that_exist(doc: Path) -> None:
+    text = re.sub(r"^```.*?^```", "", doc.read_text(encoding="utf-8"), flags=re.M | re.S)
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z]+:", target):
+            continue  # http(s), mailto: not checked offline
+        path_part, _, anchor = target.partition("#")
+        linked = (doc.parent / path_part).resolve() if path_part else doc
+        if not linked.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            broken.append(f"{target} (no heading #{anchor})")
+    assert not broken, f"{doc.relative_to(REPO)}: broken links: {broken}"
+
+
+def test_github_anchor() -> None:
+    assert github_anchor("`nbo bundle build`") == "nbo-bundle-build"
+    assert github_anchor("5. Demo data (`nbo demo-data`)") == "5-demo-data-nbo-demo-data"
+    assert github_anchor("The outbox as the device sees it") == "the-outbox-as-the-device-sees-it"
