@@ -93,7 +93,17 @@ SCHEMA: tuple[str, ...] = (
         file TEXT NOT NULL,               -- file name under STATE/hub-bundles/
         created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY(name, version))""",
+    # The bundle's bytes in the database too, so every replica sharing a PostgreSQL hub can serve a
+    # bundle published to any of them (each one writes its own copy under STATE/hub-bundles/).
+    """CREATE TABLE IF NOT EXISTS hub_bundle_parts(
+        name TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        part BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY(name, version, part))""",
 )
+
+_PART_SIZE = 1024 * 1024
 
 SCHEMA_LOCK_KEY = 0x4E42_0001
 """PostgreSQL advisory-lock key held while creating tables (shared by every hub-side schema)."""
@@ -641,6 +651,11 @@ class HubStore:
                 _write_atomic(target, data)
             now = self.clock.now()
             if not rows:
+                tx.executemany(
+                    "INSERT INTO hub_bundle_parts(name, version, part, data) VALUES (?, ?, ?, ?)",
+                    [(name, version, i, data[start:start + _PART_SIZE])
+                     for i, start in enumerate(range(0, len(data), _PART_SIZE))],
+                )
                 tx.execute(
                     "INSERT INTO hub_bundles(name, version, sha256, size, file, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (name, version, digest, len(data), file_name, now),
@@ -684,7 +699,21 @@ class HubStore:
 
     def _record(self, row: Sequence[Any]) -> BundleRecord:
         name, version, sha, size, file_name, created = row
-        return BundleRecord(name, int(version), sha, int(size), self.bundle_dir / file_name, float(created))
+        path = self.bundle_dir / file_name
+        if not path.exists():
+            self._materialize(name, int(version), sha, path)
+        return BundleRecord(name, int(version), sha, int(size), path, float(created))
+
+    def _materialize(self, name: str, version: int, sha: str, path: Path) -> None:
+        """Write a bundle published through another replica from the database to this one's disk."""
+        with self.db.transaction() as tx:
+            parts = tx.execute(
+                "SELECT data FROM hub_bundle_parts WHERE name = ? AND version = ? ORDER BY part", (name, version)
+            )
+        data = b"".join(bytes(p[0]) for p in parts)
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise StateError(f"bundle {name!r} version {version}: the hub database holds damaged bytes")
+        _write_atomic(path, data)
 
 
 def _no_constants(name: str) -> Any:

@@ -210,3 +210,20 @@ def test_bundle_registry(hub: HubStore) -> None:
 def test_translate_placeholders() -> None:
     assert translate_placeholders("SELECT ? , '?' , 100%") == "SELECT %s , '?' , 100%%"
     assert translate_placeholders("a LIKE 'x%' AND b = ?") == "a LIKE 'x%%' AND b = %s"
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_bundle_published_on_one_replica_is_served_by_another(kind: str, tmp_path: Path) -> None:
+    with hub_backend(kind, tmp_path / "a") as (first, url, schema):
+        data = bytes(range(256)) * 9000  # > 2 MiB: several parts
+        first.register_bundle(data, name="retail", version=5)
+        other_url = url if url is not None else f"sqlite:{tmp_path / 'a' / 'hub.sqlite'}"
+        second = HubStore.open(other_url, state_dir=tmp_path / "b", schema=schema)
+        try:
+            latest = second.latest_bundle()
+            assert latest is not None and latest.path.parent == tmp_path / "b" / "hub-bundles"
+            assert latest.path.read_bytes() == data
+            _, chunks = second.read_bundle("retail", 5, offset=10)
+            assert b"".join(chunks) == data[10:]
+        finally:
+            second.close()
