@@ -33,6 +33,8 @@ from typing import Any
 
 from nbo.sdk._clock import Clock, SystemClock
 from nbo.sdk._errors import InputError, NotFoundError, StateError
+from nbo.sdk._ledger import ledger_balance
+from nbo.sdk._payments import find_card_data
 from nbo.sdk._types import LedgerEntry
 
 from ._db import Database, DbTx, open_database
@@ -289,10 +291,6 @@ def _check_structure(device_id: str, events: Sequence[IncomingEvent]) -> None:
 
 def _balance(entries: Sequence[LedgerEntry], now: float) -> int:
     """The balance of one customer's ledger: the SDK's pure rule when it has one."""
-    try:
-        from nbo.sdk._ledger import ledger_balance  # type: ignore[attr-defined]
-    except ImportError:
-        return sum(e.points for e in entries)
     return int(ledger_balance(entries, now=now))
 
 
@@ -716,6 +714,14 @@ class HubStore:
         _write_atomic(path, data)
 
 
+_REDACTED = '{"redacted":"card data"}'
+_FREE_TEXT: dict[str, tuple[str, ...]] = {
+    "payment": ("payment_token", "store_id", "currency", "amount"),
+    "points": ("reason",),
+    "purchase": ("amount",),
+}
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -764,6 +770,15 @@ def _parse(event: IncomingEvent) -> tuple[str, Any, str | None]:
             return "{}", None, f"payload is not JSON-serialisable: {exc}"
     if not isinstance(event.type, str) or event.type not in EVENT_TYPES:
         return text, payload, f"unknown event type {str(event.type)[:40]!r}"
+    free_text = _FREE_TEXT.get(event.type, ())
+    if free_text and isinstance(payload, Mapping):
+        # Defence in depth (devices refuse card data first): the fields a person types into. Ids
+        # the device generates (uuid4) are not scanned: their digit runs can pass a Luhn check.
+        hit = find_card_data({f"payload.{k}": payload.get(k) for k in free_text}, "")
+        if hit is not None:
+            # Never stored, not even as a rejected event: the payload is replaced, the field named.
+            return _REDACTED, None, (f"{hit} looks like card data (a card number or sensitive "
+                                     "authentication data); the payload was discarded")
     if not _finite(event.created_at):
         return text, payload, "created_at must be a finite number"
     try:

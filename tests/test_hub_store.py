@@ -227,3 +227,16 @@ def test_a_bundle_published_on_one_replica_is_served_by_another(kind: str, tmp_p
             assert b"".join(chunks) == data[10:]
         finally:
             second.close()
+
+
+def test_card_data_pushed_by_a_device_is_refused_and_never_stored(hub: HubStore) -> None:
+    pan = "4111 1111 1111 1111"
+    bad = {**payment("c1"), "payment_token": pan}
+    note = {**points("c1", 5), "reason": f"card {pan}"}
+    result = hub.ingest("dev-1", [ev(1, "payment", bad), ev(2, "points", note), ev(3, "payment", payment("c1"))])
+    assert [r.seq for r in result.rejected] == [1, 2] and result.acked_through == 3
+    assert "payload.payment_token looks like card data" in result.rejected[0].reason
+    assert all(pan not in r.reason for r in result.rejected)
+    stored = " ".join(str(e) for e in hub.events())
+    assert pan not in stored and "4111111111111111" not in stored
+    assert hub.balance("c1") == 0
