@@ -351,6 +351,13 @@ def test_a_real_process_with_a_corrupt_state_directory(env: Env) -> None:
     assert_one_clear_line(result.returncode, result.stdout, result.stderr, "damaged")
 
 
+def test_serve_with_a_trusted_key_file_that_is_missing(env: Env, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(toml_text(config_data(trusted_key=tmp_path / "gone" / "signing.pub")), encoding="utf-8")
+    result = run_process("serve", "--state", str(tmp_path / "gw"), "--listen", "127.0.0.1:0", "--config", str(config))
+    assert_one_clear_line(result.returncode, result.stdout, result.stderr, "signing.pub")
+
+
 @pytest.mark.xfail(strict=True, reason="gateway: grpc's C core logs its own 'Failed to add port' line to stderr "
                                        "before nbo's error (owner of gateway/_server.py notified in the report)")
 def test_serve_on_a_port_in_use_is_one_line(env: Env) -> None:
