@@ -171,7 +171,8 @@ def verify_manifest_signature(
     key = trusted.get(kid)
     if key is None:
         known = ", ".join(sorted(trusted)) or "none"
-        raise BundleError(f"bundle is signed by untrusted key {kid} (trusted: {known})")
+        raise BundleError(f"bundle is signed by untrusted key {kid} (trusted: {known}): sign it with a trusted "
+                          f"key, or add the signing.pub of key {kid} to the trusted keys")
     try:
         key.public_key.verify(raw, manifest_bytes)
     except InvalidSignature as exc:
