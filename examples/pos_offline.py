@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk import Client, SyncError
+from nbo.sdk import Client, NboError, SyncError
 
 DEVICE_ID = "pos-7"
 DEVICE_TOKEN = "pos-7-device-token"
@@ -48,7 +48,7 @@ def start_hub(root: Path, public_key: Path, port: int) -> tuple[Any, int]:
     try:
         server, bound = create_server(config, state_dir=root / "hub", listen=f"127.0.0.1:{port}",
                                       bundle_poll_seconds=0)
-    except Exception:  # someone took the port meanwhile: any free one will do for the demo
+    except NboError:  # someone took the port meanwhile ("cannot listen"): any free one will do here
         server, bound = create_server(config, state_dir=root / "hub", listen="127.0.0.1:0", bundle_poll_seconds=0)
     server.start()
     return server, bound
