@@ -331,3 +331,18 @@ def test_any_luhn_valid_pan_in_any_grouping_inside_text_is_refused(pan_and_text,
 @given(st.text(alphabet=st.characters(blacklist_categories=["Nd"]), max_size=60))
 def test_text_without_digits_is_never_refused(text):
     _payments.refuse_card_data({"payment_token": text, "store_id": text})
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.uuids(version=4), st.sampled_from(["{}", "{}:sale", "pay-{}", "{}:points", "{} {}"]))
+def test_uuids_in_ids_and_keys_are_not_card_numbers(value, template):
+    # ~0.3 % of uuid4 strings hold a Luhn-valid 13–19-digit run across their dashes; ids and
+    # idempotency keys built from them (f"{decision_id}:sale") must not be refused.
+    text = template.format(value, value)
+    _payments.refuse_card_data({"idempotency_key": text, "decision_id": str(value)})
+
+
+@pytest.mark.parametrize("text", ["{} 4111 1111 1111 1111", "4111-1111-1111-1111:{}", "{}4111111111111111"])
+def test_a_card_number_next_to_a_uuid_is_still_refused(text):
+    with pytest.raises(PaymentDataError):
+        _payments.refuse_card_data({"payment_token": text.format("0f2c9a1e-7b3d-4e5f-8a6b-1c2d3e4f5a6b")})
