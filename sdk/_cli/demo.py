@@ -161,10 +161,11 @@ def _run(args: argparse.Namespace) -> int:
                 outcome = "accepted" if rng.random() < top.propensity else "declined"
                 client.record_response(decision.decision_id, top.offer_id, outcome)
                 amount = Decimal(rng.randrange(500, 20000)) / 100
+                # tokens of 12 hex digits: 16 could hold a 13-digit Luhn-valid run (a "card number")
                 client.record_purchase(customer_id, amount=amount, idempotency_key=f"{decision.decision_id}:buy")
                 client.award_points(customer_id, int(amount), idempotency_key=f"{decision.decision_id}:pts",
                                     reason="purchase")
-                client.record_payment(customer_id, payment_token=f"tok_{rng.getrandbits(64):016x}", amount=amount,
+                client.record_payment(customer_id, payment_token=f"tok_{rng.getrandbits(48):012x}", amount=amount,
                                       currency="EUR", idempotency_key=f"{decision.decision_id}:pay",
                                       store_id="store-7", decision_id=decision.decision_id,
                                       offer_id=top.offer_id)
