@@ -371,3 +371,21 @@ def test_sync_loop_never_gives_up_and_catches_up(tmp_path: Path, keys: tuple[Pat
         assert client.pending_events() == 0
         assert box["hub"].hub.balance("c1") == client.points_balance("c1") == len(delays)
         box["hub"].stop(0).wait(5)
+
+
+def test_recording_never_loads_grpc_only_sync_does(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from nbo.sdk import Client, SyncError\n"
+        f"c = Client.open({str(tmp_path / 'dev')!r}, device_id='dev-1', trusted_keys=[])\n"
+        "c.award_points('c1', 5, idempotency_key='k', reason='x'); c.pending_events()\n"
+        "before = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google'))\n"
+        "try:\n    c.sync('127.0.0.1:1', token='t', timeout=2)\nexcept SyncError:\n    pass\n"
+        "print(before, 'grpc' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[] True"
