@@ -548,7 +548,7 @@ class HubStore:
             marks = ", ".join("?" * len(chunk))
             for row in tx.execute(
                 f"SELECT {_LEDGER_COLUMNS} FROM hub_ledger WHERE customer_id IN ({marks}) "
-                "ORDER BY customer_id, received_at, seq, entry_id",
+                "ORDER BY customer_id, created_at, received_at, seq, entry_id",
                 tuple(chunk),
             ):
                 ledgers.setdefault(row[1], []).append(_entry(row))

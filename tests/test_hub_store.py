@@ -240,3 +240,30 @@ def test_card_data_pushed_by_a_device_is_refused_and_never_stored(hub: HubStore)
     stored = " ".join(str(e) for e in hub.events())
     assert pan not in stored and "4111111111111111" not in stored
     assert hub.balance("c1") == 0
+
+
+def test_expiring_lots_fold_with_the_sdk_rule(tmp_path: Path) -> None:
+    clock = ManualClock(1_700_000_100.0)
+    with hub_backend("sqlite", tmp_path, clock=clock) as (hub, _, _):
+        lot = points("c1", 100, created_at=1_700_000_000.0, expires_at=1_700_086_400.0)  # expires in a day
+        hub.ingest("dev-1", [ev(1, "points", lot), ev(2, "points", points("c1", 50))])
+        assert hub.balance("c1") == 150
+        # two terminals redeem offline: 120 then 60 → the second goes 30 below zero
+        r = hub.ingest("dev-2", [ev(1, "points", points("c1", -120, created_at=1_700_000_200.0))])
+        assert r.balances == {"c1": 30} and r.flagged == ()
+        r = hub.ingest("dev-3", [ev(1, "points", points("c1", -60, created_at=1_700_000_300.0))])
+        assert r.balances == {"c1": -30} and len(r.flagged) == 1
+        assert hub.flagged()[0]["shortfall"] == 30
+        # FIFO: the redemptions drew on the expiring lot first, so nothing is left to expire
+        clock.advance(2 * 86_400)
+        assert hub.balance("c1") == -30
+
+
+def test_an_unspent_lot_expires_at_the_hub(tmp_path: Path) -> None:
+    clock = ManualClock(1_700_000_100.0)
+    with hub_backend("sqlite", tmp_path, clock=clock) as (hub, _, _):
+        hub.ingest("dev-1", [ev(1, "points", points("c1", 100, expires_at=1_700_086_400.0)),
+                             ev(2, "points", points("c1", 10)), ev(3, "points", points("c1", -30))])
+        assert hub.balance("c1") == 80
+        clock.advance(2 * 86_400)
+        assert hub.balance("c1") == 10  # the 70 left of the lot expired; the 10 never do
