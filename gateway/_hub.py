@@ -333,6 +333,27 @@ class HubStore:
                 tx.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
             for ddl in SCHEMA:
                 tx.execute(ddl)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a hub database created by an earlier version up to this schema."""
+        try:
+            with self.db.transaction() as tx:
+                tx.execute("SELECT points_sum, expiring FROM hub_customers WHERE 1 = 0")
+            return
+        except StateError:
+            pass  # hub_customers predates the per-customer summary: add it, computed from the ledger
+        with self.db.transaction() as tx:
+            if self.db.dialect == "postgresql":
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
+            tx.execute("ALTER TABLE hub_customers ADD COLUMN points_sum BIGINT NOT NULL DEFAULT 0")
+            tx.execute("ALTER TABLE hub_customers ADD COLUMN expiring INTEGER NOT NULL DEFAULT 0")
+            tx.execute(
+                "UPDATE hub_customers SET points_sum = COALESCE((SELECT SUM(l.points) FROM hub_ledger l "
+                "WHERE l.customer_id = hub_customers.customer_id), 0), expiring = CASE WHEN EXISTS "
+                "(SELECT 1 FROM hub_ledger l WHERE l.customer_id = hub_customers.customer_id "
+                "AND l.expires_at IS NOT NULL) THEN 1 ELSE 0 END"
+            )
 
     @classmethod
     def open(

@@ -267,3 +267,23 @@ def test_an_unspent_lot_expires_at_the_hub(tmp_path: Path) -> None:
         assert hub.balance("c1") == 80
         clock.advance(2 * 86_400)
         assert hub.balance("c1") == 10  # the 70 left of the lot expired; the 10 never do
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_hub_database_from_before_the_customer_summary_is_upgraded(kind: str, tmp_path: Path) -> None:
+    with hub_backend(kind, tmp_path) as (hub, url, schema):
+        hub.ingest("dev-1", [ev(1, "points", points("c1", 70)), ev(2, "points", points("c1", -20)),
+                             ev(3, "points", points("c2", 5, expires_at=2_000_000_000.0))])
+        with hub.db.transaction() as tx:  # what the first version of the schema had
+            tx.execute("CREATE TABLE old_customers(customer_id TEXT PRIMARY KEY, entries BIGINT NOT NULL)")
+            tx.execute("INSERT INTO old_customers SELECT customer_id, entries FROM hub_customers")
+            tx.execute("DROP TABLE hub_customers")
+            tx.execute("ALTER TABLE old_customers RENAME TO hub_customers")
+        reopened = HubStore.open(url if url is not None else f"sqlite:{tmp_path / 'hub.sqlite'}",
+                                 state_dir=tmp_path, schema=schema)
+        try:
+            assert reopened.balances(["c1", "c2"]) == {"c1": 50, "c2": 5}
+            reopened.ingest("dev-1", [ev(4, "points", points("c1", 1))])
+            assert reopened.balance("c1") == 51
+        finally:
+            reopened.close()
