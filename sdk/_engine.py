@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from . import _contacts, _measures, _policy
+from . import _contacts, _ledger, _measures, _policy
 from ._errors import BundleError, InputError
 from ._runtime import DecisionPlan, LoadedBundle
 from ._store import StateStore
@@ -108,6 +108,9 @@ def decide(
             # now (recency, tenure, stages, CLV), so bring them up to this decision's time.
             stored = _measures.refresh_measures(stored, as_of=now)
         customer.update(stored)
+        if "points_balance" not in overrides:
+            # the loyalty ledger, not the profile, is the truth for the points balance
+            customer["points_balance"] = _ledger.balance_in(tx, customer_id)
         customer.update(overrides)
         when = datetime.fromtimestamp(now, tz=UTC)
         request_context.update(channel=channel, hour=when.hour, weekday=when.weekday())

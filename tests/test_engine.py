@@ -25,7 +25,7 @@ from engine_fixtures import (
     synthetic_spec,
     train_model,
 )
-from nbo.sdk import BundleError, Client, InputError, ManualClock, NotReadyError, _engine, _policy, _runtime
+from nbo.sdk import BundleError, Client, InputError, ManualClock, NotReadyError, _engine, _ledger, _policy, _runtime
 from nbo.sdk._store import SQLiteStateStore
 
 NOW = 1_767_000_000.0  # 2025-12-29T09:20:00Z, a Monday
@@ -48,7 +48,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def store(tmp_path: Path, clock: ManualClock) -> Iterator[SQLiteStateStore]:
-    s = SQLiteStateStore(tmp_path / "state.sqlite", device_id="dev-1", clock=clock)
+    s = SQLiteStateStore(tmp_path / "state.sqlite", device_id="dev-1", clock=clock, schemas=(_ledger.SCHEMA,))
     yield s
     s.close()
 
@@ -634,6 +634,22 @@ def test_client_decide_on_an_installed_signed_bundle(tmp_path: Path, model_bytes
         assert ("P2", "communication") in why(again)[d.offers[0].offer_id]
         with pytest.raises(InputError):
             client.decide("C1", channel="nowhere")
+
+
+def test_points_balance_comes_from_the_ledger(tmp_path: Path) -> None:
+    key, pub = signing_keys(tmp_path / "keys")
+    catalog = spec([offer("GOLD", "loyalty", 50, name="Gold"), offer("FB", "service", 1.0, name="Newsletter", fallback=True)], rules=[
+        {"rule_id": "gold_needs_points", "kind": "business", "applies_to": "GOLD",
+         "expression": "customer.points_balance >= 100", "description": "Gold needs 100 points"},
+    ])
+    bundle = signed_bundle(tmp_path / "build", catalog, key=key)
+    with Client.open(tmp_path / "state", device_id="d1", trusted_keys=[pub], clock=ManualClock(NOW)) as client:
+        client.install_bundle(bundle)
+        assert ids(client.decide("C1", channel="pos")) == ["FB"]
+        client.award_points("C1", 150, idempotency_key="k1", reason="purchase")
+        assert ids(client.decide("C1", channel="pos")) == ["GOLD"]
+        # a profile passed in the request still overrides
+        assert ids(client.decide("C1", channel="pos", profile={"points_balance": 5})) == ["FB"]
 
 
 # -- nbo decide ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from engine_fixtures import CATEGORIES, load_spec_bundle, synthetic_profile, synthetic_spec, train_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nbo.sdk import InputError, ManualClock, _engine
+from nbo.sdk import InputError, ManualClock, _engine, _ledger
 from nbo.sdk._policy import Outcome, run_pipeline
 from nbo.sdk._runtime import DecisionPlan, LoadedBundle
 from nbo.sdk._store import SQLiteStateStore
@@ -212,7 +212,7 @@ def test_fuzzed_decide_either_answers_or_raises_input_error(
     context: Any, profile: Any, limit: Any,
 ) -> None:
     path: Path = tmp_path_factory.getbasetemp() / "fuzz-state.sqlite"
-    store = SQLiteStateStore(path, device_id="fuzz", clock=ManualClock(NOW))
+    store = SQLiteStateStore(path, device_id="fuzz", clock=ManualClock(NOW), schemas=(_ledger.SCHEMA,))
     try:
         with store.transaction() as tx:
             before = tx.execute("SELECT COUNT(*) FROM decisions")[0][0]
