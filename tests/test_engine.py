@@ -25,7 +25,17 @@ from engine_fixtures import (
     synthetic_spec,
     train_model,
 )
-from nbo.sdk import BundleError, Client, InputError, ManualClock, NotReadyError, _engine, _ledger, _policy, _runtime
+from nbo.sdk import (
+    BundleError,
+    Client,
+    InputError,
+    ManualClock,
+    NotReadyError,
+    _engine,
+    _ledger,
+    _policy,
+    _runtime,
+)
 from nbo.sdk._store import SQLiteStateStore
 
 NOW = 1_767_000_000.0  # 2025-12-29T09:20:00Z, a Monday
