@@ -183,6 +183,14 @@ def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tupl
 # -- downloading -----------------------------------------------------------------------------
 
 
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _wants(client: Client, ref: common_pb2.BundleRef) -> bool:
     """Is ``ref`` newer than anything this device has installed under that name?"""
     highest = client._bundles.highest_versions().get(ref.name, 0)
@@ -198,6 +206,8 @@ def _download(stub: Any, client: Client, ref: common_pb2.BundleRef, *, metadata:
         raise SyncError(f"the hub offered a bundle with an unsafe name {ref.name!r}")
     part = downloads / f"{stem}.part"
     done = downloads / f"{stem}.zip"
+    if done.exists() and done.stat().st_size == ref.size and _sha256_file(done) == ref.sha256:
+        return done  # fetched before but not installed (e.g. refused): no need to fetch it again
     offset = part.stat().st_size if part.exists() else 0
     if offset > ref.size:  # not this file: start again
         part.unlink()
@@ -223,11 +233,7 @@ def _download(stub: Any, client: Client, ref: common_pb2.BundleRef, *, metadata:
             raise _sync_error(exc, f"downloading bundle {stem} (kept {offset} bytes to resume)") from exc
     if offset != ref.size:
         raise SyncError(f"bundle {stem}: download ended at {offset} of {ref.size} bytes; will resume")
-    digest = hashlib.sha256()
-    with part.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != ref.sha256:
+    if _sha256_file(part) != ref.sha256:
         part.unlink(missing_ok=True)
         raise SyncError(f"bundle {stem}: SHA-256 mismatch after download; discarded, will fetch again")
     os.replace(part, done)

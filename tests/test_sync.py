@@ -222,6 +222,10 @@ def test_untrusted_bundle_is_refused_and_reported(tmp_path: Path, gateway: Gatew
         report = client.sync(target(gateway), token="tok-dev-1")
         assert report.bundle_installed is None and report.errors and report.errors[0].startswith("bundle:")
         assert client.bundle is None
+        kept = tmp_path / "dev" / "downloads" / "small-1.zip"
+        first = kept.stat().st_mtime_ns
+        again = client.sync(target(gateway), token="tok-dev-1")  # refused again, without fetching again
+        assert again.errors and kept.stat().st_mtime_ns == first
 
 
 def test_concurrent_syncs_of_one_client_push_each_event_once(tmp_path: Path, gateway: GatewayServer,
