@@ -56,13 +56,14 @@ def ask_gateway(hub: str, customer_id: str) -> None:
 
 def release(root: Path, args: argparse.Namespace) -> int:
     from nbo.model_export import (
+        PublishRefused,
         build_bundle,
         generate_demo_data,
         generate_keys,
+        publish_bundle,
         train_from_directory,
         write_report,
     )
-    from nbo.sdk._cli.publish import PublishRefused, publish_bundle
 
     data = generate_demo_data(root / "data", customers=args.customers, seed=args.seed)
     print(f"[1] data: {data.n_customers} customers, {data.n_transactions} transactions, "

@@ -17,6 +17,9 @@ _EXPORTS: dict[str, str] = {
     "load_catalog_file": "_catalog",
     "build_bundle": "_bundle_build",
     "generate_keys": "_bundle_build",
+    "publish_bundle": "_publish",
+    "PublishResult": "_publish",
+    "PublishRefused": "_publish",
     # customer measures (shared with the SDK)
     "derive_features": "_features",
     # training, export, reports, sample data (train extras)

@@ -83,10 +83,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         import grpc
         from nbo.gateway import create_server, parse_config
-        from nbo.model_export import build_bundle, generate_demo_data, generate_keys
+        from nbo.model_export import build_bundle, generate_demo_data, generate_keys, publish_bundle
         from nbo.model_export._train_data import train_from_directory
         from nbo.sdk import Client
-        from nbo.sdk._cli.publish import publish_bundle
         from nbo.v1 import decision_pb2, decision_pb2_grpc
     except ImportError as exc:
         raise ConfigError(f"the demo needs the gateway and training extras (pip install 'nbo-edge[dev]'): {exc}") \
