@@ -192,3 +192,31 @@ def test_the_console_script_exits_non_zero_on_a_bad_bundle(tmp_path, keys, model
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and refused.stdout == ""
     assert_one_line_error(refused.stderr, "'..' in path")
+
+
+def test_bundle_install_and_rollback_on_a_device(tmp_path, capsys, keys, model):
+    v1, v2 = tmp_path / "v1.zip", tmp_path / "v2.zip"
+    assert build(capsys, keys, model, v1)[0] == 0
+    assert build(capsys, keys, model, v2, version="2")[0] == 0
+    pub = str(keys / "signing.pub")
+    state = str(tmp_path / "pos-9")
+
+    code, _, err = run(capsys, "bundle", "install", str(v1), "--state", state, "--trusted-key", pub)
+    assert code == 1
+    assert_one_line_error(err, "--device-id")
+
+    code, out, _ = run(capsys, "bundle", "install", str(v1), "--state", state, "--device-id", "pos-9",
+                       "--trusted-key", pub)
+    assert code == 0 and "installed small v1" in out
+    code, out, _ = run(capsys, "bundle", "install", str(v2), "--state", state, "--trusted-key", pub)
+    assert code == 0 and "installed small v2" in out
+    code, _, err = run(capsys, "bundle", "install", str(v1), "--state", state, "--trusted-key", pub)
+    assert code == 1
+    assert_one_line_error(err, "rollback protection")
+    code, out, _ = run(capsys, "bundle", "rollback", "--state", state, "--trusted-key", pub)
+    assert code == 0 and "rolled back to small v1" in out
+
+    from nbo.sdk import Client
+
+    with Client.open(state, device_id="pos-9", trusted_keys=[keys / "signing.pub"]) as client:
+        assert client.bundle is not None and client.bundle.version == 1

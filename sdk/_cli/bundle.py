@@ -56,6 +56,61 @@ def register(sub: Any) -> None:
     inspect.add_argument("bundle", metavar="FILE.zip", help="the bundle to inspect")
     inspect.set_defaults(func=_inspect)
 
+    install = bsub.add_parser(
+        "install",
+        help="verify and install a bundle on a device's state directory",
+        description="Install a bundle on a device the way sync does: verify (trusted key, hashes, "
+        "rollback protection, min_sdk, expiry), load and warm its models, then switch atomically. "
+        "The previous bundle is kept for `nbo bundle rollback`.",
+    )
+    install.add_argument("bundle", metavar="FILE.zip", help="the bundle to install")
+    install.add_argument("--state", required=True, metavar="DIR", help="the device state directory")
+    install.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
+                         help="a trusted public key file (signing.pub); repeatable")
+    install.add_argument("--device-id", help="the device id (required for a new state directory; "
+                         "default: the one recorded in it)")
+    install.add_argument("--force", action="store_true",
+                         help="install even if the version is not newer than the highest ever installed")
+    install.set_defaults(func=_install)
+
+    rollback = bsub.add_parser(
+        "rollback",
+        help="switch a device back to its previous bundle",
+        description="Switch the device back to the bundle that was active before the last install.",
+    )
+    rollback.add_argument("--state", required=True, metavar="DIR", help="the device state directory")
+    rollback.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
+                          help="a trusted public key file (signing.pub); repeatable")
+    rollback.add_argument("--device-id", help="the device id (default: the one recorded in the state directory)")
+    rollback.set_defaults(func=_rollback)
+
+
+def _device_client(args: argparse.Namespace, *, new_ok: bool) -> Any:
+    from pathlib import Path
+
+    from .. import Client
+    from .decide import stored_device_id
+
+    state_dir = Path(args.state)
+    if args.device_id is None and new_ok and not (state_dir / "state.sqlite").exists():
+        raise InputError(f"{state_dir} is a new state directory: pass --device-id", field="device_id")
+    device_id = args.device_id or stored_device_id(state_dir)
+    return Client.open(state_dir, device_id=device_id, trusted_keys=[Path(p) for p in args.trusted_key])
+
+
+def _install(args: argparse.Namespace) -> int:
+    with _device_client(args, new_ok=True) as client:
+        info = client.install_bundle(args.bundle, force=args.force)
+    print(f"installed {info.name} v{info.version} ({info.offer_count} offers) in {args.state}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    with _device_client(args, new_ok=False) as client:
+        info = client.rollback()
+    print(f"rolled back to {info.name} v{info.version} ({info.offer_count} offers) in {args.state}")
+    return 0
+
 
 def _parse_models(specs: list[str]) -> dict[str, str]:
     models: dict[str, str] = {}
