@@ -27,6 +27,7 @@ from ._table import format_table
 APP_TOKEN = "demo-app-token"
 PUBLISHER_TOKEN = "demo-publisher-token"
 TERMINALS = ("pos-1", "pos-2")
+PUSHED_OFFER = "loyalty_tier_upgrade"  # the campaign bundle v2 pushes with a lever
 
 
 def _device_token(device_id: str) -> str:
@@ -83,7 +84,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         import grpc
         from nbo.gateway import create_server, parse_config
-        from nbo.model_export import build_bundle, generate_demo_data, generate_keys, publish_bundle
+        from nbo.model_export import (
+            build_bundle,
+            generate_demo_data,
+            generate_keys,
+            load_catalog_file,
+            publish_bundle,
+        )
         from nbo.model_export._train_data import train_from_directory
         from nbo.sdk import Client
         from nbo.v1 import decision_pb2, decision_pb2_grpc
@@ -204,8 +211,13 @@ def _run(args: argparse.Namespace) -> int:
             rows = [[offer_id, n, accepted[offer_id], accepted[offer_id] / n] for offer_id, n in shown.most_common(8)]
             print(format_table(["top offer shown", "shown", "accepted", "rate"], rows, title="Acceptance by offer"))
 
-        with steps.step("Publishing bundle v2 and watching the terminals pick it up"):
-            bundle_v2 = build_bundle(catalog=data.catalog, models={"propensity": trained.model_path},
+        with steps.step("Publishing bundle v2 (a campaign lever) and watching the terminals pick it up"):
+            # v2: the business pushes the gold-tier campaign (lever 1.5) — terminals pick it up on sync
+            catalog_v2 = load_catalog_file(data.catalog)
+            for offer in catalog_v2["offers"]:
+                if offer["offer_id"] == PUSHED_OFFER:
+                    offer["lever"] = 1.5
+            bundle_v2 = build_bundle(catalog=catalog_v2, models={"propensity": trained.model_path},
                                      name="demo-retail", version=2, key=keys.private_key,
                                      out=root / "bundle-v2.zip")
             publish_bundle(bundle_v2.path, hub, token=PUBLISHER_TOKEN)
@@ -216,6 +228,12 @@ def _run(args: argparse.Namespace) -> int:
                 rows.append([device_id, f"v{installed.version}" if installed else "-",
                              f"{client.bundle.name} v{client.bundle.version}" if client.bundle else "-"])
             print(format_table(["terminal", "installed by sync", "active bundle"], rows))
+            for customer_id in customer_ids[:3]:
+                terminal = clients[TERMINALS[customer_ids.index(customer_id) % 2]]
+                decision = terminal.decide(customer_id, channel="pos", profile=profiles[customer_id], limit=3)
+                pushed = [o for o in decision.offers if o.offer_id == PUSHED_OFFER]
+                note = f" (lever {pushed[0].lever:g})" if pushed else ""
+                print(f"      {customer_id} on v{decision.bundle_version}: {_offer_line(decision)}{note}")
 
         with steps.step("An app backend asks the gateway for offers (gRPC Decide)"):
             customer_id = customer_ids[0]
