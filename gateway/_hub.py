@@ -276,7 +276,7 @@ def validate_payload(type: str, payload: Any) -> None:
 
 def _check_structure(device_id: str, events: Sequence[IncomingEvent]) -> None:
     """Problems that make the whole request malformed (rather than one event invalid)."""
-    if not isinstance(device_id, str) or not device_id or len(device_id) > _MAX_ID:
+    if not isinstance(device_id, str) or not device_id or len(device_id) > _MAX_ID or "\x00" in device_id:
         raise InputError(f"device_id must be a non-empty string of at most {_MAX_ID} characters", field="device_id")
     previous = 0
     for i, event in enumerate(events):
@@ -285,7 +285,8 @@ def _check_structure(device_id: str, events: Sequence[IncomingEvent]) -> None:
         if event.seq <= previous:
             raise InputError(f"events[{i}].seq must be ascending without repeats", field=f"events[{i}].seq")
         previous = event.seq
-        if not isinstance(event.event_id, str) or not event.event_id or len(event.event_id) > _MAX_ID:
+        if (not isinstance(event.event_id, str) or not event.event_id or len(event.event_id) > _MAX_ID
+                or "\x00" in event.event_id):
             raise InputError(f"events[{i}].event_id must be a non-empty string", field=f"events[{i}].event_id")
 
 
@@ -436,8 +437,8 @@ class HubStore:
                     rejected.append(Rejection(event.seq, event.event_id, reason or "invalid"))
                     status = "rejected"
                 created = event.created_at if _finite(event.created_at) else 0.0
-                new_rows.append((device_id, event.seq, event.event_id, event.type[:_MAX_ID], created, text,
-                                 status, reason, now))
+                new_rows.append((device_id, event.seq, event.event_id, _storable(str(event.type)[:_MAX_ID]), created,
+                                 _storable(text), status, reason and _storable(reason), now))
             tx.executemany(
                 "INSERT INTO hub_events(device_id, seq, event_id, type, created_at, payload, status, reason, "
                 "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -767,6 +768,11 @@ def _customer_of(event: IncomingEvent) -> Any:
         except ValueError:
             return None
     return payload.get("customer_id") if isinstance(payload, Mapping) else None
+
+
+def _storable(text: str) -> str:
+    # PostgreSQL TEXT cannot hold NUL; only an invalid (rejected) payload can contain a raw one.
+    return text.replace("\x00", "\\u0000") if "\x00" in text else text
 
 
 def _finite(value: Any) -> bool:

@@ -287,3 +287,16 @@ def test_a_hub_database_from_before_the_customer_summary_is_upgraded(kind: str, 
             assert reopened.balance("c1") == 51
         finally:
             reopened.close()
+
+
+def test_nul_characters_are_rejected_not_fatal(hub: HubStore) -> None:
+    batch = [
+        IncomingEvent(seq=1, event_id="e1", type="points", created_at=1.0, payload='{"a": "\x00"}'),
+        IncomingEvent(seq=2, event_id="e2", type="po\x00ints", created_at=1.0, payload=json.dumps(points("c", 1))),
+        ev(3, "points", points("c", 4)),
+    ]
+    result = hub.ingest("dev-1", batch)
+    assert [r.seq for r in result.rejected] == [1, 2] and result.acked_through == 3
+    assert hub.balance("c") == 4
+    with pytest.raises(InputError):
+        hub.ingest("dev-1", [IncomingEvent(seq=4, event_id="e\x004", type="points", created_at=1.0, payload="{}")])
