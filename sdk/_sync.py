@@ -63,6 +63,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.enable_retries", 0),
 )
 
+_BATCH_BYTES = 8 * 1024 * 1024
+
 _PERMANENT = {
     grpc.StatusCode.UNAUTHENTICATED: "the hub does not accept this token",
     grpc.StatusCode.PERMISSION_DENIED: "this token may not sync this device",
@@ -151,7 +153,14 @@ def _pending_batch(client: Client, limit: int, *, after: int = 0) -> list[tuple[
             "AND o.seq > ? AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = o.seq) ORDER BY o.seq LIMIT ?",
             (after, limit),
         )
-    return [(int(s), e, t, float(c), p) for s, e, t, c, p in rows]
+    batch: list[tuple[int, str, str, float, str]] = []
+    size = 0
+    for s, e, t, c, p in rows:
+        size += len(p) + len(e) + 64
+        if batch and size > _BATCH_BYTES:
+            break  # keep every request far below the hub's message limit, whatever the payloads
+        batch.append((int(s), e, t, float(c), p))
+    return batch
 
 
 def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tuple[int, int]:

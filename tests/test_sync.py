@@ -393,3 +393,18 @@ def test_recording_never_loads_grpc_only_sync_does(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[] True"
+
+
+def test_batches_are_cut_by_size_as_well_as_count(tmp_path: Path, gateway: GatewayServer,
+                                                  keys: tuple[Path, Path]) -> None:
+    from nbo.sdk._sync import _pending_batch
+
+    with open_client(tmp_path / "dev", keys) as client:
+        for _ in range(50):  # ~200 KB each: 50 of them would be one 10 MB request
+            payload = response_payload("c1")
+            payload["note"] = "x" * 200_000
+            append(client, "response", payload)
+        first = _pending_batch(client, 500)
+        assert 35 <= len(first) < 50
+        report = client.sync(target(gateway), token="tok-dev-1")
+        assert report.pushed == 50 and client.pending_events() == 0
