@@ -408,3 +408,32 @@ def test_batches_are_cut_by_size_as_well_as_count(tmp_path: Path, gateway: Gatew
         assert 35 <= len(first) < 50
         report = client.sync(target(gateway), token="tok-dev-1")
         assert report.pushed == 50 and client.pending_events() == 0
+
+
+def test_nbo_sync_forever_keeps_syncing_until_interrupted(tmp_path: Path, gateway: GatewayServer,
+                                                           keys: tuple[Path, Path]) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with open_client(tmp_path / "dev", keys) as client:
+        client.award_points("c1", 3, idempotency_key="k1", reason="x")
+    cmd = [sys.executable, "-c", "import sys; from nbo.sdk._cli import main; sys.exit(main())", "sync",
+           "--state", str(tmp_path / "dev"), "--hub", target(gateway), "--token", "tok-dev-1", "--forever",
+           "--interval", "0.2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while gateway.hub.balance("c1") != 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open_client(tmp_path / "dev", keys) as client:  # recording goes on while it loops
+            client.award_points("c1", 4, idempotency_key="k2", reason="x")
+        while gateway.hub.balance("c1") != 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gateway.hub.balance("c1") == 7
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.count("pushed ") >= 2
