@@ -22,21 +22,23 @@ from nbo.sdk import Client, ClientConfig
 from nbo.sdk._ledger import entries as ledger_entries
 from nbo.sdk._sync import _pending_batch
 from nbo.v1 import sync_pb2, sync_pb2_grpc
+from sync_helpers import BACKENDS, hub_backend
 
 CUSTOMERS = ("c0", "c1", "c2")
 
 # -- the hub store alone -----------------------------------------------------------------------
 
 event_spec = st.one_of(
-    st.tuples(st.just("award"), st.sampled_from(CUSTOMERS), st.integers(1, 500)),
-    st.tuples(st.just("redeem"), st.sampled_from(CUSTOMERS), st.integers(1, 500)),
-    st.tuples(st.just("response"), st.sampled_from(CUSTOMERS), st.just(0)),
-    st.tuples(st.just("invalid"), st.sampled_from(CUSTOMERS), st.just(0)),
+    st.tuples(st.just("award"), st.integers(0, 2), st.integers(1, 500)),
+    st.tuples(st.just("redeem"), st.integers(0, 2), st.integers(1, 500)),
+    st.tuples(st.just("response"), st.integers(0, 2), st.just(0)),
+    st.tuples(st.just("invalid"), st.integers(0, 2), st.just(0)),
 )
 
 
-def make_event(seq: int, spec: tuple[str, str, int]) -> IncomingEvent:
-    kind, customer, amount = spec
+def make_event(seq: int, spec: tuple[str, int, int], customers: tuple[str, ...]) -> IncomingEvent:
+    kind, who, amount = spec
+    customer = customers[who]
     if kind in ("award", "redeem"):
         payload: dict[str, Any] = {
             "entry_id": str(uuid.uuid4()), "customer_id": customer, "kind": kind,
@@ -54,45 +56,51 @@ def make_event(seq: int, spec: tuple[str, str, int]) -> IncomingEvent:
                          payload=json.dumps(payload))
 
 
-def snapshot(hub: HubStore) -> tuple[Any, ...]:
-    return (hub.events(), {c: hub.ledger(c) for c in CUSTOMERS}, hub.balances(CUSTOMERS), hub.flagged(),
-            hub.acked_through("dev"))
+def snapshot(hub: HubStore, device: str, customers: tuple[str, ...]) -> tuple[Any, ...]:
+    return (hub.events(device_id=device), {c: hub.ledger(c) for c in customers}, hub.balances(customers),
+            [f for f in hub.flagged() if f["customer_id"] in customers], hub.acked_through(device))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStore]:
+    """One hub per backend for all examples; each example uses its own device and customers."""
+    with hub_backend(request.param, tmp_path_factory.mktemp("hub")) as (hub, _, _):
+        yield hub
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
 @given(
     specs=st.lists(event_spec, min_size=1, max_size=40),
     cuts=st.lists(st.integers(1, 39), max_size=6),
     replays=st.lists(st.integers(0, 100), min_size=1, max_size=5),
 )
-def test_replaying_any_batch_changes_nothing(specs: list[tuple[str, str, int]], cuts: list[int],
-                                             replays: list[int]) -> None:
-    events = [make_event(i + 1, s) for i, s in enumerate(specs)]
+def test_replaying_any_batch_changes_nothing(shared_hub: HubStore, specs: list[tuple[str, int, int]],
+                                             cuts: list[int], replays: list[int]) -> None:
+    hub = shared_hub
+    tag = uuid.uuid4().hex[:8]
+    device, customers = f"dev-{tag}", tuple(f"{tag}-c{i}" for i in range(3))
+    events = [make_event(i + 1, s, customers) for i, s in enumerate(specs)]
     bounds = sorted({0, len(events), *(c for c in cuts if c < len(events))})
     batches = [events[a:b] for a, b in itertools.pairwise(bounds)]
-    with tempfile.TemporaryDirectory() as tmp:
-        hub = HubStore.open(None, state_dir=tmp)
-        try:
-            first_answers = []
-            for i, batch in enumerate(batches):
-                first_answers.append(hub.ingest("dev", batch))
-                # the hub's balance is the sum of its entries after every batch (no expiry here)
-                for c in CUSTOMERS:
-                    assert hub.balance(c) == sum(e.points for e in hub.ledger(c))
-                before = snapshot(hub)
-                # replaying any batch pushed so far, any number of times, changes nothing
-                for r in replays:
-                    j = r % (i + 1)
-                    again = hub.ingest("dev", batches[j])
-                    assert again.stored == 0 and again.duplicates == len(batches[j])
-                    assert again.rejected == first_answers[j].rejected
-                    assert snapshot(hub) == before
-            assert hub.acked_through("dev") == len(events)
-            valid_points = [s for s in specs if s[0] in ("award", "redeem")]
-            for c in CUSTOMERS:
-                assert hub.balance(c) == sum(a if k == "award" else -a for k, cc, a in valid_points if cc == c)
-        finally:
-            hub.close()
+    first_answers = []
+    for i, batch in enumerate(batches):
+        first_answers.append(hub.ingest(device, batch))
+        # the hub's balance is the sum of its entries after every batch (no expiry here)
+        for c in customers:
+            assert hub.balance(c) == sum(e.points for e in hub.ledger(c))
+        before = snapshot(hub, device, customers)
+        # replaying any batch pushed so far, any number of times, changes nothing
+        for r in replays:
+            j = r % (i + 1)
+            again = hub.ingest(device, batches[j])
+            assert again.stored == 0 and again.duplicates == len(batches[j])
+            assert again.rejected == first_answers[j].rejected
+            assert snapshot(hub, device, customers) == before
+    assert hub.acked_through(device) == len(events)
+    valid_points = [s for s in specs if s[0] in ("award", "redeem")]
+    for who, c in enumerate(customers):
+        assert hub.balance(c) == sum(a if k == "award" else -a for k, w, a in valid_points if w == who)
 
 
 # -- device + real gRPC hub: crashes and retries in any order -----------------------------------
