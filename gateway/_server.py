@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -139,6 +140,37 @@ def _credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
     )
 
 
+def _probe_listen(listen: str) -> None:
+    """Fail with one clear line when the address cannot be bound, before grpc's core logs its own.
+
+    The probe sets SO_REUSEADDR and SO_REUSEPORT as grpc does, so replicas deliberately sharing
+    a port still start; port 0 (any free port) is not probed.
+    """
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"--listen must look like HOST:PORT, got {listen!r}")
+    port = int(port_text)
+    if port == 0:
+        return
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the operator asked for this address
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {listen}: {exc.strerror or exc} — is another server using port {port}? "
+                "choose another --listen port"
+            ) from None
+
+
 def create_server(
     config: GatewayConfig,
     *,
@@ -169,8 +201,7 @@ def create_server(
             clock=clock,
             on_switch=lambda info: metrics.bundle_version.set(info.version),
         )
-        hub_state = HubStateStore(hub, clock=clock, on_events=lambda events: metrics.events_ingested.labels(
-            "app").inc(len(events)))
+        hub_state = HubStateStore(hub, clock=clock, on_events=lambda events: metrics.record_app_event(len(events)))
         closers.append(hub_state.close)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbo-rpc"),
@@ -201,6 +232,7 @@ def create_server(
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
+        _probe_listen(listen)
         try:
             if credentials is not None:
                 port = server.add_secure_port(listen, credentials)

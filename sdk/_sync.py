@@ -73,6 +73,9 @@ _PERMANENT = {
 }
 
 
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
 # -- one sync at a time ----------------------------------------------------------------------
 
 _locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -136,6 +139,9 @@ def _sync_error(exc: grpc.RpcError, what: str) -> SyncError:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     hint = _PERMANENT.get(code) if isinstance(code, grpc.StatusCode) else None
+    if code in _TRANSIENT:
+        hint = ("events stay queued; check the hub address and that it is running, then sync again "
+                "(`nbo sync --forever` retries with backoff)")
     message = f"{what} failed: {name}: {details}" + (f" ({hint})" if hint else "")
     error = SyncError(message)
     error.code = name  # type: ignore[attr-defined]

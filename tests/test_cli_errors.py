@@ -358,8 +358,6 @@ def test_serve_with_a_trusted_key_file_that_is_missing(env: Env, tmp_path: Path)
     assert_one_clear_line(result.returncode, result.stdout, result.stderr, "signing.pub")
 
 
-@pytest.mark.xfail(strict=True, reason="gateway: grpc's C core logs its own 'Failed to add port' line to stderr "
-                                       "before nbo's error (owner of gateway/_server.py notified in the report)")
 def test_serve_on_a_port_in_use_is_one_line(env: Env) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -370,8 +368,6 @@ def test_serve_on_a_port_in_use_is_one_line(env: Env) -> None:
     assert_one_clear_line(result.returncode, result.stdout, result.stderr, "cannot listen", str(port))
 
 
-@pytest.mark.xfail(strict=True, reason="sdk/_sync.py: an unreachable hub is reported without saying what to do "
-                                       "(events stay queued; check the address or retry with --forever)")
 def test_sync_unreachable_says_what_to_do(env: Env, fresh_state: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scenario, _ = SCENARIOS["sync/unreachable-hub"]
     code, out, err = run_cli(capsys, scenario(env))
