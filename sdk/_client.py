@@ -35,7 +35,7 @@ class ClientConfig:
 
     decision_log_budget_bytes: int = 64 * 1024 * 1024
     """Decision events past this outbox size are compacted oldest-first (money never is)."""
-    sync_batch_size: int = 500
+    sync_batch_size: int = 2000
     """Events per ``PushEvents`` batch."""
 
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from nbo.v1 import common_pb2, sync_pb2, sync_pb2_grpc
 
-from . import _ledger
+from . import _ledger, _records
 from ._errors import InputError, NboError, SyncError
 from ._types import BundleInfo, SyncReport
 
@@ -364,6 +364,11 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
             errors.append(str(error))
         except NboError as exc:
             errors.append(f"bundle: {exc}")
+    # Acked decision logs are what compaction removes first, so keep the outbox in budget now.
+    try:
+        _records.compact_decisions(client._store, budget_bytes=client.config.decision_log_budget_bytes)
+    except NboError as exc:
+        errors.append(f"compaction: {exc}")
     report = SyncReport(
         pushed=pushed,
         acked_through=acked_through,

@@ -437,3 +437,21 @@ def test_nbo_sync_forever_keeps_syncing_until_interrupted(tmp_path: Path, gatewa
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert out.count("pushed ") >= 2
+
+
+def test_sync_compacts_acked_decision_logs_past_the_budget(tmp_path: Path, gateway: GatewayServer,
+                                                           keys: tuple[Path, Path]) -> None:
+    config = ClientConfig(sync_batch_size=50, decision_log_budget_bytes=2_000)
+    with Client.open(tmp_path / "dev", device_id="dev-1", trusted_keys=[keys[1]], config=config) as client:
+        for i in range(40):
+            append(client, "decision", {"decision_id": str(uuid.uuid4()), "customer_id": "c1", "channel": "pos",
+                                        "bundle_name": "b", "bundle_version": 1, "strategy": "",
+                                        "offers": [{"offer_id": f"o{i}", "score": 1.0, "pad": "x" * 100}]})
+        client.award_points("c1", 10, idempotency_key="k", reason="purchase")
+        report = client.sync(target(gateway), token="tok-dev-1")
+        assert report.pushed == 41 and report.errors == ()
+        summary = outbox_summary(client._store)
+        assert summary["compacted_decisions"] > 0 and summary["payload_bytes"] <= 2_000
+        # the hub holds every decision; the points event is never compacted on the device
+        assert len(gateway.hub.events(device_id="dev-1")) == 41
+        assert [e["type"] for e in list_events(client._store, status="acked", limit=100)].count("points") == 1
