@@ -1,0 +1,77 @@
+"""Issue 6 items 4 and 6: `nbo serve --tls-cert/--tls-key/--client-ca --hub-db` as command-line
+flags (not only the TOML tables), in a real `nbo serve` process.
+
+The configuration file has neither a ``[tls]`` nor a ``[hub]`` table: mutual TLS and the hub
+database location come from the flags alone, so a flag that is parsed but not applied fails here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+from gateway_helpers import (
+    NBO_CLI,
+    PUBLISHER_TOKEN,
+    bundle_kit,
+    config_data,
+    free_port,
+    serve_log,
+    start_serve_process,
+    toml_text,
+)
+from nbo.gateway._hub import HubStore
+from test_gateway_tls import health_ok, issue, make_ca, secure
+
+
+def test_serve_flags_turn_on_mutual_tls_and_place_the_hub_database(tmp_path: Path) -> None:
+    ca, ca_cert, ca_key = make_ca(tmp_path / "pki", "flags-ca")
+    server_pem = issue(tmp_path / "pki", "server", ca_cert, ca_key, server=True)
+    client_pem = issue(tmp_path / "pki", "client", ca_cert, ca_key, server=False)
+    kit = bundle_kit(tmp_path / "kit")
+    config = tmp_path / "gateway.toml"
+    data = config_data(trusted_key=kit.pub)
+    assert "tls" not in data and "hub" not in data
+    config.write_text(toml_text(data))
+    hub_file = tmp_path / "elsewhere" / "flag-hub.sqlite"
+    hub_file.parent.mkdir()
+    state = tmp_path / "state"
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    proc = start_serve_process(state, config, port=port, extra_args=[
+        "--tls-cert", str(server_pem.cert), "--tls-key", str(server_pem.key), "--client-ca", str(ca.cert),
+        "--hub-db", f"sqlite://{hub_file}"])
+    try:
+        with secure(ca.cert, client_pem)(target) as mtls:
+            deadline = time.monotonic() + 30
+            while not health_ok(mtls):
+                assert proc.poll() is None, serve_log(state).read_text()
+                assert time.monotonic() < deadline, serve_log(state).read_text()
+                time.sleep(0.2)
+        # --tls-cert/--tls-key: plaintext is refused; --client-ca: TLS without a client certificate is too.
+        with grpc.insecure_channel(target) as plain:
+            assert not health_ok(plain)
+        with secure(ca.cert)(target) as no_client_cert:
+            assert not health_ok(no_client_cert)
+
+        bundle = kit.bundle(1)
+        done = subprocess.run([*NBO_CLI, "publish", str(bundle), "--hub", target, "--token", PUBLISHER_TOKEN,
+                               "--quiet", "--ca-file", str(ca.cert), "--client-cert", str(client_pem.cert),
+                               "--client-key", str(client_pem.key), "--timeout", "30"],
+                              capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    # --hub-db: the published bundle is registered in the database the flag named, and the
+    # default location under the state directory was never created.
+    assert hub_file.exists()
+    assert not (state / "hub.sqlite").exists()
+    hub = HubStore.open(f"sqlite://{hub_file}", state_dir=state)
+    try:
+        latest = hub.latest_bundle()
+        assert latest is not None and latest.version == 1
+    finally:
+        hub.close()
