@@ -62,6 +62,13 @@ def tree_digest(directory: Path) -> str:
     return h.hexdigest()
 
 
+def assert_serves(client: Client, *, version: int) -> None:
+    """The client answers a real decision, made from the active bundle at ``version``."""
+    decision = client.decide("C1", channel="pos", profile={"age": 40, "owned_products": []}, limit=5)
+    assert (decision.bundle_name, decision.bundle_version) == ("small", version)
+    assert decision.offers
+
+
 # -- tamper cases (each builds a bad zip from the good v3) -------------------------------------
 
 
@@ -144,6 +151,7 @@ def test_the_untampered_bundle_installs(env, tmp_path):
         client.install_bundle(env.v2)
         info = client.install_bundle(env.v3)
         assert (info.name, info.version, info.offer_count, info.models) == ("small", 3, 5, ("propensity",))
+        assert_serves(client, version=3)
 
 
 @pytest.mark.parametrize("case", list(TAMPER_CASES))
@@ -167,9 +175,11 @@ def test_tampered_bundle_is_refused_and_the_active_bundle_keeps_serving(env, tmp
         assert client._require_bundle().directory == active_dir
         assert (bundles / "active.json").read_bytes() == pointer_before
         assert tree_digest(bundles) == digest_before  # active files untouched, nothing left behind
+        assert_serves(client, version=2)  # not just on disk: decisions still come from v2
     assert not (tmp_path / "escape.txt").exists() and not (state / "escape.txt").exists()
     with open_client(state, env) as reopened:
         assert reopened.bundle == before
+        assert_serves(reopened, version=2)
 
 
 def test_refusal_messages_say_why(env, tmp_path):
