@@ -547,6 +547,34 @@ def test_exploration_frequencies_match_recorded_probabilities(engine: Engine) ->
     assert recorded[("B", 1)] == pytest.approx(0.4 / 3)
 
 
+@pytest.mark.parametrize(("offers", "limit"), [
+    # more eligible offers than slots: any of the 5 others may be promoted into slot 1
+    ([offer(c, value=v) for c, v in zip("ABCDEF", (60, 50, 40, 30, 20, 10), strict=True)], 2),
+    # a mandatory offer keeps slot 1; exploration acts on the ranked offers below it
+    ([offer("M", value=1, mandatory=True), *(offer(c, value=v) for c, v in zip("ABCD", (40, 30, 20, 10),
+                                                                             strict=True))], 3),
+], ids=["more-eligible-than-limit", "with-mandatory"])
+def test_recorded_probabilities_are_true_when_slots_are_scarce(engine: Engine, offers: list[dict[str, Any]],
+                                                              limit: int) -> None:
+    bundle = engine.load(spec(offers, exploration={"epsilon": 0.4}))
+    assert bundle.plan is not None
+    trials = 4000
+    counts: dict[tuple[str, int], int] = {}
+    recorded: dict[tuple[str, int], float] = {}
+    for t in range(trials):
+        out = _policy.run_pipeline(bundle.plan, customer={}, context={"channel": "pos"}, channel="pos",
+                                   history=[], now=NOW, limit=limit, explain=False, seed=f"scarce-{t}")
+        assert len(out.shown) == limit
+        for rank, s in enumerate(out.shown, start=1):
+            key = (bundle.plan.offer_ids[s.index], rank)
+            counts[key] = counts.get(key, 0) + 1
+            assert recorded.setdefault(key, s.selection_probability) == s.selection_probability
+    for key, p in recorded.items():
+        assert counts[key] / trials == pytest.approx(p, abs=0.03), key
+    for rank in range(1, limit + 1):  # each slot is filled with probability 1
+        assert sum(p for (_, r), p in recorded.items() if r == rank) == pytest.approx(1.0)
+
+
 def test_exploration_is_seeded_by_the_decision_id(engine: Engine) -> None:
     bundle = engine.load(spec([offer(c, value=v) for c, v in zip("ABCD", (40, 30, 20, 10), strict=True)],
                               exploration={"epsilon": 0.5}))
