@@ -73,6 +73,17 @@ def test_report_is_self_contained_html_with_every_section(trained_dir: tuple[Pat
     assert len(images) >= 4
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+    # the figures themselves, not only the headings: headline metrics from metrics.json and
+    # one table row per calibration bin, lift decile and shown offer
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"<td>ROC AUC (holdout)</td><td>{metrics['auc']:.4f}</td>" in page
+    assert f"<td>log loss (holdout)</td><td>{metrics['log_loss']:.4f}</td>" in page
+    sections = {s.split("</h2>", 1)[0]: s for s in page.split("<h2>")[1:]}
+    assert sections["Calibration"].count("<tr><td>") == len(metrics["calibration"]) > 0
+    assert sections["Gain and lift"].count("<tr><td>") == 10
+    offers = {line.split(",")[2] for line in (out / "holdout.csv").read_text().splitlines()[1:]}
+    assert sections["Acceptance per offer (holdout)"].count("<tr><td>") == len(offers) > 1
+    assert sections["Learned vs ground truth"].count("<img ") == 1
 
 
 def test_nbo_report_regenerates(trained_dir: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
