@@ -152,3 +152,39 @@ def test_a_response_and_its_event_commit_together(client: Client) -> None:
                                                          "accepted"))
     assert len(txns) == 1, [t.writes for t in txns]
     assert {"outbox", "contact_history"} <= txns[0].writes, txns[0].writes
+
+
+# -- the gateway's hub-backed store (DESIGN §8): app-channel money and points --------------------
+
+
+def test_gateway_money_and_points_commit_fsynced_with_their_hub_event(tmp_path: Path) -> None:
+    """AwardPoints / RedeemPoints / RecordPayment over gRPC: the state change and its hub event
+    commit together on the SQLite hub's ``synchronous=FULL`` connection (not the relaxed one
+    decisions use)."""
+    from gateway_helpers import APP, bundle_kit, config_data, running_gateway
+    from nbo.v1 import decision_pb2
+
+    kit = bundle_kit(tmp_path / "kit")
+    with running_gateway(tmp_path / "gw", config_data(trusted_key=kit.pub)) as gw:
+        conn: Any = gw.server.hub.db._conn  # type: ignore[attr-defined]
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        calls: list[tuple[Callable[[], Any], str]] = [
+            (lambda: gw.decision.AwardPoints(decision_pb2.AwardPointsRequest(
+                customer_id="G1", points=50, idempotency_key="ga", reason="r"), metadata=APP), "ledger_entries"),
+            (lambda: gw.decision.RedeemPoints(decision_pb2.RedeemPointsRequest(
+                customer_id="G1", points=20, idempotency_key="gr", reason="r"), metadata=APP), "ledger_entries"),
+            (lambda: gw.decision.RecordPayment(decision_pb2.RecordPaymentRequest(
+                customer_id="G1", payment_token="tok_g", amount="9.99", currency="EUR", idempotency_key="gp"),
+                metadata=APP), "payments"),
+        ]
+        for call, table in calls:
+            trace = Trace(full=True)
+            conn.set_trace_callback(trace)
+            try:
+                call()
+            finally:
+                conn.set_trace_callback(None)
+            with_table = [t for t in trace.writing() if table in t.writes]
+            assert len(with_table) == 1, (table, [t.writes for t in trace.writing()])
+            assert "hub_events" in with_table[0].writes, with_table[0].writes
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
