@@ -8,10 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 import cel
+import numpy as np
 import pytest
 import yaml
 from nbo.model_export import compile_catalog, derive_features, generate_demo_data
-from nbo.model_export._demo_data import demo_catalog, true_propensity
+from nbo.model_export._demo_data import _LOG_POLICY_PREFERENCE, demo_catalog, true_propensity
 from nbo.sdk._cli import main as cli
 from nbo.sdk._errors import InputError
 
@@ -107,6 +108,37 @@ def test_history_follows_the_documented_ground_truth(demo: Path) -> None:
     accepted = sum(h["outcome"] == "accepted" for h in history) / len(history)
     mean_true = sum(float(h["true_propensity"]) for h in history) / len(history)
     assert abs(accepted - mean_true) < 0.06
+
+
+def test_recorded_selection_probabilities_are_the_logging_policys(demo: Path) -> None:
+    """Each row's selection_probability is what the documented logging policy gave that offer.
+
+    The policy (docs/training.md): among the model-scored offers valid for the channel at that
+    moment, 80 % softmax over the customer's lifecycle-stage preference, 20 % uniform.
+    """
+    history = _rows(demo / "history.csv")
+    offers = [o for o in demo_catalog()["offers"] if o.get("model_id") == "propensity"]
+    transactions = _rows(demo / "transactions.csv")
+    everyone = {c["customer_id"]: {} for c in _rows(demo / "customers.csv")}  # no purchases: stage "new"
+    measures = derive_features(transactions, as_of=max(t["timestamp"] for t in transactions), profiles=everyone)
+    stages = {cid: m["lifecycle_stage"] for cid, m in measures.items()}
+    by_decision: dict[str, float] = {}
+    for h in history[:200]:
+        moment = h["timestamp"]
+        candidates = [o for o in offers
+                      if (not o["channels"] or h["channel"] in o["channels"])
+                      and (o.get("valid_from") is None or moment >= o["valid_from"])
+                      and (o.get("valid_to") is None or moment <= o["valid_to"])]
+        preference = _LOG_POLICY_PREFERENCE.get(stages[h["customer_id"]], {})
+        scores = np.array([preference.get(o["category"], 0.0) for o in candidates])
+        soft = np.exp(scores - scores.max())
+        probs = 0.8 * soft / soft.sum() + 0.2 / len(candidates)
+        probs = probs / probs.sum()
+        expected = float(probs[[o["offer_id"] for o in candidates].index(h["offer_id"])])
+        assert float(h["selection_probability"]) == pytest.approx(expected, abs=1e-6), h
+        by_decision[h["decision_id"]] = expected
+    assert len(by_decision) == 200  # one shown offer per logged decision
+    assert len({round(p, 6) for p in by_decision.values()}) > 3  # not a constant
 
 
 def test_cli_demo_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
