@@ -459,11 +459,20 @@ def train_propensity(
     for side, idx in (("training", train_idx), ("holdout", test_idx)):
         if len(set(y[idx].tolist())) < 2:
             raise ModelError(f"the {side} split has only one outcome; add data or change the seed")
-    _progress(
-        progress,
-        f"split by customer: {len(train_idx)} training rows ({len(set(group_ids[train_idx].tolist()))} "
-        f"customers), {len(test_idx)} holdout rows ({len(set(group_ids[test_idx].tolist()))} customers)",
-    )
+    if groups is None:
+        # Without customer ids the rows of one customer can land on both sides and flatter the
+        # holdout metrics; say so rather than call it a split by customer.
+        _progress(
+            progress,
+            f"split by row (no groups given; pass groups=customer ids to keep each customer on one side): "
+            f"{len(train_idx)} training rows, {len(test_idx)} holdout rows",
+        )
+    else:
+        _progress(
+            progress,
+            f"split by customer: {len(train_idx)} training rows ({len(set(group_ids[train_idx].tolist()))} "
+            f"customers), {len(test_idx)} holdout rows ({len(set(group_ids[test_idx].tolist()))} customers)",
+        )
     x_train, y_train = matrix[train_idx], y[train_idx]
     train_groups = group_ids[train_idx]
     folds = min(3, len(set(train_groups.tolist())))

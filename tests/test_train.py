@@ -155,6 +155,15 @@ def test_inferred_categoricals_and_progress_lines(
     assert "split by customer" in err and "holdout AUC" in err
 
 
+def test_without_groups_the_split_is_not_called_a_split_by_customer(
+    data: tuple[list[dict[str, Any]], list[int], list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows, labels, _ = data
+    train_propensity(rows[:300], labels[:300], model="logreg", features=FEATURES, categorical=CATEGORICAL)
+    err = capsys.readouterr().err
+    assert "split by row (no groups given" in err and "split by customer" not in err
+
+
 # -- bad data -----------------------------------------------------------------------------------
 
 
