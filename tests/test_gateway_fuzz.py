@@ -19,7 +19,9 @@ from gateway_helpers import APP, PUBLISHER, Gateway, bundle_kit, config_data, pu
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nbo.gateway._db import open_database
 from nbo.v1 import decision_pb2, publish_pb2
+from sync_helpers import BACKENDS, postgres_url, unique_schema
 
 ACCEPTABLE = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
               grpc.StatusCode.FAILED_PRECONDITION}
@@ -29,15 +31,27 @@ TABLES = ("hub_events", "hub_ledger", "profiles", "decisions", "contact_history"
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One gateway per hub backend (SQLite, PostgreSQL): fuzzed input must not reach either as an error."""
     kit = bundle_kit(tmp_path_factory.mktemp("kit"))
     catalog = small_catalog()
-    with running_gateway(tmp_path_factory.mktemp("state"), config_data(trusted_key=kit.pub)) as gateway:
-        publish(gateway, kit.bundle(1, catalog=catalog))
-        gateway.decision.AwardPoints(decision_pb2.AwardPointsRequest(
-            customer_id="known", points=50, idempotency_key="seed", reason="seed"), metadata=APP)
-        yield gateway
+    url = schema = None
+    if request.param == "postgresql":
+        url, schema = postgres_url(), unique_schema()
+    try:
+        with running_gateway(tmp_path_factory.mktemp("state"), config_data(trusted_key=kit.pub, hub_db=url),
+                             hub_schema=schema) as gateway:
+            assert gateway.server.hub.db.dialect == request.param
+            publish(gateway, kit.bundle(1, catalog=catalog))
+            gateway.decision.AwardPoints(decision_pb2.AwardPointsRequest(
+                customer_id="known", points=50, idempotency_key="seed", reason="seed"), metadata=APP)
+            yield gateway
+    finally:
+        if url is not None:
+            db = open_database(url, schema=schema)
+            db.drop_schema()  # type: ignore[attr-defined]
+            db.close()
 
 
 def snapshot(gw: Gateway) -> dict[str, int]:
