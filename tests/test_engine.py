@@ -575,6 +575,29 @@ def test_recorded_probabilities_are_true_when_slots_are_scarce(engine: Engine, o
         assert sum(p for (_, r), p in recorded.items() if r == rank) == pytest.approx(1.0)
 
 
+def test_explored_decisions_record_their_true_probabilities_in_state_and_outbox(
+    engine: Engine, store: SQLiteStateStore
+) -> None:
+    bundle = engine.load(spec([offer(c, value=v) for c, v in zip("ABCD", (40, 30, 20, 10), strict=True)],
+                              exploration={"epsilon": 0.5}))
+    decisions = [engine.decide(bundle, limit=3, customer_id=f"X{i}", explain=False) for i in range(40)]
+    with store.transaction() as tx:
+        stored = {d: json.loads(o) for d, o in tx.execute("SELECT decision_id, offers FROM decisions")}
+        events = [json.loads(p) for (p,) in tx.execute("SELECT payload FROM outbox WHERE type = 'decision'")]
+    outbox = {e["decision_id"]: e["offers"] for e in events}
+    explored = 0
+    for d in decisions:
+        shown = [(o.offer_id, o.selection_probability) for o in d.offers]
+        for where in (stored[d.decision_id], outbox[d.decision_id]):
+            assert [(o["offer_id"], o["selection_probability"]) for o in where] == shown
+            assert [o["rank"] for o in where] == [1, 2, 3]
+        # the score order is A, B, C, D: the probability is that of this offer at this rank
+        for rank, (offer_id, p) in enumerate(shown, start=1):
+            assert p == pytest.approx(_policy.rank_probability("ABCD".index(offer_id) + 1, rank, 4, 0.5))
+        explored += shown[0][0] != "A"
+    assert 5 <= explored <= 35  # ε = 0.5: both branches happened
+
+
 def test_exploration_is_seeded_by_the_decision_id(engine: Engine) -> None:
     bundle = engine.load(spec([offer(c, value=v) for c, v in zip("ABCD", (40, 30, 20, 10), strict=True)],
                               exploration={"epsilon": 0.5}))
