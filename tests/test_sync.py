@@ -334,6 +334,31 @@ def test_push_rpc_errors(gateway: GatewayServer) -> None:
     assert len(gateway.hub.events()) == 1
 
 
+def test_push_answer_carries_balances_latest_bundle_and_rejections(gateway: GatewayServer) -> None:
+    """DESIGN §7 on the wire: acked_through, the authoritative balances of the batch's customers,
+    the latest bundle, and the events refused as invalid (with their reason)."""
+    s = stub(gateway)
+
+    def event(seq: int, type_: str, payload: dict[str, Any]) -> sync_pb2.Event:
+        return sync_pb2.Event(event_id=str(uuid.uuid4()), device_id="dev-1", seq=seq, type=type_, created_at=1.0,
+                              payload_json=json.dumps(payload))
+
+    award = {"entry_id": str(uuid.uuid4()), "customer_id": "w1", "kind": "award", "points": 40, "reason": "r",
+             "idempotency_key": "k1", "created_at": 1.0, "expires_at": None, "reverses": None}
+    first = s.PushEvents(sync_pb2.PushEventsRequest(device_id="dev-1", events=[
+        event(1, "points", award), event(2, "response", response_payload("w2"))]), metadata=AUTH)
+    assert first.acked_through == 2 and not first.HasField("latest_bundle") and list(first.rejected) == []
+    assert {b.customer_id: b.balance for b in first.balances} == {"w1": 40, "w2": 0}
+    gateway.hub.register_bundle(b"bundle bytes", name="small", version=3)
+    redeem = {**award, "entry_id": str(uuid.uuid4()), "kind": "redeem", "points": -55, "idempotency_key": "k2"}
+    second = s.PushEvents(sync_pb2.PushEventsRequest(device_id="dev-1", events=[
+        event(3, "points", redeem), event(4, "gossip", {"customer_id": "w1"})]), metadata=AUTH)
+    assert second.acked_through == 4
+    assert {b.customer_id: b.balance for b in second.balances}["w1"] == -15  # over-redemption accepted
+    assert (second.latest_bundle.name, second.latest_bundle.version, second.latest_bundle.size) == ("small", 3, 12)
+    assert [r.seq for r in second.rejected] == [4] and second.rejected[0].reason
+
+
 def test_health_and_reflection_are_open(gateway: GatewayServer) -> None:
     channel = grpc.insecure_channel(target(gateway))
     health = health_pb2_grpc.HealthStub(channel)
