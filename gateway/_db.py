@@ -106,7 +106,11 @@ class SQLiteDatabase:
             # stops re-sending what the hub acknowledged.
             self._conn.execute("PRAGMA synchronous=FULL")
         except (sqlite3.Error, OSError) as exc:
-            raise StateError(f"cannot open hub database {path}: {exc}") from exc
+            # A plain DatabaseError is a damaged or foreign file (a locked or full one is a subclass).
+            hint = (" — the file is damaged or not an nbo hub database: stop the gateway, move it aside and "
+                    "restore the hub from its backup (docs/operations.md, Backups), or point --hub-db at the "
+                    "right file") if type(exc) is sqlite3.DatabaseError else ""
+            raise StateError(f"cannot open hub database {path}: {exc}{hint}") from exc
 
     @contextmanager
     def transaction(self) -> Iterator[_SQLiteTx]:
