@@ -88,9 +88,9 @@ class GatewayMetrics:
             current = time.time() if now is None else now
             self.sync_lag.set(max(0.0, current - oldest_created_at))
 
-    def record_app_event(self) -> None:
-        """The gateway wrote one app-channel event into the hub event log."""
-        self.events_ingested.labels("app").inc()
+    def record_app_event(self, count: int = 1) -> None:
+        """The gateway wrote ``count`` app-channel events into the hub event log."""
+        self.events_ingested.labels("app").inc(count)
 
     # -- endpoint ----------------------------------------------------------------------------
 
