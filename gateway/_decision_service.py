@@ -169,9 +169,8 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(round(epoch * 1e9)))
-    return ts
+    seconds, nanos = divmod(int(round(epoch * 1e9)), 1_000_000_000)  # nanos in [0, 1e9) as the type requires
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 def _to_datetime(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
@@ -225,23 +224,22 @@ def _decision_pb(decision: Decision) -> decision_pb2.DecideResponse:
         strategy=decision.strategy,
         created_at=_timestamp(decision.created_at),
     )
+    add = response.offers.add  # built in place: no message copied per offer
     for rank, offer in enumerate(decision.offers, start=1):
-        response.offers.append(
-            decision_pb2.RankedOffer(
-                offer_id=offer.offer_id,
-                name=offer.name,
-                category=offer.category,
-                propensity=offer.propensity,
-                value=offer.value,
-                strategy=offer.strategy,
-                weight=offer.weight,
-                lever=offer.lever,
-                score=offer.score,
-                mandatory=offer.mandatory,
-                fallback=offer.fallback,
-                selection_probability=offer.selection_probability,
-                rank=rank,
-            )
+        add(
+            offer_id=offer.offer_id,
+            name=offer.name,
+            category=offer.category,
+            propensity=offer.propensity,
+            value=offer.value,
+            strategy=offer.strategy,
+            weight=offer.weight,
+            lever=offer.lever,
+            score=offer.score,
+            mandatory=offer.mandatory,
+            fallback=offer.fallback,
+            selection_probability=offer.selection_probability,
+            rank=rank,
         )
     for exclusion in decision.excluded:
         response.excluded.append(
@@ -293,8 +291,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 )
             response = _decision_pb(decision)
         if self._metrics is not None:
-            self._metrics.decisions.labels(f"{decision.bundle_name}:{decision.bundle_version}").inc()
-            self._metrics.decide_latency.observe(time.perf_counter() - started)
+            self._metrics.record_decide(f"{decision.bundle_name}:{decision.bundle_version}",
+                                        time.perf_counter() - started)
         return response
 
     def RecordResponse(

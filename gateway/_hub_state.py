@@ -48,6 +48,20 @@ from ._hub import SCHEMA_LOCK_KEY, HubStore, IncomingEvent, validate_payload
 
 __all__ = ["APP_SOURCE", "HubStateStore", "HubTx"]
 
+try:  # orjson (the [gateway] extra) encodes an event payload ~10x faster than the stdlib
+    import orjson
+
+    def _encode(payload: Mapping[str, Any]) -> str:
+        # Same compact text as json.dumps(separators=(",", ":")); the payload contracts hold no
+        # non-finite numbers (the SDK records them as null), so allow_nan has nothing to refuse.
+        return orjson.dumps(payload).decode()  # orjson.JSONEncodeError is a TypeError
+
+except ImportError:  # pragma: no cover - the gateway extra installs it
+
+    def _encode(payload: Mapping[str, Any]) -> str:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+
+
 APP_SOURCE = "app"
 """The ``device_id`` under which the gateway's own (app-channel) events enter the event log."""
 
@@ -138,7 +152,7 @@ class HubTx:
             raise ValueError(f"unknown event type {type!r}")
         try:
             validate_payload(type, payload)
-            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+            text = _encode(payload)
         except (TypeError, ValueError) as exc:
             # The SDK builds these payloads: a bad one is a bug, never the caller's input.
             raise StateError(f"refusing to log an invalid {type} event: {exc}") from exc
