@@ -463,20 +463,36 @@ def test_nbo_sync_forever_keeps_syncing_until_interrupted(tmp_path: Path, gatewa
            "--state", str(tmp_path / "dev"), "--hub", target(gateway), "--token", "tok-dev-1", "--forever",
            "--interval", "0.2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+
+    def pushed_nonzero() -> int:
+        return sum(1 for line in list(lines) if line.startswith("pushed ") and not line.startswith("pushed 0 "))
+
     try:
         deadline = time.monotonic() + 30
-        while gateway.hub.balance("c1") != 3 and time.monotonic() < deadline:
+        while pushed_nonzero() < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert gateway.hub.balance("c1") == 3
         with open_client(tmp_path / "dev", keys) as client:  # recording goes on while it loops
             client.award_points("c1", 4, idempotency_key="k2", reason="x")
-        while gateway.hub.balance("c1") != 7 and time.monotonic() < deadline:
+        # Wait for the loop's own report of the second push: the hub can hold the event before
+        # the device has recorded the answer and printed it (a SIGINT then would cut that sync).
+        while pushed_nonzero() < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert gateway.hub.balance("c1") == 7
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(10)
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     assert proc.returncode == 0, err
-    assert out.count("pushed ") >= 2
+    assert pushed_nonzero() == 2, lines
 
 
 def test_sync_compacts_acked_decision_logs_past_the_budget(tmp_path: Path, gateway: GatewayServer,
