@@ -10,7 +10,9 @@ wrote and the ``synchronous`` level in force at their ``COMMIT``.
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -158,11 +160,12 @@ def test_a_response_and_its_event_commit_together(client: Client) -> None:
 
 
 def test_gateway_money_and_points_commit_fsynced_with_their_hub_event(tmp_path: Path) -> None:
-    """AwardPoints / RedeemPoints / RecordPayment over gRPC: the state change and its hub event
-    commit together on the SQLite hub's ``synchronous=FULL`` connection (not the relaxed one
-    decisions use)."""
-    from gateway_helpers import APP, bundle_kit, config_data, running_gateway
-    from nbo.v1 import decision_pb2
+    """AwardPoints / RedeemPoints / RecordPayment over gRPC, and a terminal's PushEvents: the state
+    change and its hub event commit together on the SQLite hub's ``synchronous=FULL`` connection
+    (not the relaxed one decisions use)."""
+    from gateway_helpers import APP, DEVICE, bundle_kit, config_data, running_gateway
+    from nbo.v1 import decision_pb2, sync_pb2
+    from sync_helpers import points
 
     kit = bundle_kit(tmp_path / "kit")
     with running_gateway(tmp_path / "gw", config_data(trusted_key=kit.pub)) as gw:
@@ -176,6 +179,10 @@ def test_gateway_money_and_points_commit_fsynced_with_their_hub_event(tmp_path: 
             (lambda: gw.decision.RecordPayment(decision_pb2.RecordPaymentRequest(
                 customer_id="G1", payment_token="tok_g", amount="9.99", currency="EUR", idempotency_key="gp"),
                 metadata=APP), "payments"),
+            # A terminal's push: the hub acknowledges only what a power cut cannot take back.
+            (lambda: gw.sync.PushEvents(sync_pb2.PushEventsRequest(device_id="pos-1", events=[sync_pb2.Event(
+                event_id=str(uuid.uuid4()), device_id="pos-1", seq=1, type="points", created_at=T0,
+                payload_json=json.dumps(points("G2", 5)))]), metadata=DEVICE), "hub_ledger"),
         ]
         for call, table in calls:
             trace = Trace(full=True)
