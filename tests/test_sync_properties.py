@@ -17,12 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nbo.gateway import GatewayServer, HubStore, create_server, parse_config
+from nbo.gateway._db import open_database
 from nbo.gateway._hub import IncomingEvent
 from nbo.sdk import Client, ClientConfig
 from nbo.sdk._ledger import entries as ledger_entries
 from nbo.sdk._sync import _pending_batch
 from nbo.v1 import sync_pb2, sync_pb2_grpc
-from sync_helpers import BACKENDS, hub_backend
+from sync_helpers import BACKENDS, hub_backend, postgres_url, unique_schema
 
 CUSTOMERS = ("c0", "c1", "c2")
 
@@ -109,13 +110,26 @@ DEVICES = [f"prop-{i}" for i in range(400)]
 _device_ids = iter(DEVICES)
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    """A real gateway on the SQLite hub and on the PostgreSQL hub."""
     tokens = [{"token": f"tok-{d}", "role": "device", "device_id": d} for d in DEVICES]
-    server, _ = create_server(parse_config({"tokens": tokens}), state_dir=tmp_path_factory.mktemp("hub"))
+    data: dict[str, Any] = {"tokens": tokens}
+    url = schema = None
+    if request.param == "postgresql":
+        url, schema = postgres_url(), unique_schema()
+        data["hub"] = {"db": url}
+    server, _ = create_server(parse_config(data), state_dir=tmp_path_factory.mktemp("hub"), hub_schema=schema)
+    assert server.hub.db.dialect == request.param
     server.start()
-    yield server
-    server.stop(0).wait(10)
+    try:
+        yield server
+    finally:
+        server.stop(0).wait(10)
+        if url is not None:
+            db = open_database(url, schema=schema)
+            db.drop_schema()  # type: ignore[attr-defined]
+            db.close()
 
 
 action = st.one_of(
