@@ -50,6 +50,18 @@ def serve_child(state: str, config: str, port_file: str, listen: str) -> None:
     server.stop(grace=2).wait(10)
 
 
+def process_cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds used so far by ``pids`` (Linux ``/proc``); None elsewhere."""
+    total = 0.0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 def run_clients(threads: int, seconds: float, make_call: Callable[[int], Callable[[], Any]]) -> tuple[int, int, float]:
     """``threads`` clients calling as fast as they can for ``seconds``; (calls, failures, elapsed)."""
     counts = [0] * threads
@@ -162,17 +174,26 @@ def main(argv: list[str]) -> int:
 
             ratios, check_rates, decide_rates = [], [], []
             decide_failures = 0
+            pids = [child.pid for child in children]
+
+            def measure(make_call: Callable[[int], Callable[[], Any]]) -> tuple[float, int, str]:
+                # Also the CPU time per call of the gateway and of the clients: on a shared 2-core
+                # machine both processes compete for the same cores, so req/s follows CPU per call.
+                before, client_before = process_cpu_seconds(pids), time.process_time()
+                n, bad, elapsed = run_clients(args.threads, args.seconds, make_call)
+                after, client = process_cpu_seconds(pids), time.process_time() - client_before
+                server = f"{(after - before) / n * 1e6:.0f}" if before is not None and after is not None and n else "?"
+                return n / elapsed, bad, f"{server} + {client / max(n, 1) * 1e6:.0f} µs"
+
             for r in range(args.rounds):
-                n, bad, elapsed = run_clients(args.threads, args.seconds, check_call)
-                check = n / elapsed
-                n, bad_d, elapsed = run_clients(args.threads, args.seconds, decide_call)
-                decide = n / elapsed
+                check, bad, check_cpu = measure(check_call)
+                decide, bad_d, decide_cpu = measure(decide_call)
                 decide_failures += bad_d + bad
                 check_rates.append(check)
                 decide_rates.append(decide)
                 ratios.append(decide / check)
-                print(f"round {r + 1}: Check {check:8.0f} req/s   Decide {decide:8.0f} req/s   ratio {decide / check:.2f}",
-                      flush=True)
+                print(f"round {r + 1}: Check {check:8.0f} req/s   Decide {decide:8.0f} req/s   ratio {decide / check:.2f}"
+                      f"   (CPU per call, gateway + clients: Check {check_cpu}, Decide {decide_cpu})", flush=True)
             for ch in channels:
                 ch.close()
         finally:
