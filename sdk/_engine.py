@@ -61,8 +61,44 @@ def validate_mapping(value: Any, name: str) -> dict[str, Any]:
         if not isinstance(key, str) or not key:
             raise InputError(f"{name} keys must be non-empty strings, not {key!r}", field=name)
         _check_value(item, f"{name}.{key}")
+        if name == "profile" and key in _MEASURE_CHECKS:
+            _MEASURE_CHECKS[key](item, f"profile.{key}")
         out[key] = list(item) if isinstance(item, tuple) else item
     return out
+
+
+def _number(value: Any, field: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise InputError(f"{field} must be a number or null, not {value!r}", field=field)
+
+
+def _count(value: Any, field: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InputError(f"{field} must be an integer or null, not {value!r}", field=field)
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(value: Any, field: str) -> None:
+        if value is not None and value not in choices:
+            raise InputError(f"{field} must be one of {', '.join(choices)} (or null), not {value!r}", field=field)
+
+    return check
+
+
+# The customer measures have fixed types (sdk/_measures.py); a profile passed in a request
+# that gets them wrong would silently reach the model as missing values. null = unknown.
+_MEASURE_CHECKS: dict[str, Any] = {
+    "recency_days": _number,
+    "tenure_days": _number,
+    "monetary": _number,
+    "avg_purchase": _number,
+    "purchases_per_year": _number,
+    "clv": _number,
+    "frequency": _count,
+    "points_balance": _count,
+    "lifecycle_stage": _one_of(_measures.LIFECYCLE_STAGES),
+    "loyalty_stage": _one_of(_measures.LOYALTY_STAGES),
+}
 
 
 def _validate(plan: DecisionPlan, customer_id: Any, channel: Any, limit: Any) -> None:

@@ -352,7 +352,7 @@ def test_propensity_is_the_models_probability_with_contract_inputs(engine: Engin
 
 def test_missing_customer_values_become_nan_and_empty_string(engine: Engine, model_bytes: bytes) -> None:
     bundle = engine.load(spec([offer("A", model_id="m", attributes={"price": 3.0})]), models={"m": model_bytes})
-    d = engine.decide(bundle, profile={"lifecycle_stage": None, "frequency": None, "monetary": "n/a"})
+    d = engine.decide(bundle, profile={"lifecycle_stage": None, "frequency": None, "monetary": None})
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     feeds = {
         "customer__recency_days": np.array([[np.nan]], dtype=np.float32),
@@ -644,6 +644,15 @@ def test_explore_promotes_uniformly_among_the_others() -> None:
         ({"profile": {"nested": {"a": 1}}}, "profile.nested"),
         ({"profile": {3: "x"}}, "profile"),
         ({"profile": {"big": 10**30}}, "profile.big"),
+        ({"profile": {"frequency": "many"}}, "profile.frequency"),
+        ({"profile": {"frequency": True}}, "profile.frequency"),
+        ({"profile": {"frequency": 2.5}}, "profile.frequency"),
+        ({"profile": {"points_balance": "10"}}, "profile.points_balance"),
+        ({"profile": {"recency_days": ["a"]}}, "profile.recency_days"),
+        ({"profile": {"monetary": "n/a"}}, "profile.monetary"),
+        ({"profile": {"clv": "high"}}, "profile.clv"),
+        ({"profile": {"lifecycle_stage": 5}}, "profile.lifecycle_stage"),
+        ({"profile": {"loyalty_stage": "love_me"}}, "profile.loyalty_stage"),
         ({"limit": 0}, "limit"),
         ({"limit": 101}, "limit"),
         ({"limit": 2.0}, "limit"),
@@ -666,6 +675,9 @@ def test_valid_odd_profile_values_are_accepted(engine: Engine) -> None:
     bundle = engine.load(spec([offer("A")]))
     d = engine.decide(bundle, profile={"tags": ("a", "b"), "flag": True, "n": None, "big": 2**63 - 1, "s": "é" * 50})
     assert ids(d) == ["A"]
+    measures = {"recency_days": None, "tenure_days": 12, "monetary": 10, "clv": 3.5, "frequency": 0,
+                "points_balance": -5, "lifecycle_stage": "lost", "loyalty_stage": "forgive_me"}
+    assert ids(engine.decide(bundle, profile=measures)) == ["A"]
 
 
 # -- through Client ---------------------------------------------------------------------------------
