@@ -184,6 +184,10 @@ def _run(args: argparse.Namespace) -> int:
                     except PaymentDataError as exc:
                         card_refused += 1
                         print(f"      card number refused as it should be: {exc}")
+            epsilon = float((load_catalog_file(data.catalog).get("exploration") or {}).get("epsilon", 0.0))
+            if epsilon:
+                print(f"      (exploration is on, ε={epsilon:g}: now and then a lower-scored offer is promoted so the "
+                      "logs can evaluate other policies — such a line is not in score order)")
             pending = {d: c.pending_events() for d, c in clients.items()}
             print(f"      {len(customer_ids)} visits; events waiting offline: "
                   + ", ".join(f"{d}={n}" for d, n in pending.items()))
