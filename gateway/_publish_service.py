@@ -30,9 +30,9 @@ import grpc
 from nbo.sdk._errors import InputError, NboError, NotFoundError
 from nbo.v1 import publish_pb2, publish_pb2_grpc
 
-from ._decision_service import abort_with, rpc_errors
 from ._engine_host import EngineHost
 from ._hub import HubStore
+from ._status import abort_with, rpc_errors
 
 __all__ = ["DEFAULT_MAX_BUNDLE_BYTES", "PublishServicer", "VersionNotNewerError"]
 
