@@ -47,6 +47,8 @@ __all__ = ["ROLES", "GatewayConfig", "TokenSpec", "load_config", "parse_config"]
 ROLES = frozenset({"app", "device", "publisher"})
 _TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "metrics"})
 _TOKEN_KEYS = frozenset({"token", "token_sha256", "role", "device_id"})
+RESERVED_DEVICE_ID = "app"
+"""The hub event log's device id for events the gateway writes itself (DecisionService)."""
 _TRUST_KEYS = frozenset({"keys"})
 _HUB_KEYS = frozenset({"db"})
 _TLS_KEYS = frozenset({"cert", "key", "client_ca"})
@@ -216,6 +218,9 @@ def _parse_tokens(raw: Any, where: str) -> tuple[TokenSpec, ...]:
         if role == "device":
             if not isinstance(device_id, str) or not device_id:
                 raise ConfigError(f"{where}: {at}.device_id is required for role device")
+            if device_id == RESERVED_DEVICE_ID:
+                raise ConfigError(f"{where}: {at}.device_id {device_id!r} is reserved for the gateway's own "
+                                  "app-channel events; choose another device id")
         elif device_id is not None:
             raise ConfigError(f"{where}: {at}.device_id is only allowed for role device")
         if digest in seen:

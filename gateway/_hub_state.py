@@ -43,6 +43,7 @@ from nbo.sdk._clock import Clock, SystemClock
 from nbo.sdk._errors import StateError
 from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event, _WalCheckpointer
 
+from ._config import RESERVED_DEVICE_ID
 from ._db import Database, DbTx, SQLiteDatabase
 from ._hub import SCHEMA_LOCK_KEY, HubStore, IncomingEvent, validate_payload
 
@@ -62,7 +63,7 @@ except ImportError:  # pragma: no cover - the gateway extra installs it
         return json.dumps(payload, separators=(",", ":"), allow_nan=False)
 
 
-APP_SOURCE = "app"
+APP_SOURCE = RESERVED_DEVICE_ID
 """The ``device_id`` under which the gateway's own (app-channel) events enter the event log."""
 
 class _RelaxedSQLite:

@@ -85,6 +85,7 @@ def test_absolute_sqlite_and_postgres_urls(tmp_path: Path) -> None:
         ("[[tokens]]\ntoken = 'abc'\nrole = 'admin'\n", "tokens[0].role"),
         ("[[tokens]]\ntoken = 'abc'\nrole = 'device'\n", "device_id is required"),
         ("[[tokens]]\ntoken = 'abc'\nrole = 'app'\ndevice_id = 'x'\n", "only allowed for role device"),
+        ("[[tokens]]\ntoken = 'abc'\nrole = 'device'\ndevice_id = 'app'\n", "reserved for the gateway"),
         ("[[tokens]]\ntoken = ''\nrole = 'app'\n", "non-empty"),
         ("[[tokens]]\ntoken = 'same'\nrole = 'app'\n[[tokens]]\ntoken = 'same'\nrole = 'publisher'\n",
          "tokens[1] repeats"),
