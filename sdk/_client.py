@@ -7,6 +7,7 @@ modules it calls.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -19,12 +20,14 @@ from typing import Any
 
 from . import _bundle, _engine, _ledger, _payments, _records
 from ._clock import Clock, SystemClock
-from ._errors import InputError, NotReadyError
+from ._errors import BundleError, InputError, NotReadyError
 from ._runtime import LoadedBundle, load_bundle
 from ._store import SQLiteStateStore
 from ._types import BundleInfo, Decision, LedgerEntry, PaymentRecord, SyncReport
 
 __all__ = ["Client", "ClientConfig"]
+
+log = logging.getLogger("nbo.sdk")
 
 _DEVICE_ID_MAX = 128
 
@@ -70,16 +73,23 @@ class Client:
         )
         self._install_lock = threading.Lock()
         self._active: LoadedBundle | None = None
+        self._bundle_problem: str | None = None
         try:
             self._bundles = _bundle.BundleStore(
                 state_dir / "bundles", trusted_keys=_bundle.load_trusted_keys(trusted_keys), clock=self.clock
             )
+        except BaseException:
+            self._store.close()  # a bad key must not leak the open state database
+            raise
+        try:
             current = self._bundles.active()
             if current is not None:
                 self._active = load_bundle(current.directory, current.manifest, current.info)
-        except BaseException:
-            self._store.close()  # a bad key or a damaged bundle must not leak the open state database
-            raise
+        except BundleError as exc:
+            # A damaged bundle must not stop a terminal from recording money and points or from
+            # syncing: it opens without one, decide() says why, and an install or rollback heals it.
+            self._bundle_problem = str(exc)
+            log.error("event=bundle_unusable_at_open state_dir=%s detail=%s", state_dir, exc)
 
     @classmethod
     def open(
@@ -136,6 +146,7 @@ class Client:
                 raise
             info = self._bundles.commit(staged)
             self._active = replace(loaded, info=info)
+            self._bundle_problem = None
             return info
 
     def rollback(self) -> BundleInfo:
@@ -147,11 +158,17 @@ class Client:
             loaded = load_bundle(previous.directory, previous.manifest, previous.info)
             info = self._bundles.rollback()
             self._active = replace(loaded, info=info)
+            self._bundle_problem = None
             return info
 
     def _require_bundle(self) -> LoadedBundle:
         active = self._active
         if active is None:
+            if self._bundle_problem is not None:
+                raise NotReadyError(
+                    f"the installed bundle is unusable ({self._bundle_problem}); install a new one "
+                    "(`nbo sync`, or `nbo bundle install --force`) or roll back (`nbo bundle rollback`)"
+                )
             raise NotReadyError("no bundle installed: call install_bundle() (or `nbo sync`) first")
         return active
 

@@ -286,34 +286,52 @@ def test_a_bundle_built_elsewhere_installs_after_copying(env, tmp_path):
 
 
 @pytest.mark.parametrize("member", ["models/propensity.onnx", "catalog.sqlite", "manifest.json"])
-def test_an_active_bundle_modified_on_disk_is_refused_at_open(env, tmp_path, member):
+def test_an_active_bundle_modified_on_disk_is_not_served_but_the_device_still_records(env, tmp_path, member):
     state = tmp_path / "state"
     with open_client(state, env) as client:
         client.install_bundle(env.v1)
         directory = client._require_bundle().directory
     target = directory / member
     target.write_bytes(flip_byte(target.read_bytes()))
-    with pytest.raises(BundleError, match="modified on disk"):
-        open_client(state, env)
+    with open_client(state, env) as client:
+        assert client.bundle is None
+        with pytest.raises(NotReadyError, match="modified on disk"):
+            client.decide("C1", channel="pos")
+        # money and points do not depend on a bundle: a damaged one must not stop the till
+        client.award_points("C1", 10, idempotency_key="k1", reason="purchase")
+        assert client.points_balance("C1") == 10
+        # an install heals it (the same version needs force: rollback protection still holds)
+        with pytest.raises(BundleError, match="already installed"):
+            client.install_bundle(env.v1)
+        assert client.install_bundle(env.v1, force=True).version == 1
+        assert client.decide("C1", channel="pos").bundle_version == 1
+    with open_client(state, env) as client:
+        assert client.bundle is not None and client.bundle.version == 1
 
 
-def test_a_missing_active_file_is_refused_at_open(env, tmp_path):
+def test_a_missing_active_file_is_reported_and_rollback_heals(env, tmp_path):
     state = tmp_path / "state"
     with open_client(state, env) as client:
         client.install_bundle(env.v1)
+        client.install_bundle(env.v2)
         directory = client._require_bundle().directory
     (directory / "models" / "propensity.onnx").unlink()
-    with pytest.raises(BundleError, match="modified on disk"):
-        open_client(state, env)
+    with open_client(state, env) as client:
+        with pytest.raises(NotReadyError, match="modified on disk"):
+            client.decide("C1", channel="pos")
+        assert client.rollback().version == 1
+        assert client.decide("C1", channel="pos").bundle_version == 1
 
 
-def test_a_corrupt_pointer_file_is_a_bundle_error(env, tmp_path):
+def test_a_corrupt_pointer_file_is_reported_by_decide(env, tmp_path):
     state = tmp_path / "state"
     with open_client(state, env) as client:
         client.install_bundle(env.v1)
     (state / "bundles" / "active.json").write_text("{not json")
-    with pytest.raises(BundleError, match="corrupt"):
-        open_client(state, env)
+    with open_client(state, env) as client:
+        assert client.bundle is None
+        with pytest.raises(NotReadyError, match="corrupt"):
+            client.decide("C1", channel="pos")
 
 
 def test_a_device_trusting_no_key_installs_nothing(env, tmp_path):
