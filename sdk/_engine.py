@@ -101,6 +101,13 @@ _MEASURE_CHECKS: dict[str, Any] = {
 }
 
 
+def _reads_points_balance(plan: DecisionPlan) -> bool:
+    """Whether a rule, a strategy condition or a model reads ``customer.points_balance``."""
+    if plan.customer_fields is None or "points_balance" in plan.customer_fields:
+        return True
+    return any(i.source == "customer" and i.field == "points_balance" for m in plan.models for i in m.inputs)
+
+
 def _validate(plan: DecisionPlan, customer_id: Any, channel: Any, limit: Any) -> None:
     if not isinstance(customer_id, str) or not customer_id or len(customer_id) > CUSTOMER_ID_MAX:
         raise InputError(
@@ -144,7 +151,7 @@ def decide(
             # now (recency, tenure, stages, CLV), so bring them up to this decision's time.
             stored = _measures.refresh_measures(stored, as_of=now)
         customer.update(stored)
-        if "points_balance" not in overrides:
+        if "points_balance" not in overrides and _reads_points_balance(plan):
             # the loyalty ledger, not the profile, is the truth for the points balance
             customer["points_balance"] = _ledger.balance_in(tx, customer_id)
         customer.update(overrides)
