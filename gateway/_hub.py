@@ -31,6 +31,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from nbo.sdk._bundle import sha256_file
 from nbo.sdk._clock import Clock, SystemClock
 from nbo.sdk._errors import InputError, NotFoundError, StateError
 from nbo.sdk._ledger import ledger_balance
@@ -667,7 +668,7 @@ class HubStore:
             if rows and rows[0][0] != digest:
                 raise InputError(f"bundle {name} version {version} is already published with other content",
                                  field="version")
-            if not target.exists() or _sha256_file(target) != digest:
+            if not target.exists() or sha256_file(target) != digest:
                 _write_atomic(target, data)
             now = self.clock.now()
             if not rows:
@@ -822,12 +823,6 @@ def _read(path: Path) -> bytes:
         raise InputError(f"cannot read bundle file {path}: {exc.strerror or exc}", field="path") from exc
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_atomic(target: Path, data: bytes) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+from nbo.sdk._bundle import sha256_file
 from nbo.sdk._errors import InputError, NboError, NotFoundError
 from nbo.v1 import publish_pb2, publish_pb2_grpc
 
@@ -133,7 +134,7 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
         return path
 
     def _accept(self, path: Path) -> publish_pb2.PublishBundleResponse:
-        sha = _sha256_file(path)
+        sha = sha256_file(path)
         with self._engine.exclusive():
             staged, loaded = self._engine.stage(path)  # signature, hashes, models: BundleError if bad
             name, version = staged.info.name, staged.info.version
@@ -177,9 +178,6 @@ def _response(name: str, version: int, offers: int, sha: str, *, accepted: bool)
     return publish_pb2.PublishBundleResponse(name=name, version=version, offers=offers, accepted=accepted, sha256=sha)
 
 
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def add_to_server(servicer: PublishServicer, server: grpc.Server) -> None:

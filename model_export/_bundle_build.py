@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from nbo.sdk import __version__ as sdk_version
-from nbo.sdk._bundle import FORMAT, MANIFEST, SIGNATURE, _unsafe_path_reason, check_name, parse_iso
+from nbo.sdk._bundle import (
+    FORMAT,
+    MANIFEST,
+    SIGNATURE,
+    _unsafe_path_reason,
+    check_name,
+    parse_iso,
+    sha256_file,
+)
 from nbo.sdk._clock import Clock, SystemClock, to_datetime
 from nbo.sdk._errors import BundleError, InputError, ModelError
 from nbo.sdk._keys import (
@@ -148,9 +156,6 @@ def _utc_text(value: str | datetime, what: str) -> str:
     return moment.astimezone(UTC).strftime(_TS_FORMAT)
 
 
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _zip_entry(name: str) -> zipfile.ZipInfo:
@@ -211,7 +216,7 @@ def build_bundle(
         inner = f"models/{model_id}.onnx"
         model_paths[inner] = path
         model_entries.append(
-            {"id": model_id, "path": inner, "sha256": _sha256_file(path), "inputs": inputs, "output": output}
+            {"id": model_id, "path": inner, "sha256": sha256_file(path), "inputs": inputs, "output": output}
         )
 
     extras: dict[str, Path] = {}
@@ -254,8 +259,8 @@ def build_bundle(
             "expires_at": expires,
             "min_sdk": sdk_version,
             "models": model_entries,
-            "catalog": {"path": "catalog.sqlite", "sha256": _sha256_file(catalog_file)},
-            "files": {inner: _sha256_file(local) for inner, local in extras.items()},
+            "catalog": {"path": "catalog.sqlite", "sha256": sha256_file(catalog_file)},
+            "files": {inner: sha256_file(local) for inner, local in extras.items()},
         }
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
         sig_bytes = sign_manifest(private_key, manifest_bytes)
@@ -272,7 +277,7 @@ def build_bundle(
                 for inner in sorted(contents):
                     item = contents[inner]
                     zf.writestr(_zip_entry(inner), item if isinstance(item, bytes) else item.read_bytes())
-            digest = _sha256_file(tmp_zip)
+            digest = sha256_file(tmp_zip)
             os.replace(tmp_zip, target)
         except OSError as exc:
             raise InputError(f"cannot write bundle {target}: {exc.strerror or exc}", field="out") from exc

@@ -8,12 +8,12 @@ only when publishing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nbo.sdk._bundle import sha256_file
 from nbo.sdk._errors import BundleError, InputError, SyncError
 
 __all__ = ["PublishRefused", "PublishResult", "publish_bundle"]
@@ -38,9 +38,6 @@ class PublishRefused(BundleError):
     """The gateway refused the bundle (the message carries its status and reason)."""
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def publish_bundle(
@@ -67,7 +64,7 @@ def publish_bundle(
     file = Path(path)
     try:
         total = file.stat().st_size
-        digest = _sha256(file)
+        digest = sha256_file(file)
     except OSError as exc:
         raise InputError(f"cannot read {file}: {exc.strerror or exc}", field="file") from exc
     if not isinstance(token, str) or not token:

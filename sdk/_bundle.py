@@ -41,6 +41,7 @@ from ._keys import TrustedKey, load_public_key, parse_signature, trusted_key_map
 from ._types import BundleInfo
 
 __all__ = [
+    "sha256_file",
     "FORMAT",
     "MAX_ENTRIES",
     "MAX_TOTAL_UNCOMPRESSED",
@@ -491,7 +492,8 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     _fsync_dir(path.parent)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
     with path.open("rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
@@ -562,7 +564,7 @@ class BundleStore:
         manifest = parse_manifest(manifest_bytes)
         for name, digest in sorted(_expected_files(manifest).items()):
             try:
-                actual = _sha256_file(directory / name)
+                actual = sha256_file(directory / name)
             except OSError as exc:
                 raise BundleError(f"{what} was modified on disk ({name}: {exc.strerror or exc})") from exc
             if actual != digest:
@@ -650,7 +652,7 @@ class BundleStore:
         return {
             "dir": staged.directory.relative_to(self.root).as_posix(),
             "installed_at": installed_at,
-            "manifest_sha256": staged.manifest_sha256 or _sha256_file(staged.directory / MANIFEST),
+            "manifest_sha256": staged.manifest_sha256 or sha256_file(staged.directory / MANIFEST),
             "name": staged.info.name,
             "version": staged.info.version,
         }

@@ -22,7 +22,6 @@ This module is the only one in the SDK that imports grpc: deciding never loads i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -39,6 +38,7 @@ import grpc
 from nbo.v1 import common_pb2, sync_pb2, sync_pb2_grpc
 
 from . import _ledger, _records
+from ._bundle import sha256_file
 from ._errors import InputError, NboError, SyncError
 from ._types import BundleInfo, SyncReport
 
@@ -198,12 +198,6 @@ def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tupl
 # -- downloading -----------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _wants(client: Client, ref: common_pb2.BundleRef) -> bool:
@@ -221,7 +215,7 @@ def _download(stub: Any, client: Client, ref: common_pb2.BundleRef, *, metadata:
         raise SyncError(f"the hub offered a bundle with an unsafe name {ref.name!r}")
     part = downloads / f"{stem}.part"
     done = downloads / f"{stem}.zip"
-    if done.exists() and done.stat().st_size == ref.size and _sha256_file(done) == ref.sha256:
+    if done.exists() and done.stat().st_size == ref.size and sha256_file(done) == ref.sha256:
         return done  # fetched before but not installed (e.g. refused): no need to fetch it again
     offset = part.stat().st_size if part.exists() else 0
     if offset > ref.size:  # not this file: start again
@@ -248,7 +242,7 @@ def _download(stub: Any, client: Client, ref: common_pb2.BundleRef, *, metadata:
             raise _sync_error(exc, f"downloading bundle {stem} (kept {offset} bytes to resume)") from exc
     if offset != ref.size:
         raise SyncError(f"bundle {stem}: download ended at {offset} of {ref.size} bytes; will resume")
-    if _sha256_file(part) != ref.sha256:
+    if sha256_file(part) != ref.sha256:
         part.unlink(missing_ok=True)
         raise SyncError(f"bundle {stem}: SHA-256 mismatch after download; discarded, will fetch again")
     os.replace(part, done)

@@ -99,3 +99,27 @@ def payment(customer: str) -> dict[str, Any]:
     return {"payment_id": str(uuid.uuid4()), "customer_id": customer, "payment_token": "tok_abc",
             "amount": "12.50", "currency": "EUR", "store_id": "s1", "decision_id": None, "offer_id": None,
             "idempotency_key": str(uuid.uuid4())}
+
+
+@contextmanager
+def running_gateway(kind: str, state_dir: Path, data: dict[str, Any]) -> Iterator[Any]:
+    """A started gateway whose hub is ``kind`` (sqlite | postgresql); the PG schema is dropped after."""
+    from nbo.gateway import create_server, parse_config
+    from nbo.gateway._db import open_database
+
+    data = dict(data)
+    url = schema = None
+    if kind == "postgresql":
+        url, schema = postgres_url(), unique_schema()
+        data["hub"] = {"db": url}
+    server, _ = create_server(parse_config(data), state_dir=state_dir, hub_schema=schema)
+    assert server.hub.db.dialect == kind
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(0).wait(10)
+        if url is not None:
+            db = open_database(url, schema=schema)
+            db.drop_schema()  # type: ignore[attr-defined]
+            db.close()

@@ -18,12 +18,11 @@ from bundle_fixtures import make_bundle, make_keys
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nbo.gateway import GatewayServer, create_server, parse_config
-from nbo.gateway._db import open_database
 from nbo.sdk import Client, ClientConfig, ManualClock, SyncError
 from nbo.sdk._records import list_events, outbox_summary
 from nbo.sdk._sync import SyncLoop, backoff_delay
 from nbo.v1 import sync_pb2, sync_pb2_grpc
-from sync_helpers import BACKENDS, postgres_url, unique_schema
+from sync_helpers import BACKENDS, running_gateway
 
 TOKENS = [
     {"token": "tok-dev-1", "role": "device", "device_id": "dev-1"},
@@ -47,21 +46,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path]) -
 def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayServer]:
     """A gateway on the SQLite hub and on the PostgreSQL hub (issue 6: the same suite on both)."""
     data: dict[str, Any] = {"tokens": TOKENS}
-    url = schema = None
-    if request.param == "postgresql":
-        url, schema = postgres_url(), unique_schema()
-        data["hub"] = {"db": url}
-    server, _ = create_server(parse_config(data), state_dir=tmp_path / "hub", hub_schema=schema)
-    assert server.hub.db.dialect == request.param
-    server.start()
-    try:
+    with running_gateway(request.param, tmp_path / "hub", data) as server:
         yield server
-    finally:
-        server.stop(0).wait(10)
-        if url is not None:
-            db = open_database(url, schema=schema)
-            db.drop_schema()  # type: ignore[attr-defined]
-            db.close()
 
 
 def target(server: GatewayServer) -> str:

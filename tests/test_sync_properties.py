@@ -16,14 +16,13 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nbo.gateway import GatewayServer, HubStore, create_server, parse_config
-from nbo.gateway._db import open_database
+from nbo.gateway import GatewayServer, HubStore
 from nbo.gateway._hub import IncomingEvent
 from nbo.sdk import Client, ClientConfig
 from nbo.sdk._ledger import entries as ledger_entries
 from nbo.sdk._sync import _pending_batch
 from nbo.v1 import sync_pb2, sync_pb2_grpc
-from sync_helpers import BACKENDS, hub_backend, postgres_url, unique_schema
+from sync_helpers import BACKENDS, hub_backend, running_gateway
 
 CUSTOMERS = ("c0", "c1", "c2")
 
@@ -115,21 +114,8 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """A real gateway on the SQLite hub and on the PostgreSQL hub."""
     tokens = [{"token": f"tok-{d}", "role": "device", "device_id": d} for d in DEVICES]
     data: dict[str, Any] = {"tokens": tokens}
-    url = schema = None
-    if request.param == "postgresql":
-        url, schema = postgres_url(), unique_schema()
-        data["hub"] = {"db": url}
-    server, _ = create_server(parse_config(data), state_dir=tmp_path_factory.mktemp("hub"), hub_schema=schema)
-    assert server.hub.db.dialect == request.param
-    server.start()
-    try:
+    with running_gateway(request.param, tmp_path_factory.mktemp("hub"), data) as server:
         yield server
-    finally:
-        server.stop(0).wait(10)
-        if url is not None:
-            db = open_database(url, schema=schema)
-            db.drop_schema()  # type: ignore[attr-defined]
-            db.close()
 
 
 action = st.one_of(
