@@ -22,7 +22,7 @@ from pathlib import Path
 from nbo.sdk._bundle import BundleStore, StagedBundle, load_trusted_keys
 from nbo.sdk._clock import Clock, SystemClock
 from nbo.sdk._errors import BundleError, NboError, NotReadyError
-from nbo.sdk._runtime import LoadedBundle, load_bundle
+from nbo.sdk._runtime import LoadedBundle, load_bundle, stage_and_load
 from nbo.sdk._types import BundleInfo
 
 __all__ = ["EngineHost"]
@@ -83,13 +83,7 @@ class EngineHost:
         Any failure leaves nothing behind and raises :class:`BundleError`.
         """
         with self._lock:
-            staged = self._store.stage(Path(path), force=True)
-            try:
-                loaded = load_bundle(staged.directory, staged.manifest, staged.info)
-            except BaseException:
-                self._store.discard(staged)
-                raise
-            return staged, loaded
+            return stage_and_load(self._store, Path(path), force=True)
 
     def discard(self, staged: StagedBundle) -> None:
         """Throw away a staged bundle that will not be switched to."""

@@ -21,7 +21,7 @@ from typing import Any
 from . import _bundle, _engine, _ledger, _payments, _records
 from ._clock import Clock, SystemClock
 from ._errors import BundleError, InputError, NotReadyError
-from ._runtime import LoadedBundle, load_bundle
+from ._runtime import LoadedBundle, load_bundle, stage_and_load
 from ._store import SQLiteStateStore
 from ._types import BundleInfo, Decision, LedgerEntry, PaymentRecord, SyncReport
 
@@ -138,12 +138,7 @@ class Client:
         SDK. On any failure the active bundle keeps serving, untouched.
         """
         with self._install_lock:
-            staged = self._bundles.stage(Path(path), force=force)
-            try:
-                loaded = load_bundle(staged.directory, staged.manifest, staged.info)
-            except BaseException:
-                self._bundles.discard(staged)
-                raise
+            staged, loaded = stage_and_load(self._bundles, Path(path), force=force)
             info = self._bundles.commit(staged)
             self._active = replace(loaded, info=info)
             self._bundle_problem = None

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import _rules
+from ._bundle import BundleStore, StagedBundle
 from ._errors import BundleError, RuleError
 from ._measures import new_customer_profile
 from ._types import BundleInfo
@@ -39,6 +40,7 @@ __all__ = [
     "RulePlan",
     "build_plan",
     "load_bundle",
+    "stage_and_load",
 ]
 
 DEFAULT_CHANNELS = ("pos", "app", "web", "kiosk", "email", "callcenter")
@@ -234,6 +236,19 @@ def load_bundle(directory: Path, manifest: Mapping[str, Any], info: BundleInfo) 
 
 # -- compiling the plan ---------------------------------------------------------------------
 
+
+def stage_and_load(store: BundleStore, path: Path, *, force: bool) -> tuple[StagedBundle, LoadedBundle]:
+    """Verify and extract a bundle into ``store``, then load it — without switching to it.
+
+    A bundle whose models or catalog do not load is discarded, so a failure leaves nothing
+    behind; the caller commits the staged bundle and swaps in the loaded one.
+    """
+    staged = store.stage(path, force=force)
+    try:
+        return staged, load_bundle(staged.directory, staged.manifest, staged.info)
+    except BaseException:
+        store.discard(staged)
+        raise
 
 def _json(text: Any, default: Any, what: str) -> Any:
     if text is None or text == "":
