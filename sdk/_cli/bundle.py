@@ -11,6 +11,7 @@ from typing import Any
 
 from .._errors import BundleError, InputError
 from ._table import format_table
+from .decide import open_device
 
 
 def register(sub: Any) -> None:
@@ -85,28 +86,15 @@ def register(sub: Any) -> None:
     rollback.set_defaults(func=_rollback)
 
 
-def _device_client(args: argparse.Namespace, *, new_ok: bool) -> Any:
-    from pathlib import Path
-
-    from .. import Client
-    from .decide import stored_device_id
-
-    state_dir = Path(args.state)
-    if args.device_id is None and new_ok and not (state_dir / "state.sqlite").exists():
-        raise InputError(f"{state_dir} is a new state directory: pass --device-id", field="device_id")
-    device_id = args.device_id or stored_device_id(state_dir)
-    return Client.open(state_dir, device_id=device_id, trusted_keys=[Path(p) for p in args.trusted_key])
-
-
 def _install(args: argparse.Namespace) -> int:
-    with _device_client(args, new_ok=True) as client:
+    with open_device(args, new_ok=True) as client:
         info = client.install_bundle(args.bundle, force=args.force)
     print(f"installed {info.name} v{info.version} ({info.offer_count} offers) in {args.state}")
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    with _device_client(args, new_ok=False) as client:
+    with open_device(args) as client:
         info = client.rollback()
     print(f"rolled back to {info.name} v{info.version} ({info.offer_count} offers) in {args.state}")
     return 0

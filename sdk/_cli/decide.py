@@ -75,14 +75,24 @@ def stored_device_id(state_dir: Path) -> str:
     return str(row[0])
 
 
-def run(args: argparse.Namespace) -> int:
+def open_device(args: argparse.Namespace, *, new_ok: bool = False) -> Any:
+    """A ``Client`` on ``args.state`` with ``args.device_id`` (or the recorded one) and ``args.trusted_key``.
+
+    ``new_ok``: the directory may be new, in which case ``--device-id`` is required.
+    """
     from .. import Client
 
     state_dir = Path(args.state)
+    if args.device_id is None and new_ok and not (state_dir / "state.sqlite").exists():
+        raise InputError(f"{state_dir} is a new state directory: pass --device-id", field="device_id")
+    device_id = args.device_id or stored_device_id(state_dir)
+    return Client.open(state_dir, device_id=device_id, trusted_keys=[Path(p) for p in args.trusted_key])
+
+
+def run(args: argparse.Namespace) -> int:
     profile = _json_object(args.profile, "--profile")
     context = _json_object(args.context, "--context")
-    device_id = args.device_id or stored_device_id(state_dir)
-    with Client.open(state_dir, device_id=device_id, trusted_keys=[Path(p) for p in args.trusted_key]) as client:
+    with open_device(args) as client:
         decision = client.decide(args.customer, channel=args.channel, context=context, profile=profile,
                                  limit=args.limit, explain=args.explain)
     if args.json:

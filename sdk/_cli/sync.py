@@ -11,6 +11,7 @@ from typing import Any
 
 from .._errors import ConfigError
 from ._table import format_table
+from .decide import open_device
 
 
 def register(sub: Any) -> None:
@@ -51,15 +52,6 @@ def register(sub: Any) -> None:
     events.set_defaults(func=_events)
 
 
-def _open(args: argparse.Namespace) -> Any:
-    from .. import Client
-    from .decide import stored_device_id
-
-    state_dir = Path(args.state)
-    device_id = args.device_id or stored_device_id(state_dir)
-    return Client.open(state_dir, device_id=device_id, trusted_keys=[Path(p) for p in args.trusted_key])
-
-
 def _sync(args: argparse.Namespace) -> int:
     from .. import _sync
 
@@ -67,7 +59,7 @@ def _sync(args: argparse.Namespace) -> int:
         raise ConfigError("--client-cert and --client-key must be given together")
     options = {"ca_file": args.ca_file, "client_cert": args.client_cert, "client_key": args.client_key,
                "timeout": args.timeout}
-    with _open(args) as client:
+    with open_device(args) as client:
         if args.forever:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
             loop = _sync.SyncLoop(client, args.hub, args.token, interval=args.interval, options=options,
