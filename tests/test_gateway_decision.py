@@ -341,7 +341,7 @@ def test_card_numbers_are_refused_and_never_stored_or_logged(
     gw: Gateway, field: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     values = {"customer_id": cid(), "payment_token": "tok_ok", "amount": "3.00", "currency": "EUR",
-              "idempotency_key": f"card-{uuid.uuid4().hex}", "store_id": "S1"}
+              "idempotency_key": f"card-{uuid.uuid4()}", "store_id": "S1"}
     values[field] = CARD
     before = len(app_events(gw))
     with caplog.at_level(logging.DEBUG):
@@ -361,10 +361,10 @@ def test_cvv_field_and_bad_amounts(gw: Gateway) -> None:
     base = {"customer_id": cid(), "payment_token": "tok_ok", "currency": "EUR"}
     for amount, word in (("abc", "amount"), ("-1", "amount"), ("1e400", "amount"), ("", "amount")):
         code, details = code_of(lambda amount=amount: gw.decision.RecordPayment(decision_pb2.RecordPaymentRequest(
-            **base, amount=amount, idempotency_key=uuid.uuid4().hex), metadata=APP))
+            **base, amount=amount, idempotency_key=str(uuid.uuid4())), metadata=APP))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and word in details, amount
     code, details = code_of(lambda: gw.decision.RecordPayment(decision_pb2.RecordPaymentRequest(
-        **{**base, "currency": "XXQ"}, amount="1.00", idempotency_key=uuid.uuid4().hex), metadata=APP))
+        **{**base, "currency": "XXQ"}, amount="1.00", idempotency_key=str(uuid.uuid4())), metadata=APP))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "currency" in details
 
 
