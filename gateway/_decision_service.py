@@ -25,6 +25,7 @@ from nbo.sdk._errors import (
 from nbo.sdk._types import Decision, LedgerEntry, PaymentRecord
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 
+from ._decide_batch import DecideBatcher
 from ._engine_host import EngineHost
 from ._hub_state import HubStateStore
 from ._metrics import GatewayMetrics
@@ -168,9 +169,12 @@ def _optional(request: Any, field: str) -> str | None:
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     """Decide, record, run the ledger and payment records over the hub-backed state store."""
 
-    def __init__(self, *, engine: EngineHost, state: HubStateStore, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(
+        self, *, engine: EngineHost, state: HubStateStore, decider: DecideBatcher, metrics: GatewayMetrics | None = None
+    ) -> None:
         self._engine = engine
         self._state = state
+        self._decider = decider
         self._metrics = metrics
 
     def Decide(self, request: decision_pb2.DecideRequest, context: grpc.ServicerContext) -> decision_pb2.DecideResponse:
@@ -183,17 +187,13 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             ctx = struct_to_dict(request.context) if request.HasField("context") else None
             profile = struct_to_dict(request.profile) if request.HasField("profile") else None
             bundle = self._engine.require()  # one reference for the whole call: hot swaps are invisible
-            with self._state.customer_transaction(customer_id):
-                decision = _engine.decide(
-                    bundle,
-                    self._state,
-                    customer_id=customer_id,
-                    channel=request.channel,
-                    context=ctx,
-                    profile=profile,
-                    limit=limit,
-                    explain=request.explain,
-                )
+            channel, explain = request.channel, request.explain
+
+            def run() -> Decision:
+                return _engine.decide(bundle, self._state, customer_id=customer_id, channel=channel, context=ctx,
+                                      profile=profile, limit=limit, explain=explain)
+
+            decision = self._decider.submit(customer_id, run, is_active=context.is_active)
             response = _decision_pb(decision)
         if self._metrics is not None:
             self._metrics.record_decide(f"{decision.bundle_name}:{decision.bundle_version}",

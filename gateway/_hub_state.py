@@ -20,11 +20,12 @@ replica sharing one PostgreSQL hub sees the same profiles, contact history and l
   a redeem on the gateway is checked against it.
 - **Durability**: money and points commit with an fsync; decisions and responses do not wait
   for one (see :meth:`HubStateStore.transaction`).
-- **Contact policies across replicas**: :meth:`HubStateStore.customer_transaction` opens one
-  transaction holding a per-customer lock (a PostgreSQL transaction-scoped advisory lock; the
-  SQLite hub's writer lock already serialises everything) in which every transaction the
-  domain code opens on this thread joins, so reading the contact history and recording the
-  decision are atomic for that customer whichever replica answers.
+- **Contact policies across replicas**: :meth:`HubStateStore.decision_batch` opens one
+  transaction holding per-customer locks (PostgreSQL transaction-scoped advisory locks, taken in
+  key order; the SQLite hub's writer lock already serialises everything) in which every
+  transaction the domain code opens on this thread joins, so reading the contact history and
+  recording the decision are atomic for that customer whichever replica answers. The gateway
+  runs several decisions in one such transaction (``gateway/_decide_batch.py``).
 """
 
 from __future__ import annotations
@@ -148,6 +149,20 @@ class HubTx:
             raise TypeError("the hub state store takes positional ? parameters only")
         return self._db_tx.execute(sql, params)
 
+    @contextmanager
+    def savepoint(self) -> Iterator[HubTx]:
+        """A nested unit of work: an exception inside undoes its statements and events only."""
+        mark = len(self.events)
+        self._db_tx.execute("SAVEPOINT nbo_unit")
+        try:
+            yield self
+        except BaseException:
+            self._db_tx.execute("ROLLBACK TO SAVEPOINT nbo_unit")
+            self._db_tx.execute("RELEASE SAVEPOINT nbo_unit")
+            del self.events[mark:]
+            raise
+        self._db_tx.execute("RELEASE SAVEPOINT nbo_unit")
+
     def append_event(self, type: str, payload: Mapping[str, Any]) -> Event:
         if type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type!r}")
@@ -232,7 +247,7 @@ class HubStateStore:
         ``synchronous=NORMAL`` on SQLite and ``synchronous_commit=off`` on PostgreSQL. A joined
         transaction commits with the outer one's durability, so the gateway opens money and
         points work with :meth:`ledger_transaction` (durable) and only decisions with
-        :meth:`customer_transaction`.
+        :meth:`decision_batch`.
         """
         current = self._current()
         if current is not None:
@@ -271,17 +286,25 @@ class HubStateStore:
     # -- gateway helpers --------------------------------------------------------------------
 
     @contextmanager
-    def customer_transaction(self, customer_id: str) -> Iterator[HubTx]:
-        """A transaction serialised per customer across threads and replicas.
+    def decision_batch(self, customer_ids: Sequence[str]) -> Iterator[HubTx]:
+        """One transaction serialised, for each of ``customer_ids``, across threads and replicas.
 
-        Every transaction the SDK opens on this thread inside it joins it, so a decision's
-        contact-history reads and its writes happen under one lock.
+        Every transaction the SDK opens on this thread inside it joins it, so decisions' contact-
+        history reads and their writes happen under one lock (the gateway's decider runs a batch
+        of decisions in it, each in a :meth:`HubTx.savepoint`). On PostgreSQL the customers'
+        transaction-scoped advisory locks are taken in ascending key order, so two replicas'
+        batches cannot deadlock; the SQLite hub's writer lock already serialises everything.
         """
         if self._current() is not None:
-            raise StateError("customer_transaction cannot be nested in another transaction")
+            raise StateError("decision_batch cannot be nested in another transaction")
         with self._outer(durable=False) as tx:
             if self.db.dialect == "postgresql":
-                tx.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (_ADVISORY_NAMESPACE, customer_id))
+                keys = tx.execute(
+                    "SELECT DISTINCT hashtext(c) AS k FROM unnest(?::text[]) AS t(c) ORDER BY k",
+                    (sorted(set(customer_ids)),),
+                )
+                for (key,) in keys:
+                    tx.execute("SELECT pg_advisory_xact_lock(?, ?)", (_ADVISORY_NAMESPACE, key))
             yield tx
 
     @contextmanager

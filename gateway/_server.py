@@ -39,6 +39,7 @@ from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2, publish_pb2_grp
 
 from ._auth import Authenticator, AuthInterceptor
 from ._config import GatewayConfig
+from ._decide_batch import DecideBatcher
 from ._decision_service import DecisionServicer
 from ._engine_host import EngineHost
 from ._hub import HubStore
@@ -203,6 +204,8 @@ def create_server(
         )
         hub_state = HubStateStore(hub, clock=clock, on_events=lambda events: metrics.record_app_event(len(events)))
         closers.append(hub_state.close)
+        decider = DecideBatcher(hub_state)
+        closers.insert(0, decider.close)  # drain queued decisions before the hub store closes
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbo-rpc"),
             # Metrics outermost, so refused (unauthenticated) calls are counted too.
@@ -220,7 +223,7 @@ def create_server(
         ]
         sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(hub, auth), server)
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(
-            DecisionServicer(engine=engine, state=hub_state, metrics=metrics), server
+            DecisionServicer(engine=engine, state=hub_state, decider=decider, metrics=metrics), server
         )
         publish_pb2_grpc.add_PublishServiceServicer_to_server(
             PublishServicer(engine=engine, hub=hub, spool_dir=state / "publish-spool"), server
