@@ -13,6 +13,8 @@ offer columns row-selected by index plus broadcast customer/context columns.
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import numpy as np
 
 from . import _rules
 from ._errors import ModelError
-from ._runtime import DecisionPlan, ModelPlan, PolicyPlan, RulePlan, to_float, to_string
+from ._runtime import CandidateSet, DecisionPlan, ModelPlan, PolicyPlan, RulePlan, to_float, to_int, to_string
 from ._types import Exclusion
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "Outcome",
     "Shown",
     "candidate_mask",
+    "candidate_set",
+    "clamp_probabilities",
     "explore",
     "model_feeds",
     "policy_blocked",
@@ -68,6 +72,31 @@ class Outcome:
 def candidate_mask(plan: DecisionPlan, channel: str, now: float) -> np.ndarray:
     """Offers valid at ``now`` (valid_from ≤ now < valid_to) and offered on ``channel``."""
     return plan.channel_masks[channel] & (plan.valid_from <= now) & (now < plan.valid_to)
+
+
+def candidate_set(plan: DecisionPlan, channel: str, now: float) -> CandidateSet:
+    """The :class:`CandidateSet` of ``channel`` at ``now``: cached in the plan until a validity edge."""
+    cached = plan.candidate_cache.get(channel)
+    if cached is not None and cached.start <= now < cached.end:
+        return cached
+    mask = candidate_mask(plan, channel, now)
+    mask.flags.writeable = False
+    static_alive = mask & plan.static_ok
+    static_alive.flags.writeable = False
+    # the mask is constant between two consecutive edges: [edges[pos - 1], edges[pos])
+    edges = plan.validity_edges
+    pos = bisect.bisect_right(edges, now)
+    entry = CandidateSet(
+        start=edges[pos - 1] if pos > 0 else -math.inf,
+        end=edges[pos] if pos < len(edges) else math.inf,
+        mask=mask,
+        any=bool(mask.any()),
+        static_alive=static_alive,
+        decision_rules=tuple(r for r in plan.decision_rules if (mask & r.applies).any()),
+        candidate_rules=tuple(r for r in plan.candidate_rules if (mask & r.applies).any()),
+    )
+    plan.candidate_cache[channel] = entry
+    return entry
 
 
 # -- stage 2: rules ----------------------------------------------------------------------
@@ -110,7 +139,7 @@ def _eval_candidate(
 
 def _apply_rules(
     plan: DecisionPlan,
-    alive: np.ndarray,
+    start: CandidateSet,
     cel_ctx: Any,
     cel_ctx_error: str | None,
     customer_proj: Mapping[str, Any],
@@ -119,16 +148,14 @@ def _apply_rules(
     excluded: list[tuple[int, int, int, Exclusion]],
 ) -> np.ndarray:
     """Apply every rule kind; return the surviving mask. ``excluded`` gets (offer, stage, order, why)."""
-    candidates = alive
+    candidates = start.mask
     if explain and plan.static_exclusions:
         for i in np.flatnonzero(candidates & ~plan.static_ok).tolist():
             for rule_index, message in plan.static_exclusions[i]:
                 excluded.append((i, 0, rule_index, _exclusion(plan, i, plan.rules[rule_index], message)))
-    alive = candidates & plan.static_ok
+    alive = start.static_alive  # read-only: every step below makes a new mask
 
-    for rule in plan.decision_rules:
-        if not (candidates & rule.applies).any():
-            continue
+    for rule in start.decision_rules:  # only those that apply to some candidate
         failure: str | None = None
         ok: bool
         try:
@@ -145,7 +172,7 @@ def _apply_rules(
 
     # Offers with the same projection share one specialised program: evaluate it once.
     memo: dict[int, tuple[bool, str | None]] = {}
-    for rule in plan.candidate_rules:
+    for rule in start.candidate_rules:
         targets = np.flatnonzero(alive & rule.applies)
         if len(targets) == 0:
             continue
@@ -251,13 +278,17 @@ def _apply_policies(
 
 
 def _broadcast(value: Any, dtype: str, n: int) -> np.ndarray:
+    # np.empty + fill: what np.full does, without its Python-level overhead (a few rows per call)
     if dtype == "string":
-        return np.full((n, 1), to_string(value), dtype=object)
-    if dtype == "int64":
-        from ._runtime import to_int
-
-        return np.full((n, 1), to_int(value), dtype=np.int64)
-    return np.full((n, 1), to_float(value), dtype=np.float32 if dtype == "float" else np.float64)
+        out = np.empty((n, 1), dtype=object)
+        out.fill(to_string(value))
+    elif dtype == "int64":
+        out = np.empty((n, 1), dtype=np.int64)
+        out.fill(to_int(value))
+    else:
+        out = np.empty((n, 1), dtype=np.float32 if dtype == "float" else np.float64)
+        out.fill(to_float(value))
+    return out
 
 
 def model_feeds(
@@ -283,21 +314,45 @@ def propensities(
     if len(rows) == 0 or not plan.models:
         return out
     which = plan.model_index[rows]
+    if plan.sole_model >= 0:  # the common case, one model: no grouping by model
+        sel = which >= 0
+        scored = rows[sel]
+        if len(scored) == len(rows):
+            return _score(plan.models[plan.sole_model], rows, customer, context)
+        if len(scored):
+            out[sel] = _score(plan.models[plan.sole_model], scored, customer, context)
+        return out
     for k in np.unique(which):
         if k < 0:
             continue
-        model = plan.models[k]
         sel = which == k
-        feeds = model_feeds(model, rows[sel], customer, context)
-        try:
-            probs = model.session.run([model.output_name], feeds)[0]
-        except Exception as exc:  # onnxruntime's exception types must not reach callers
-            raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
-        col = np.asarray(probs, dtype=np.float64)[:, -1]
-        bad = np.isnan(col)
-        if bad.any():  # a model that cannot score a row gives it no chance, not NaN scores
-            col = np.where(bad, 0.0, col)
-        out[sel] = np.clip(col, 0.0, 1.0)
+        out[sel] = _score(plan.models[k], rows[sel], customer, context)
+    return out
+
+
+def _score(model: ModelPlan, rows: np.ndarray, customer: Mapping[str, Any], context: Mapping[str, Any]) -> np.ndarray:
+    """``model``'s P(accept) for ``rows``, in [0, 1]."""
+    feeds = model_feeds(model, rows, customer, context)
+    try:
+        probs = model.session.run([model.output_name], feeds)[0]
+    except Exception as exc:  # onnxruntime's exception types must not reach callers
+        raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
+    return clamp_probabilities(np.asarray(probs)[:, -1])
+
+
+_FEW_ROWS = 32
+
+
+def clamp_probabilities(col: np.ndarray) -> np.ndarray:
+    """A model's P(accept) column as float64 in [0, 1]; NaN → 0.0 (no chance, not NaN scores)."""
+    if len(col) <= _FEW_ROWS:
+        # plain Python beats numpy's per-call cost on a few rows (right after a model run
+        # especially); the same values bit for bit, -0.0 included
+        return np.array([v if 0.0 <= v <= 1.0 else 1.0 if v > 1.0 else 0.0 for v in col.tolist()],
+                        dtype=np.float64)
+    out = col.astype(np.float64).clip(0.0, 1.0)
+    if not out.sum() >= 0.0:  # clip keeps NaN; values in [0, 1] sum to ≥ 0 unless one is NaN
+        out[np.isnan(out)] = 0.0
     return out
 
 
@@ -368,7 +423,8 @@ def run_pipeline(
 ) -> Outcome:
     """Decide: every stage of DESIGN §2 in order. Pure given its arguments (``seed`` drives ε)."""
     excluded: list[tuple[int, int, int, Exclusion]] = []
-    alive = candidate_mask(plan, channel, now)
+    start = candidate_set(plan, channel, now)
+    alive = start.mask
 
     customer_proj: dict[str, Any] = {}
     context_proj: dict[str, Any] = {}
@@ -382,8 +438,8 @@ def run_pipeline(
         except _rules.RuleFailure as exc:
             cel_error = str(exc)
 
-    if alive.any():
-        alive = _apply_rules(plan, alive, cel_ctx, cel_error, customer_proj, context_proj, explain, excluded)
+    if start.any:
+        alive = _apply_rules(plan, start, cel_ctx, cel_error, customer_proj, context_proj, explain, excluded)
     if plan.policies and history and alive.any():
         alive = _apply_policies(plan, alive, history, now, channel, explain, excluded)
 

@@ -33,6 +33,7 @@ from ._types import BundleInfo
 
 __all__ = [
     "DEFAULT_CHANNELS",
+    "CandidateSet",
     "DecisionPlan",
     "LoadedBundle",
     "ModelPlan",
@@ -110,6 +111,29 @@ class PolicyPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class CandidateSet:
+    """Where a decision on one channel starts; the same for every ``now`` in [start, end).
+
+    Built on demand by :func:`._policy.candidate_set` and cached in the plan per channel:
+    validity changes only at an offer's ``valid_from``/``valid_to``, so between two such
+    instants every decision on a channel starts from the same offers and the same rules.
+    """
+
+    start: float
+    end: float
+    mask: np.ndarray
+    """Offers valid in [start, end) and offered on the channel (read-only)."""
+    any: bool
+    """Whether ``mask`` holds any offer."""
+    static_alive: np.ndarray
+    """``mask`` and passed every offer-only rule (read-only)."""
+    decision_rules: tuple[RulePlan, ...]
+    """The plan's decision rules that apply to at least one offer of ``mask``."""
+    candidate_rules: tuple[RulePlan, ...]
+    """The plan's candidate rules that apply to at least one offer of ``mask``."""
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionPlan:
     """Everything about a bundle a decision needs, precomputed and immutable."""
 
@@ -149,6 +173,15 @@ class DecisionPlan:
     epsilon: float
     default_profile: Mapping[str, Any]
     offer_position: Mapping[str, int]
+    sole_model: int
+    """Index into ``models`` of the only model offers use, or -1 (several models, or none)."""
+    reads_points_balance: bool
+    """Whether a rule, a strategy condition or a model reads ``customer.points_balance``."""
+    validity_edges: tuple[float, ...]
+    """Every offer's ``valid_from`` and ``valid_to``, sorted: where candidate sets change."""
+    candidate_cache: dict[str, CandidateSet] = field(init=False, default_factory=dict, repr=False, compare=False)
+    """Channel → the :class:`CandidateSet` of the latest decision on it (fresh in each plan,
+    also in a ``dataclasses.replace`` copy; entries are swapped whole, so threads may share it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,6 +653,9 @@ def build_plan(
 
     decision_rules = tuple(r for r in rule_plans if r.scope == "decision")
     candidate_rules = tuple(r for r in rule_plans if r.scope == "candidate")
+    customer_fields = _rules.merge_fields(per_decision_refs, "customer")
+    used_models = set(model_index.tolist()) - {-1}
+    sole_model = used_models.pop() if len(used_models) == 1 else -1
     return DecisionPlan(
         offer_ids=offer_ids,
         names=tuple(str(o.get("name") or o["offer_id"]) for o in offer_maps),
@@ -645,11 +681,17 @@ def build_plan(
         strategy_weights=strategy_weights,
         policies=tuple(policy_plans),
         max_window_seconds=max((p.window_seconds for p in policy_plans), default=0.0),
-        customer_fields=_rules.merge_fields(per_decision_refs, "customer"),
+        customer_fields=customer_fields,
         context_fields=_rules.merge_fields(per_decision_refs, "context"),
         needs_cel=bool(decision_rules or candidate_rules or conditions),
         channels=channels,
         epsilon=epsilon,
         default_profile=default_profile,
         offer_position={o: i for i, o in enumerate(offer_ids)},
+        sole_model=sole_model,
+        reads_points_balance=(
+            customer_fields is None or "points_balance" in customer_fields
+            or any(i.source == "customer" and i.field == "points_balance" for m in models for i in m.inputs)
+        ),
+        validity_edges=tuple(sorted({float(t) for t in (*valid_from.tolist(), *valid_to.tolist()) if t == t})),
     )
