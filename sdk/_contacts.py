@@ -8,7 +8,6 @@ store (SQLite or PostgreSQL) run the same code. Tables come from ``CORE_SCHEMA``
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,12 +37,14 @@ def contact_history(tx: Tx, customer_id: str, *, since: float) -> list[tuple[str
         "SELECT offer_id, category, channel, event, ts FROM contact_history WHERE customer_id = ? AND ts >= ?",
         (customer_id, since),
     )
-    return [(str(o), str(c), str(ch), str(e), float(ts)) for o, c, ch, e, ts in rows]
+    # the columns are NOT NULL TEXT and DOUBLE PRECISION: SQLite (column affinity) and
+    # PostgreSQL both return str and float already, so the rows need no conversion
+    return rows
 
 
-def _json_number(value: float) -> float | None:
-    # JSON has no NaN/Infinity; a score part that is not finite is recorded as null
-    return value if math.isfinite(value) else None
+# JSON has no NaN/Infinity: offers arrive with non-finite numbers already replaced by null,
+# and allow_nan=False makes a slip an error rather than invalid JSON in the decisions table.
+_encode_offers = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def record_decision(
@@ -61,16 +62,16 @@ def record_decision(
 
     ``offers`` are the shown offers in rank order, each with ``offer_id``, ``category``,
     ``rank``, ``propensity``, ``value``, ``weight``, ``lever``, ``score`` and
-    ``selection_probability`` (the event payload contract).
+    ``selection_probability`` (the event payload contract), numbers finite or None (JSON has
+    no NaN/Infinity; the caller records a non-finite score part as None). They become the
+    event's payload as they are.
     """
-    clean = [
-        {k: (_json_number(v) if isinstance(v, float) else v) for k, v in offer.items()} for offer in offers
-    ]
+    clean = offers
     tx.execute(
         "INSERT INTO decisions(decision_id, customer_id, channel, bundle_name, bundle_version, created_at, offers)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (decision_id, customer_id, channel, bundle_name, bundle_version, tx.now,
-         json.dumps(clean, separators=(",", ":"))),
+         _encode_offers(clean)),
     )
     if clean:  # one multi-row INSERT (portable: SQLite and PostgreSQL) rather than one per offer
         params: list[Any] = []

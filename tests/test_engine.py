@@ -503,6 +503,29 @@ def test_decision_is_recorded_with_contact_history_and_outbox_event(engine: Engi
     assert d.created_at == NOW and d.bundle_name == "t" and d.customer_id == "C9"
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")  # numpy says so; not ours to test
+def test_a_score_that_overflows_is_recorded_as_null(engine: Engine, store: SQLiteStateStore) -> None:
+    bundle = engine.load(spec([offer("A", value=1e300, lever=1e300), offer("B")]))
+    d = engine.decide(bundle, limit=2)
+    assert [(o.offer_id, o.score) for o in d.offers] == [("A", math.inf), ("B", 10.0)]
+    with store.transaction() as tx:
+        ((offers_text,),) = tx.execute("SELECT offers FROM decisions WHERE decision_id = ?", (d.decision_id,))
+        ((payload_text,),) = tx.execute("SELECT payload FROM outbox WHERE type = 'decision'")
+    recorded = json.loads(offers_text)
+    assert "Infinity" not in offers_text and "Infinity" not in payload_text
+    assert recorded[0]["score"] is None and recorded[0]["value"] == 1e300 and recorded[1]["score"] == 10.0
+    assert json.loads(payload_text)["offers"] == recorded
+
+
+def test_decision_ids_are_canonical_uuid4() -> None:
+    import uuid
+
+    for _ in range(200):
+        text = _engine.new_decision_id()
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
 def test_an_empty_decision_is_still_recorded(engine: Engine, store: SQLiteStateStore) -> None:
     bundle = engine.load(spec([offer("A", channels=["app"])]))
     d = engine.decide(bundle)
