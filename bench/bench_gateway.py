@@ -50,11 +50,25 @@ def serve_child(state: str, config: str, port_file: str, listen: str) -> None:
     server.stop(grace=2).wait(10)
 
 
+def _with_descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every process below them (the gateway's decision worker included)."""
+    found, pending = [], list(pids)
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                pending.extend(int(c) for c in children.read_text().split())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
 def process_cpu_seconds(pids: list[int]) -> float | None:
-    """User + system CPU seconds used so far by ``pids`` (Linux ``/proc``); None elsewhere."""
+    """User + system CPU seconds used so far by ``pids`` and their descendants (Linux ``/proc``)."""
     total = 0.0
     try:
-        for pid in pids:
+        for pid in _with_descendants(pids):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):

@@ -45,7 +45,7 @@ from nbo.sdk._errors import ConfigError
 __all__ = ["ROLES", "GatewayConfig", "TokenSpec", "load_config", "parse_config"]
 
 ROLES = frozenset({"app", "device", "publisher"})
-_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "metrics"})
+_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "metrics", "decisions"})
 _TOKEN_KEYS = frozenset({"token", "token_sha256", "role", "device_id"})
 RESERVED_DEVICE_ID = "app"
 """The hub event log's device id for events the gateway writes itself (DecisionService)."""
@@ -53,6 +53,7 @@ _TRUST_KEYS = frozenset({"keys"})
 _HUB_KEYS = frozenset({"db"})
 _TLS_KEYS = frozenset({"cert", "key", "client_ca"})
 _METRICS_KEYS = frozenset({"port", "addr"})
+_DECISIONS_KEYS = frozenset({"worker_process"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +82,8 @@ class GatewayConfig:
     metrics_port: int | None = None
     """Port of the Prometheus ``/metrics`` endpoint; ``None`` = no endpoint."""
     metrics_addr: str = "127.0.0.1"
+    decision_worker: bool = True
+    """Decide in a worker process of its own (``[decisions] worker_process``), on another core."""
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -174,6 +177,12 @@ def parse_config(
     if not isinstance(metrics_addr, str) or not metrics_addr:
         raise ConfigError(f"{where}: metrics.addr must be a host address")
 
+    decisions = _table(data, "decisions", where)
+    _unknown(decisions, _DECISIONS_KEYS, where, prefix="decisions.")
+    worker = decisions.get("worker_process", True)
+    if not isinstance(worker, bool):
+        raise ConfigError(f"{where}: decisions.worker_process must be true or false")
+
     return GatewayConfig(
         tokens=tokens,
         trusted_keys=trusted,
@@ -183,6 +192,7 @@ def parse_config(
         client_ca=paths["client_ca"],
         metrics_port=metrics_port,
         metrics_addr=metrics_addr,
+        decision_worker=worker,
         source=source,
     )
 

@@ -2,12 +2,14 @@
 
 Every ``Decide`` writes to the hub (the decision, its contact history, its event), and on the
 SQLite hub every write transaction is serialised by the database's single writer lock. With
-several app calls in flight, eight RPC threads queued on that lock, each paying for its own
+several app calls in flight, RPC threads queued on that lock, each paying for its own
 ``BEGIN``/``COMMIT`` and handing the interpreter lock back and forth at every statement, cost
-more CPU than the decisions themselves. So the RPC threads hand their decision to one decider
-thread and wait; the decider takes everything queued (up to ``max_batch``), runs the decisions
-one after the other in **one** hub transaction — each inside its own savepoint, so one failed
-decision is rolled back alone — commits once and wakes the callers.
+more CPU than the decisions themselves. So the RPC threads hand their request to one decider
+thread and wait; the decider takes everything queued (up to ``max_batch``) and gives the batch
+to a *runner*, which decides it with :func:`decide_batch`: one after the other in **one** hub
+transaction, each inside its own savepoint so one failed decision is rolled back alone, one
+commit. The runner is either that function in this process or a decision worker process
+(``gateway/_decider_process.py``), which puts the decisions' CPU on a core of its own.
 
 What a caller can rely on is unchanged:
 
@@ -18,6 +20,8 @@ What a caller can rely on is unchanged:
   inside a batch exactly as across batches. Across replicas (PostgreSQL) the batch holds the
   per-customer advisory locks of all its customers, taken in one fixed order (no deadlock
   between two replicas' batches).
+- Each request carries the bundle that was active when its call started, so a hot swap
+  never mixes two bundles in one answer.
 - A call whose deadline passed or whose client went away while it waited is skipped, not
   decided: it changes no state.
 - If the commit itself fails, every decision of the batch fails with the commit's error.
@@ -28,18 +32,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
+from nbo.sdk import _engine
 from nbo.sdk._errors import NboError, StateError
+from nbo.sdk._runtime import LoadedBundle
+from nbo.sdk._types import Decision
 
 from ._hub_state import HubStateStore
 
-__all__ = ["DecideBatcher", "Expired"]
+__all__ = ["DecideArgs", "DecideBatcher", "Expired", "Runner", "decide_batch"]
 
 log = logging.getLogger("nbo.gateway.decide")
-
-T = TypeVar("T")
 
 
 class Expired(NboError):
@@ -48,71 +54,121 @@ class Expired(NboError):
     grpc_status = "DEADLINE_EXCEEDED"
 
 
-class _Job(Generic[T]):
-    __slots__ = ("customer_id", "done", "error", "fn", "is_active", "result")
+@dataclass(frozen=True, slots=True)
+class DecideArgs:
+    """One ``Decide`` request, converted, with the bundle that was active when it arrived."""
 
-    def __init__(self, customer_id: str, fn: Callable[[], T], is_active: Callable[[], bool]) -> None:
-        self.customer_id = customer_id
-        self.fn = fn
+    bundle: LoadedBundle
+    customer_id: str
+    channel: str
+    context: Mapping[str, Any] | None
+    profile: Mapping[str, Any] | None
+    limit: int
+    explain: bool
+
+
+Outcome: TypeAlias = Decision | Exception
+Runner: TypeAlias = Callable[[Sequence[DecideArgs]], Sequence[Outcome]]
+"""Decides a batch: one outcome (the decision, or the exception it raised) per request."""
+
+
+def decide_batch(
+    state: HubStateStore,
+    batch: Sequence[DecideArgs],
+    *,
+    bundle_of: Callable[[DecideArgs], LoadedBundle] = lambda args: args.bundle,
+) -> list[Outcome]:
+    """Decide ``batch`` in one hub transaction, each request in its own savepoint.
+
+    An exception of one request is its outcome and undoes only its writes; an error of the
+    transaction itself (the commit) propagates and none of the batch happened.
+    """
+    outcomes: list[Outcome] = []
+    with state.decision_batch([args.customer_id for args in batch]) as tx:
+        for args in batch:
+            try:
+                with tx.savepoint():
+                    outcomes.append(_engine.decide(
+                        bundle_of(args), state, customer_id=args.customer_id, channel=args.channel,
+                        context=args.context, profile=args.profile, limit=args.limit, explain=args.explain,
+                    ))
+            except Exception as exc:  # the caller gets it; only this decision was undone
+                outcomes.append(exc)
+    return outcomes
+
+
+class _Job:
+    __slots__ = ("args", "done", "is_active", "outcome")
+
+    def __init__(self, args: DecideArgs, is_active: Callable[[], bool]) -> None:
+        self.args = args
         self.is_active = is_active
         self.done = threading.Event()
-        self.result: T | None = None
-        self.error: BaseException | None = None
+        self.outcome: Outcome | BaseException | None = None
 
 
 class DecideBatcher:
-    """One decider thread running queued decisions in shared hub transactions.
+    """Decider threads handing the queued requests, a batch at a time, to ``runner``.
 
-    ``submit(customer_id, fn)`` blocks until ``fn`` ran (inside the batch's transaction, on
-    the decider thread, where every ``HubStateStore`` transaction the SDK opens joins the
-    batch's) and returns its result or raises its exception.
+    One thread for a runner that decides in this process (a second one would only wait for
+    the hub's writer lock); two for the worker process, so that the next batch is already on
+    its way while the worker decides the current one.
     """
 
-    def __init__(self, state: HubStateStore, *, max_batch: int = 32) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
-        self._state = state
+    def __init__(self, runner: Runner, *, max_batch: int = 32, threads: int = 1,
+                 on_close: Callable[[], None] | None = None) -> None:
+        if max_batch < 1 or threads < 1:
+            raise ValueError("max_batch and threads must be at least 1")
+        self._runner = runner
         self._max_batch = max_batch
-        self._queue: deque[_Job[Any]] = deque()
+        self._on_close = on_close
+        self._queue: deque[_Job] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="nbo-decider", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"nbo-decider-{n}", daemon=True)
+                         for n in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, customer_id: str, fn: Callable[[], T], *, is_active: Callable[[], bool] = lambda: True) -> T:
-        """Run ``fn`` in the next batch; its result, or its exception re-raised here."""
-        job: _Job[T] = _Job(customer_id, fn, is_active)
+    def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = lambda: True) -> Decision:
+        """Decide ``args`` in the next batch; the decision, or its exception re-raised here."""
+        job = _Job(args, is_active)
         with self._ready:
             if self._closed:
                 raise StateError("the gateway is shutting down")
             self._queue.append(job)
             self._ready.notify()
         job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[return-value]  # set whenever error is None
+        if isinstance(job.outcome, Decision):
+            return job.outcome
+        if isinstance(job.outcome, BaseException):
+            raise job.outcome
+        raise StateError("the decider gave no answer")  # pragma: no cover - every job gets an outcome
 
     def queued(self) -> int:
-        """Calls waiting for the next batch (not counting the one being decided)."""
+        """Requests waiting for the next batch (not counting the batch being decided)."""
         with self._ready:
             return len(self._queue)
 
     def close(self) -> None:
-        """Finish what is queued, then stop the decider thread."""
+        """Finish what is queued, stop the decider threads, then close the runner."""
         with self._ready:
             self._closed = True
-            self._ready.notify()
-        self._thread.join(timeout=30)
+            self._ready.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        if self._on_close is not None:
+            self._on_close()
 
     # -- the decider thread ---------------------------------------------------------------
 
-    def _take(self) -> list[_Job[Any]] | None:
+    def _take(self) -> list[_Job] | None:
         with self._ready:
             while not self._queue:
                 if self._closed:
                     return None
                 self._ready.wait()
-            jobs: list[_Job[Any]] = []
+            jobs: list[_Job] = []
             while self._queue and len(jobs) < self._max_batch:
                 jobs.append(self._queue.popleft())
             return jobs
@@ -123,29 +179,23 @@ class DecideBatcher:
             if jobs is None:
                 return
             try:
-                self._run_batch(jobs)
+                live = []
+                for job in jobs:
+                    if job.is_active():
+                        live.append(job)
+                    else:
+                        job.outcome = Expired("the call's deadline passed before it was decided")
+                if live:
+                    outcomes = self._runner([job.args for job in live])
+                    if len(outcomes) != len(live):
+                        raise StateError(f"the decider answered {len(outcomes)} of {len(live)} requests")
+                    for job, outcome in zip(live, outcomes, strict=True):
+                        job.outcome = outcome
             except BaseException as exc:  # never leave a caller waiting, whatever happened
                 log.error("event=decide_batch_failed error=%s", type(exc).__name__)
                 for job in jobs:
-                    if job.error is None:
-                        job.result, job.error = None, exc
+                    if not isinstance(job.outcome, Expired):
+                        job.outcome = exc
             finally:
                 for job in jobs:
                     job.done.set()
-
-    def _run_batch(self, jobs: list[_Job[Any]]) -> None:
-        live = []
-        for job in jobs:
-            if job.is_active():
-                live.append(job)
-            else:
-                job.error = Expired("the call's deadline passed before it was decided")
-        if not live:
-            return
-        with self._state.decision_batch([job.customer_id for job in live]) as tx:
-            for job in live:
-                try:
-                    with tx.savepoint():
-                        job.result = job.fn()
-                except Exception as exc:  # the caller gets it; only this decision was undone
-                    job.error = exc

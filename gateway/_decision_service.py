@@ -18,14 +18,15 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
-from nbo.sdk import _engine, _ledger, _payments, _records
+from nbo.sdk import _ledger, _payments, _records
+from nbo.sdk._engine import validate_mapping
 from nbo.sdk._errors import (
     InputError,
 )
 from nbo.sdk._types import Decision, LedgerEntry, PaymentRecord
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 
-from ._decide_batch import DecideBatcher
+from ._decide_batch import DecideArgs, DecideBatcher
 from ._engine_host import EngineHost
 from ._hub_state import HubStateStore
 from ._metrics import GatewayMetrics
@@ -184,16 +185,15 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             if not 1 <= limit <= _MAX_LIMIT:
                 raise InputError(f"limit must be between 1 and {_MAX_LIMIT}", field="limit")
             customer_id = _records.check_id(request.customer_id, "customer_id")
-            ctx = struct_to_dict(request.context) if request.HasField("context") else None
-            profile = struct_to_dict(request.profile) if request.HasField("profile") else None
+            # Checked here, before the request is queued (and crosses to the decision worker as
+            # JSON, which has no NaN): a bad value is refused naming its field, deciding nothing.
+            ctx = validate_mapping(struct_to_dict(request.context), "context") if request.HasField("context") else None
+            profile = (validate_mapping(struct_to_dict(request.profile), "profile")
+                       if request.HasField("profile") else None)
             bundle = self._engine.require()  # one reference for the whole call: hot swaps are invisible
-            channel, explain = request.channel, request.explain
-
-            def run() -> Decision:
-                return _engine.decide(bundle, self._state, customer_id=customer_id, channel=channel, context=ctx,
-                                      profile=profile, limit=limit, explain=explain)
-
-            decision = self._decider.submit(customer_id, run, is_active=context.is_active)
+            args = DecideArgs(bundle=bundle, customer_id=customer_id, channel=request.channel, context=ctx,
+                              profile=profile, limit=limit, explain=request.explain)
+            decision = self._decider.submit(args, is_active=context.is_active)
             response = _decision_pb(decision)
         if self._metrics is not None:
             self._metrics.record_decide(f"{decision.bundle_name}:{decision.bundle_version}",

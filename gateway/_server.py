@@ -39,7 +39,8 @@ from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2, publish_pb2_grp
 
 from ._auth import Authenticator, AuthInterceptor
 from ._config import GatewayConfig
-from ._decide_batch import DecideBatcher
+from ._decide_batch import DecideBatcher, decide_batch
+from ._decider_process import DecisionProcess
 from ._decision_service import DecisionServicer
 from ._engine_host import EngineHost
 from ._hub import HubStore
@@ -181,12 +182,15 @@ def create_server(
     clock: Clock | None = None,
     hub_schema: str | None = None,
     bundle_poll_seconds: float = 5.0,
+    decision_worker: bool | None = None,
 ) -> tuple[GatewayServer, int]:
     """Build (not start) the gateway bound to ``listen``; returns the server and its port.
 
     ``hub_schema`` keeps a PostgreSQL hub's tables in their own schema (tests).
     ``bundle_poll_seconds``: how often the engine looks for a bundle another replica published
     (0 = never). The Prometheus endpoint starts here when ``config.metrics_port`` is set.
+    ``decision_worker`` overrides ``config.decision_worker`` (decide in a worker process); by
+    default a gateway with an injected ``clock``, which cannot cross processes, decides in-process.
     """
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
@@ -204,7 +208,16 @@ def create_server(
         )
         hub_state = HubStateStore(hub, clock=clock, on_events=lambda events: metrics.record_app_event(len(events)))
         closers.append(hub_state.close)
-        decider = DecideBatcher(hub_state)
+        if decision_worker and clock is not None:
+            raise ConfigError("a decision worker process cannot share an injected clock")
+        # An injected clock (tests) cannot cross processes: such a gateway decides in-process.
+        use_worker = (config.decision_worker and clock is None) if decision_worker is None else decision_worker
+        if use_worker:
+            worker = DecisionProcess(hub_db=config.hub_db, state_dir=state, hub_schema=hub_schema,
+                                     on_events=metrics.record_app_event)
+            decider = DecideBatcher(worker.run, threads=2, on_close=worker.close)
+        else:
+            decider = DecideBatcher(lambda batch: decide_batch(hub_state, batch))
         closers.insert(0, decider.close)  # drain queued decisions before the hub store closes
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbo-rpc"),
