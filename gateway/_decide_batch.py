@@ -43,7 +43,7 @@ from nbo.sdk._types import Decision
 
 from ._hub_state import HubStateStore
 
-__all__ = ["DecideArgs", "DecideBatcher", "Expired", "Runner", "decide_batch"]
+__all__ = ["DecideArgs", "DecideBatcher", "EncodedDecision", "Expired", "Outcome", "Runner", "decide_batch"]
 
 log = logging.getLogger("nbo.gateway.decide")
 
@@ -67,7 +67,16 @@ class DecideArgs:
     explain: bool
 
 
-Outcome: TypeAlias = Decision | Exception
+@dataclass(frozen=True, slots=True)
+class EncodedDecision:
+    """A decision already serialized as the ``DecideResponse`` wire message (from the worker)."""
+
+    bundle: str
+    """``name:version`` of the bundle that decided."""
+    data: bytes
+
+
+Outcome: TypeAlias = Decision | EncodedDecision | Exception
 Runner: TypeAlias = Callable[[Sequence[DecideArgs]], Sequence[Outcome]]
 """Decides a batch: one outcome (the decision, or the exception it raised) per request."""
 
@@ -77,13 +86,13 @@ def decide_batch(
     batch: Sequence[DecideArgs],
     *,
     bundle_of: Callable[[DecideArgs], LoadedBundle] = lambda args: args.bundle,
-) -> list[Outcome]:
+) -> list[Decision | Exception]:
     """Decide ``batch`` in one hub transaction, each request in its own savepoint.
 
     An exception of one request is its outcome and undoes only its writes; an error of the
     transaction itself (the commit) propagates and none of the batch happened.
     """
-    outcomes: list[Outcome] = []
+    outcomes: list[Decision | Exception] = []
     with state.decision_batch([args.customer_id for args in batch]) as tx:
         for args in batch:
             try:
@@ -130,7 +139,7 @@ class DecideBatcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = lambda: True) -> Decision:
+    def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = lambda: True) -> Decision | EncodedDecision:
         """Decide ``args`` in the next batch; the decision, or its exception re-raised here."""
         job = _Job(args, is_active)
         with self._ready:
@@ -139,7 +148,7 @@ class DecideBatcher:
             self._queue.append(job)
             self._ready.notify()
         job.done.wait()
-        if isinstance(job.outcome, Decision):
+        if isinstance(job.outcome, Decision | EncodedDecision):
             return job.outcome
         if isinstance(job.outcome, BaseException):
             raise job.outcome

@@ -5,32 +5,38 @@ parsing, auth, metrics) and the decisions compete for that one interpreter lock.
 moves the decisions — :func:`gateway._decide_batch.decide_batch` over the hub, the very same
 SDK core — into a child process, so the RPC threads and the decider run in parallel.
 
-- **Protocol**: one pipe, one message per batch each way, JSON (orjson) — never pickle. The
-  parent sends the requests with the directory of the bundle each one must use (and, the
-  first time the child meets a directory, its manifest and identity); the child answers one
-  outcome per request: the decision, or the error's class name, message and field, which the
-  parent raises again as the same :mod:`nbo.sdk` error type.
+- **Protocol**: one socket, one message per batch each way — JSON (orjson) and protobuf, never
+  pickle. The parent sends the requests with the directory of the bundle each one must use
+  (and, the first time the child meets a directory, its manifest and identity); the child
+  answers one outcome per request: the serialized ``DecideResponse``, which the parent hands
+  to gRPC as it is, or the error's class name, message and field, which the parent raises
+  again as the same :mod:`nbo.sdk` error type.
 - **Bundles**: the parent verifies, extracts and switches bundles (``EngineHost``); the child
   loads a directory on first use and keeps the few most recently used, so in-flight calls
   finish on the bundle they started with and a hot swap fails no call.
 - **State**: the child opens the same hub database (SQLite file or PostgreSQL URL) and decides
   through its own :class:`HubStateStore`; events it writes are counted back to the parent's
   metrics.
-- **Lifecycle**: started with the server (``spawn``: no fork of a process running gRPC
-  threads), it ignores SIGINT/SIGTERM — the parent drains, then closes the pipe and the child
+- **Lifecycle**: started with the server as a fresh interpreter (``python -m``; no fork of a
+  process running gRPC threads, no pickled arguments), it ignores SIGINT/SIGTERM — the parent drains, then closes the pipe and the child
   exits. If it dies, the batch in flight fails with ``StateError`` (UNAVAILABLE, retryable)
   and the next batch starts a new one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing
 import signal
+import socket
+import struct
+import subprocess
+import sys
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +44,9 @@ import orjson
 from nbo.sdk import _errors
 from nbo.sdk._errors import NboError, StateError
 from nbo.sdk._runtime import LoadedBundle, load_bundle
-from nbo.sdk._types import BundleInfo, Decision, Exclusion, RankedOffer
+from nbo.sdk._types import BundleInfo, Decision
 
-from ._decide_batch import DecideArgs, Outcome, decide_batch
+from ._decide_batch import DecideArgs, EncodedDecision, Outcome, decide_batch
 
 __all__ = ["DecisionProcess"]
 
@@ -76,18 +82,31 @@ def _error_in(data: Mapping[str, Any]) -> Exception:
     return exc
 
 
-def _decision_in(data: Mapping[str, Any]) -> Decision:
-    return Decision(
-        decision_id=data["decision_id"],
-        customer_id=data["customer_id"],
-        channel=data["channel"],
-        bundle_name=data["bundle_name"],
-        bundle_version=data["bundle_version"],
-        offers=[RankedOffer(**o) for o in data["offers"]],
-        excluded=[Exclusion(**e) for e in data["excluded"]],
-        strategy=data["strategy"],
-        created_at=data["created_at"],
-    )
+_HEADER = struct.Struct(">I")
+
+
+def _frame(header: Mapping[str, Any], blobs: Sequence[bytes] = ()) -> bytes:
+    """One message: the JSON header's length, the header, then the encoded answers it sizes."""
+    text = orjson.dumps(header)
+    return b"".join((_HEADER.pack(len(text)), text, *blobs))
+
+
+def _unframe(data: bytes) -> dict[str, Any]:
+    """A message as its header, with each ``size`` result replaced by its answer (or error)."""
+    (length,) = _HEADER.unpack_from(data)
+    offset = _HEADER.size + length
+    header: dict[str, Any] = orjson.loads(data[_HEADER.size:offset])
+    results: list[Outcome] = []
+    for result in header.get("results", ()):
+        if "size" in result:
+            end = offset + int(result["size"])
+            results.append(EncodedDecision(bundle=str(result["bundle"]), data=data[offset:end]))
+            offset = end
+        else:
+            results.append(_error_in(result["error"]))
+    if "results" in header:
+        header["results"] = results
+    return header
 
 
 def _touch(lru: OrderedDict[str, Any], jobs: Sequence[Sequence[Any]]) -> None:
@@ -133,7 +152,6 @@ class DecisionProcess:
                  on_events: Callable[[int], None] | None = None) -> None:
         self._spec = {"hub_db": hub_db, "state_dir": str(state_dir), "hub_schema": hub_schema}
         self._on_events = on_events
-        self._ctx = multiprocessing.get_context("spawn")
         self._send_lock = threading.Lock()
         self._link: _Link | None = self._start()
 
@@ -141,35 +159,48 @@ class DecisionProcess:
     def pid(self) -> int | None:
         """The worker's process id (``None`` when it is not running)."""
         link = self._link
-        return None if link is None else link.proc.pid
+        return None if link is None else int(link.proc.pid)
 
     def _start(self) -> _Link:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_child_main, args=(child, self._spec), name="nbo-decision-worker",
-                                 daemon=True)
-        proc.start()
-        child.close()
+        # A plain child interpreter (not multiprocessing: no pickled arguments, no re-import of
+        # the caller's main script), talking over one socket pair passed as a file descriptor.
+        ours, theirs = socket.socketpair()
         try:
-            if not parent.poll(_START_TIMEOUT):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(theirs.fileno()), json.dumps(self._spec)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+            )
+        except OSError as exc:
+            ours.close()
+            raise StateError(f"cannot start the decision worker: {exc}") from exc
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        try:
+            if not conn.poll(_START_TIMEOUT):
                 raise StateError(f"the decision worker did not start within {_START_TIMEOUT:.0f} s")
-            hello = orjson.loads(parent.recv_bytes())
+            hello = _unframe(conn.recv_bytes())
         except (EOFError, OSError) as exc:
-            proc.join(5)
-            raise StateError(f"the decision worker exited while starting (exit code {proc.exitcode})") from exc
+            conn.close()
+            code = proc.wait(10)
+            raise StateError(f"the decision worker exited while starting (exit code {code})") from exc
         except BaseException:
+            conn.close()
             proc.kill()
+            proc.wait(10)
             raise
         if "error" in hello:
-            proc.join(5)
+            conn.close()
+            proc.wait(10)
             raise _error_in(hello["error"])
-        return _Link(parent, proc)
+        return _Link(conn, proc)
 
     def run(self, batch: Sequence[DecideArgs]) -> list[Outcome]:
         """Decide ``batch`` in the worker; one outcome per request, in order."""
         slot = _Slot()
         with self._send_lock:
             link = self._link
-            if link is None or link.broken is not None or not link.proc.is_alive():
+            if link is None or link.broken is not None or link.proc.poll() is not None:
                 if link is not None:
                     self._break(link, StateError("the decision worker stopped"))
                 link = self._link = self._start()  # a new worker for this batch
@@ -196,14 +227,14 @@ class DecisionProcess:
             raise _error_in(reply["error"])  # the batch's transaction failed: nothing of it happened
         if reply.get("events") and self._on_events is not None:
             self._on_events(int(reply["events"]))
-        return [_decision_in(r["decision"]) if "decision" in r else _error_in(r["error"]) for r in reply["results"]]
+        return reply["results"]
 
     def _await(self, link: _Link, slot: _Slot) -> None:
         """Read answers (they come in send order) until ``slot``'s has come."""
         with link.recv_lock:
             while not slot.done:
                 try:
-                    reply = orjson.loads(link.conn.recv_bytes())
+                    reply = _unframe(link.conn.recv_bytes())
                 except (EOFError, OSError, ValueError) as exc:
                     self._break(link, exc)
                     return
@@ -214,7 +245,7 @@ class DecisionProcess:
         """The link is unusable: every batch still waiting on it fails with ``exc``."""
         if link.broken is None:
             link.broken = exc
-            log.error("event=decision_worker_lost exit_code=%s error=%s", link.proc.exitcode, type(exc).__name__)
+            log.error("event=decision_worker_lost exit_code=%s error=%s", link.proc.poll(), type(exc).__name__)
         while link.waiting:
             head = link.waiting.popleft()
             head.reply, head.done = exc, True
@@ -226,11 +257,12 @@ class DecisionProcess:
             link, self._link = self._link, None
         if link is None:
             return
-        link.conn.close()
-        link.proc.join(10)
-        if link.proc.is_alive():
+        link.conn.close()  # the worker reads EOF and exits
+        try:
+            link.proc.wait(10)
+        except subprocess.TimeoutExpired:
             link.proc.kill()
-            link.proc.join(5)
+            link.proc.wait(10)
 
 
 # -- the child ----------------------------------------------------------------------------------
@@ -240,6 +272,7 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
     # The parent decides when this process ends (it closes the pipe after draining).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from ._decision_service import decision_pb
     from ._hub import HubStore
     from ._hub_state import HubStateStore
 
@@ -252,9 +285,9 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
         hub = HubStore.open(spec["hub_db"], state_dir=spec["state_dir"], schema=spec["hub_schema"])
         state = HubStateStore(hub, on_events=count)
     except BaseException as exc:
-        conn.send_bytes(orjson.dumps({"error": _error_out(exc)}))
+        conn.send_bytes(_frame({"error": _error_out(exc)}))
         return
-    conn.send_bytes(orjson.dumps({"ready": True}))
+    conn.send_bytes(_frame({"ready": True}))
     loaded: OrderedDict[str, LoadedBundle | Exception] = OrderedDict()
     try:
         while True:
@@ -269,7 +302,7 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
                     loaded[directory] = load_bundle(Path(directory), meta["manifest"], info)
                 except Exception as exc:  # the requests that name it fail with this error
                     loaded[directory] = exc if isinstance(exc, NboError) else _errors.BundleError(str(exc))
-            outcomes: list[Outcome | None] = []
+            outcomes: list[Decision | Exception | None] = []
             batch: list[DecideArgs] = []
             for directory, cid, channel, context, profile, limit, explain in message["jobs"]:
                 bundle = loaded.get(directory)
@@ -286,13 +319,24 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
             try:
                 decided = iter(decide_batch(state, batch))
             except Exception as exc:
-                conn.send_bytes(orjson.dumps({"error": _error_out(exc)}))
+                conn.send_bytes(_frame({"error": _error_out(exc)}))
                 continue
-            results = []
-            for outcome in outcomes:
-                outcome = next(decided) if outcome is None else outcome
-                results.append({"decision": outcome} if isinstance(outcome, Decision) else {"error": _error_out(outcome)})
-            conn.send_bytes(orjson.dumps({"results": results, "events": events[0]}))
+            results: list[dict[str, Any]] = []
+            blobs: list[bytes] = []
+            for early in outcomes:
+                outcome = next(decided) if early is None else early
+                if isinstance(outcome, Decision):
+                    # the wire answer itself: the parent hands these bytes to gRPC untouched
+                    blob = decision_pb(outcome).SerializeToString()
+                    blobs.append(blob)
+                    results.append({"size": len(blob), "bundle": f"{outcome.bundle_name}:{outcome.bundle_version}"})
+                else:
+                    results.append({"error": _error_out(outcome)})
+            conn.send_bytes(_frame({"results": results, "events": events[0]}, blobs))
     finally:
         state.close()
         hub.close()
+
+
+if __name__ == "__main__":  # started by DecisionProcess: FD SPEC_JSON
+    _child_main(Connection(int(sys.argv[1])), json.loads(sys.argv[2]))

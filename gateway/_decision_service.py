@@ -26,13 +26,13 @@ from nbo.sdk._errors import (
 from nbo.sdk._types import Decision, LedgerEntry, PaymentRecord
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 
-from ._decide_batch import DecideArgs, DecideBatcher
+from ._decide_batch import DecideArgs, DecideBatcher, EncodedDecision
 from ._engine_host import EngineHost
 from ._hub_state import HubStateStore
 from ._metrics import GatewayMetrics
 from ._status import abort_with, rpc_errors, status_for
 
-__all__ = ["DecisionServicer", "abort_with", "rpc_errors", "status_for", "struct_to_dict"]
+__all__ = ["DecisionServicer", "abort_with", "add_to_server", "decision_pb", "rpc_errors", "status_for", "struct_to_dict"]
 
 log = logging.getLogger("nbo.gateway")
 
@@ -121,7 +121,8 @@ def _payment_pb(record: PaymentRecord) -> decision_pb2.PaymentRecord:
     return pb
 
 
-def _decision_pb(decision: Decision) -> decision_pb2.DecideResponse:
+def decision_pb(decision: Decision) -> decision_pb2.DecideResponse:
+    """The wire answer of a decision."""
     response = decision_pb2.DecideResponse(
         decision_id=decision.decision_id,
         customer_id=decision.customer_id,
@@ -178,7 +179,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         self._decider = decider
         self._metrics = metrics
 
-    def Decide(self, request: decision_pb2.DecideRequest, context: grpc.ServicerContext) -> decision_pb2.DecideResponse:
+    def Decide(
+        self, request: decision_pb2.DecideRequest, context: grpc.ServicerContext
+    ) -> decision_pb2.DecideResponse | bytes:
+        """A ``DecideResponse``, or its wire bytes as the decision worker produced them."""
         started = time.perf_counter()
         with rpc_errors(context, "Decide"):
             limit = request.limit if request.HasField("limit") else _DEFAULT_LIMIT
@@ -193,11 +197,14 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             bundle = self._engine.require()  # one reference for the whole call: hot swaps are invisible
             args = DecideArgs(bundle=bundle, customer_id=customer_id, channel=request.channel, context=ctx,
                               profile=profile, limit=limit, explain=request.explain)
-            decision = self._decider.submit(args, is_active=context.is_active)
-            response = _decision_pb(decision)
+            decided = self._decider.submit(args, is_active=context.is_active)
+            if isinstance(decided, EncodedDecision):  # serialized by the decision worker
+                bundle_label, response = decided.bundle, decided.data
+            else:
+                bundle_label = f"{decided.bundle_name}:{decided.bundle_version}"
+                response = decision_pb(decided)
         if self._metrics is not None:
-            self._metrics.record_decide(f"{decision.bundle_name}:{decision.bundle_version}",
-                                        time.perf_counter() - started)
+            self._metrics.record_decide(bundle_label, time.perf_counter() - started)
         return response
 
     def RecordResponse(
@@ -273,6 +280,32 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         return decision_pb2.RecordPaymentResponse(payment=_payment_pb(record))
 
 
-def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
-    """Register the servicer on a server."""
-    decision_pb2_grpc.add_DecisionServiceServicer_to_server(servicer, server)
+def _serialize_decide(response: decision_pb2.DecideResponse | bytes) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+class _Handlers:
+    """Catches the generated method table instead of registering it."""
+
+    table: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, table: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.table = dict(table)
+
+
+def add_to_server(servicer: DecisionServicer, server: Any) -> None:
+    """Register the servicer on a server: the generated method table, except that ``Decide``
+    also accepts a response already serialized (by the decision worker)."""
+    caught = _Handlers()
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(servicer, caught)
+    caught.table["Decide"] = grpc.unary_unary_rpc_method_handler(
+        servicer.Decide,
+        request_deserializer=decision_pb2.DecideRequest.FromString,
+        response_serializer=_serialize_decide,
+    )
+    service = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, caught.table),))
+    server.add_registered_method_handlers(service, caught.table)

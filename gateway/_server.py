@@ -35,13 +35,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nbo.sdk._clock import Clock
 from nbo.sdk._errors import ConfigError
-from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2, publish_pb2_grpc, sync_pb2, sync_pb2_grpc
+from nbo.v1 import decision_pb2, publish_pb2, publish_pb2_grpc, sync_pb2, sync_pb2_grpc
 
 from ._auth import Authenticator, AuthInterceptor
 from ._config import GatewayConfig
 from ._decide_batch import DecideBatcher, decide_batch
 from ._decider_process import DecisionProcess
 from ._decision_service import DecisionServicer
+from ._decision_service import add_to_server as add_decision_service
 from ._engine_host import EngineHost
 from ._hub import HubStore
 from ._hub_state import HubStateStore
@@ -235,9 +236,7 @@ def create_server(
             publish_pb2.DESCRIPTOR.services_by_name["PublishService"].full_name,
         ]
         sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(hub, auth), server)
-        decision_pb2_grpc.add_DecisionServiceServicer_to_server(
-            DecisionServicer(engine=engine, state=hub_state, decider=decider, metrics=metrics), server
-        )
+        add_decision_service(DecisionServicer(engine=engine, state=hub_state, decider=decider, metrics=metrics), server)
         publish_pb2_grpc.add_PublishServiceServicer_to_server(
             PublishServicer(engine=engine, hub=hub, spool_dir=state / "publish-spool"), server
         )
