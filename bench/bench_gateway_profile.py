@@ -52,6 +52,8 @@ def thread_cpu() -> dict[str, float]:
             name = "wal checkpointer"
         elif "_serve" in name:
             name = "grpc completion queue"
+        elif name.startswith("nbo-decision-reader"):
+            name = "reader"
         elif name == "MainThread":
             name = "client"
         out[name] = out.get(name, 0.0) + seconds

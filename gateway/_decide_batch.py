@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from nbo.sdk import _engine
 from nbo.sdk._errors import NboError, StateError
@@ -43,7 +44,7 @@ from nbo.sdk._types import Decision
 
 from ._hub_state import HubStateStore
 
-__all__ = ["DecideArgs", "DecideBatcher", "EncodedDecision", "Expired", "Outcome", "Runner", "decide_batch"]
+__all__ = ["DecideArgs", "DecideBatcher", "Decider", "EncodedDecision", "Expired", "Outcome", "Runner", "decide_batch"]
 
 log = logging.getLogger("nbo.gateway.decide")
 
@@ -106,12 +107,22 @@ def decide_batch(
     return outcomes
 
 
-class _Job:
-    __slots__ = ("args", "done", "is_active", "outcome")
+class Decider(Protocol):
+    """What ``Decide`` hands its request to: :class:`DecideBatcher` or the decision worker."""
 
-    def __init__(self, args: DecideArgs, is_active: Callable[[], bool]) -> None:
+    def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = ...,
+               deadline: float | None = None) -> Decision | EncodedDecision: ...
+
+    def close(self) -> None: ...
+
+
+class _Job:
+    __slots__ = ("args", "deadline", "done", "is_active", "outcome")
+
+    def __init__(self, args: DecideArgs, is_active: Callable[[], bool], deadline: float | None) -> None:
         self.args = args
         self.is_active = is_active
+        self.deadline = deadline
         self.done = threading.Event()
         self.outcome: Outcome | BaseException | None = None
 
@@ -139,9 +150,14 @@ class DecideBatcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = lambda: True) -> Decision | EncodedDecision:
-        """Decide ``args`` in the next batch; the decision, or its exception re-raised here."""
-        job = _Job(args, is_active)
+    def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = lambda: True,
+               deadline: float | None = None) -> Decision | EncodedDecision:
+        """Decide ``args`` in the next batch; the decision, or its exception re-raised here.
+
+        The request is skipped (:class:`Expired`) if, when its batch is taken, ``is_active()``
+        is false or the ``deadline`` (epoch seconds) has passed.
+        """
+        job = _Job(args, is_active, deadline)
         with self._ready:
             if self._closed:
                 raise StateError("the gateway is shutting down")
@@ -189,8 +205,9 @@ class DecideBatcher:
                 return
             try:
                 live = []
+                now = time.time()
                 for job in jobs:
-                    if job.is_active():
+                    if job.is_active() and (job.deadline is None or now <= job.deadline):
                         live.append(job)
                     else:
                         job.outcome = Expired("the call's deadline passed before it was decided")

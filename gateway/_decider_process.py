@@ -25,6 +25,7 @@ SDK core — into a child process, so the RPC threads and the decider run in par
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import signal
@@ -33,7 +34,8 @@ import struct
 import subprocess
 import sys
 import threading
-from collections import OrderedDict, deque
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection
@@ -46,7 +48,7 @@ from nbo.sdk._errors import NboError, StateError
 from nbo.sdk._runtime import LoadedBundle, load_bundle
 from nbo.sdk._types import BundleInfo, Decision
 
-from ._decide_batch import DecideArgs, EncodedDecision, Outcome, decide_batch
+from ._decide_batch import DecideArgs, EncodedDecision, Expired, Outcome, decide_batch
 
 __all__ = ["DecisionProcess"]
 
@@ -54,6 +56,7 @@ log = logging.getLogger("nbo.gateway.decide")
 
 _START_TIMEOUT = 120.0
 _KEEP_BUNDLES = 3
+_MAX_BATCH = 32
 
 
 def _error_types() -> dict[str, type[NboError]]:
@@ -122,30 +125,39 @@ def _touch(lru: OrderedDict[str, Any], jobs: Sequence[Sequence[Any]]) -> None:
 
 
 class _Link:
-    """One incarnation of the worker: its process, its pipe and the batches awaiting answers."""
+    """One incarnation of the worker: its process, its socket and the calls awaiting answers."""
 
     def __init__(self, conn: Any, proc: Any) -> None:
         self.conn = conn
         self.proc = proc
         self.held: OrderedDict[str, None] = OrderedDict()  # mirrors the child's loaded bundles
-        self.waiting: deque[_Slot] = deque()  # sent batches, in the order their answers come
-        self.recv_lock = threading.Lock()
+        self.waiting: dict[int, _Call] = {}
+        self.lock = threading.Lock()  # guards waiting and broken
         self.broken: BaseException | None = None
 
 
-class _Slot:
-    __slots__ = ("done", "reply")
+class _Call:
+    """One waiting call. ``done`` is a plain lock taken at birth and released with the
+    answer: the cheapest wake-up Python has (an ``Event`` is a condition variable in Python)."""
+
+    __slots__ = ("done", "outcome")
 
     def __init__(self) -> None:
-        self.reply: Any = None
-        self.done = False
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.outcome: Outcome | BaseException | None = None
+
+    def finish(self, outcome: Outcome | BaseException) -> None:
+        self.outcome = outcome
+        self.done.release()
 
 
 class DecisionProcess:
-    """The parent's handle on the decision worker; :meth:`run` is a ``DecideBatcher`` runner.
+    """The parent's handle on the decision worker, shared by all RPC threads.
 
-    Thread-safe, and pipelined: while the worker decides one batch, another decider thread can
-    already send the next, so the worker never waits for the parent.
+    An RPC thread sends its request itself and waits; one reader thread hands each answer to
+    its caller. The worker takes every request that has arrived as one batch (group commit),
+    so nothing in this process stands between a call and the worker.
     """
 
     def __init__(self, *, hub_db: str | None, state_dir: str | Path, hub_schema: str | None = None,
@@ -153,6 +165,8 @@ class DecisionProcess:
         self._spec = {"hub_db": hub_db, "state_dir": str(state_dir), "hub_schema": hub_schema}
         self._on_events = on_events
         self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._closed = False
         self._link: _Link | None = self._start()
 
     @property
@@ -193,76 +207,101 @@ class DecisionProcess:
             conn.close()
             proc.wait(10)
             raise _error_in(hello["error"])
-        return _Link(conn, proc)
+        link = _Link(conn, proc)
+        threading.Thread(target=self._read, args=(link,), name="nbo-decision-reader", daemon=True).start()
+        return link
 
-    def run(self, batch: Sequence[DecideArgs]) -> list[Outcome]:
-        """Decide ``batch`` in the worker; one outcome per request, in order."""
-        slot = _Slot()
+    def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = lambda: True,
+               deadline: float | None = None) -> Decision | EncodedDecision:
+        """Decide ``args`` in the worker: the decision, or its exception re-raised here.
+
+        ``deadline`` (epoch seconds): the worker skips the request if its turn comes later
+        (:class:`Expired`, nothing decided). ``is_active`` is checked before sending.
+        """
+        if not is_active():
+            raise Expired("the call ended before it was decided")
+        call = _Call()
+        directory = str(args.bundle.directory)
         with self._send_lock:
+            if self._closed:
+                raise StateError("the gateway is shutting down")
             link = self._link
             if link is None or link.broken is not None or link.proc.poll() is not None:
                 if link is not None:
                     self._break(link, StateError("the decision worker stopped"))
-                link = self._link = self._start()  # a new worker for this batch
-            bundles: dict[str, Any] = {}
-            jobs = []
-            for args in batch:
-                directory = str(args.bundle.directory)
-                if directory not in link.held and directory not in bundles:
-                    bundles[directory] = {"manifest": args.bundle.manifest, "info": asdict(args.bundle.info)}
-                    link.held[directory] = None
-                jobs.append([directory, args.customer_id, args.channel, args.context, args.profile, args.limit,
-                             args.explain])
-            _touch(link.held, jobs)
-            link.waiting.append(slot)
+                link = self._link = self._start()  # a new worker for this call
+            bundle = None
+            if directory not in link.held:
+                bundle = {"manifest": args.bundle.manifest, "info": asdict(args.bundle.info)}
+                link.held[directory] = None
+            job = [directory, args.customer_id, args.channel, args.context, args.profile, args.limit, args.explain]
+            _touch(link.held, [job])
+            call_id = next(self._ids)
+            with link.lock:
+                link.waiting[call_id] = call
             try:
-                link.conn.send_bytes(orjson.dumps({"bundles": bundles, "jobs": jobs}))
+                link.conn.send_bytes(orjson.dumps({"id": call_id, "job": job, "bundle": bundle, "deadline": deadline}))
             except (OSError, ValueError) as exc:
                 self._break(link, exc)
-        self._await(link, slot)
-        reply = slot.reply
-        if isinstance(reply, BaseException):
-            raise StateError("the decision worker stopped; retry the call") from reply
-        if "error" in reply:
-            raise _error_in(reply["error"])  # the batch's transaction failed: nothing of it happened
-        if reply.get("events") and self._on_events is not None:
-            self._on_events(int(reply["events"]))
-        return reply["results"]
+        call.done.acquire()
+        outcome = call.outcome
+        if isinstance(outcome, Decision | EncodedDecision):
+            return outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        raise StateError("the decision worker gave no answer")  # pragma: no cover
 
-    def _await(self, link: _Link, slot: _Slot) -> None:
-        """Read answers (they come in send order) until ``slot``'s has come."""
-        with link.recv_lock:
-            while not slot.done:
-                try:
-                    reply = _unframe(link.conn.recv_bytes())
-                except (EOFError, OSError, ValueError) as exc:
-                    self._break(link, exc)
-                    return
-                head = link.waiting.popleft()
-                head.reply, head.done = reply, True
+    def _read(self, link: _Link) -> None:
+        """The reader thread of one link: answers to their callers, until the link breaks."""
+        while True:
+            try:
+                reply = _unframe(link.conn.recv_bytes())
+            except (EOFError, OSError, ValueError) as exc:
+                self._break(link, exc)
+                return
+            if reply.get("events") and self._on_events is not None:
+                self._on_events(int(reply["events"]))
+            with link.lock:
+                calls = [link.waiting.pop(int(i), None) for i in reply["ids"]]
+            for call, outcome in zip(calls, reply["results"], strict=True):
+                if call is not None:
+                    call.finish(outcome)
 
     def _break(self, link: _Link, exc: BaseException) -> None:
-        """The link is unusable: every batch still waiting on it fails with ``exc``."""
-        if link.broken is None:
-            link.broken = exc
+        """The link is unusable: every call still waiting on it fails, retryably."""
+        with link.lock:
+            first = link.broken is None
+            if first:
+                link.broken = exc
+            calls, link.waiting = list(link.waiting.values()), {}
+        if first and not self._closed:
             log.error("event=decision_worker_lost exit_code=%s error=%s", link.proc.poll(), type(exc).__name__)
-        while link.waiting:
-            head = link.waiting.popleft()
-            head.reply, head.done = exc, True
-        link.conn.close()
+        for call in calls:
+            failure = StateError("the decision worker stopped; retry the call")
+            failure.__cause__ = exc
+            call.finish(failure)
+        try:
+            link.conn.close()
+        except OSError:
+            pass
 
     def close(self) -> None:
-        """Stop the worker (after the batcher drained): close the pipe, the worker exits."""
+        """Stop the worker (after the server drained): close the socket, the worker exits."""
         with self._send_lock:
+            self._closed = True
             link, self._link = self._link, None
         if link is None:
             return
-        link.conn.close()  # the worker reads EOF and exits
         try:
-            link.proc.wait(10)
+            link.conn.send_bytes(b"")  # "no more": the worker answers what it holds, then exits
+        except (OSError, ValueError):
+            pass
+        try:
+            link.proc.wait(30)
         except subprocess.TimeoutExpired:
             link.proc.kill()
             link.proc.wait(10)
+        self._break(link, StateError("the gateway is shutting down"))
 
 
 # -- the child ----------------------------------------------------------------------------------
@@ -289,42 +328,58 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
         return
     conn.send_bytes(_frame({"ready": True}))
     loaded: OrderedDict[str, LoadedBundle | Exception] = OrderedDict()
+
+    def take(data: bytes) -> tuple[Any, Decision | Exception | DecideArgs]:
+        """A request as (id, what to do): its bundle is resolved now, in the parent's order."""
+        message = orjson.loads(data)
+        directory, cid, channel, context, profile, limit, explain = message["job"]
+        meta = message.get("bundle")
+        if meta is not None:
+            try:
+                info = BundleInfo(**{**meta["info"], "models": tuple(meta["info"].get("models", ()))})
+                loaded[directory] = load_bundle(Path(directory), meta["manifest"], info)
+            except Exception as exc:  # the requests that name it fail with this error
+                loaded[directory] = exc if isinstance(exc, NboError) else _errors.BundleError(str(exc))
+        bundle = loaded.get(directory)
+        _touch(loaded, [message["job"]])
+        deadline = message.get("deadline")
+        if bundle is None:  # cannot happen while parent and child agree (see _touch)
+            return message["id"], StateError("the decision worker does not hold this bundle; retry the call")
+        if isinstance(bundle, Exception):
+            return message["id"], bundle
+        if deadline is not None and time.time() > deadline:
+            return message["id"], Expired("the call's deadline passed before it was decided")
+        return message["id"], DecideArgs(bundle=bundle, customer_id=cid, channel=channel, context=context,
+                                         profile=profile, limit=limit, explain=explain)
+
+    stopping = False
     try:
-        while True:
+        while not stopping:
+            # Every request already here is one batch: one transaction, one commit.
+            pending: list[tuple[Any, Decision | Exception | DecideArgs]] = []
             try:
                 data = conn.recv_bytes()
+                while data:
+                    pending.append(take(data))
+                    if len(pending) >= _MAX_BATCH or not conn.poll(0):
+                        break
+                    data = conn.recv_bytes()
             except (EOFError, OSError):
-                return
-            message = orjson.loads(data)
-            for directory, meta in message["bundles"].items():
-                try:
-                    info = BundleInfo(**{**meta["info"], "models": tuple(meta["info"].get("models", ()))})
-                    loaded[directory] = load_bundle(Path(directory), meta["manifest"], info)
-                except Exception as exc:  # the requests that name it fail with this error
-                    loaded[directory] = exc if isinstance(exc, NboError) else _errors.BundleError(str(exc))
-            outcomes: list[Decision | Exception | None] = []
-            batch: list[DecideArgs] = []
-            for directory, cid, channel, context, profile, limit, explain in message["jobs"]:
-                bundle = loaded.get(directory)
-                if bundle is None:  # cannot happen while parent and child agree (see _touch)
-                    bundle = StateError("the decision worker does not hold this bundle; retry the call")
-                if isinstance(bundle, Exception):
-                    outcomes.append(bundle)
-                    continue
-                outcomes.append(None)
-                batch.append(DecideArgs(bundle=bundle, customer_id=cid, channel=channel, context=context,
-                                        profile=profile, limit=limit, explain=explain))
-            _touch(loaded, message["jobs"])  # the batch holds its own references
+                return  # the parent is gone: nothing to answer to
+            stopping = not data
+            if not pending:
+                continue
+            batch = [what for _, what in pending if isinstance(what, DecideArgs)]
             events[0] = 0
             try:
-                decided = iter(decide_batch(state, batch))
-            except Exception as exc:
-                conn.send_bytes(_frame({"error": _error_out(exc)}))
-                continue
+                decided = iter(decide_batch(state, batch)) if batch else iter(())
+            except Exception as exc:  # the transaction failed: none of the batch happened
+                failure = exc
+                decided = iter([failure] * len(batch))
             results: list[dict[str, Any]] = []
             blobs: list[bytes] = []
-            for early in outcomes:
-                outcome = next(decided) if early is None else early
+            for _, what in pending:
+                outcome = next(decided) if isinstance(what, DecideArgs) else what
                 if isinstance(outcome, Decision):
                     # the wire answer itself: the parent hands these bytes to gRPC untouched
                     blob = decision_pb(outcome).SerializeToString()
@@ -332,7 +387,7 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
                     results.append({"size": len(blob), "bundle": f"{outcome.bundle_name}:{outcome.bundle_version}"})
                 else:
                     results.append({"error": _error_out(outcome)})
-            conn.send_bytes(_frame({"results": results, "events": events[0]}, blobs))
+            conn.send_bytes(_frame({"ids": [i for i, _ in pending], "results": results, "events": events[0]}, blobs))
     finally:
         state.close()
         hub.close()

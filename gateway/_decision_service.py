@@ -26,7 +26,7 @@ from nbo.sdk._errors import (
 from nbo.sdk._types import Decision, LedgerEntry, PaymentRecord
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 
-from ._decide_batch import DecideArgs, DecideBatcher, EncodedDecision
+from ._decide_batch import DecideArgs, Decider, EncodedDecision
 from ._engine_host import EngineHost
 from ._hub_state import HubStateStore
 from ._metrics import GatewayMetrics
@@ -172,7 +172,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     """Decide, record, run the ledger and payment records over the hub-backed state store."""
 
     def __init__(
-        self, *, engine: EngineHost, state: HubStateStore, decider: DecideBatcher, metrics: GatewayMetrics | None = None
+        self, *, engine: EngineHost, state: HubStateStore, decider: Decider, metrics: GatewayMetrics | None = None
     ) -> None:
         self._engine = engine
         self._state = state
@@ -197,7 +197,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             bundle = self._engine.require()  # one reference for the whole call: hot swaps are invisible
             args = DecideArgs(bundle=bundle, customer_id=customer_id, channel=request.channel, context=ctx,
                               profile=profile, limit=limit, explain=request.explain)
-            decided = self._decider.submit(args, is_active=context.is_active)
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.time() + remaining
+            decided = self._decider.submit(args, is_active=context.is_active, deadline=deadline)
             if isinstance(decided, EncodedDecision):  # serialized by the decision worker
                 bundle_label, response = decided.bundle, decided.data
             else:

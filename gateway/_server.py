@@ -39,7 +39,7 @@ from nbo.v1 import decision_pb2, publish_pb2, publish_pb2_grpc, sync_pb2, sync_p
 
 from ._auth import Authenticator, AuthInterceptor
 from ._config import GatewayConfig
-from ._decide_batch import DecideBatcher, decide_batch
+from ._decide_batch import DecideBatcher, Decider, decide_batch
 from ._decider_process import DecisionProcess
 from ._decision_service import DecisionServicer
 from ._decision_service import add_to_server as add_decision_service
@@ -213,10 +213,10 @@ def create_server(
             raise ConfigError("a decision worker process cannot share an injected clock")
         # An injected clock (tests) cannot cross processes: such a gateway decides in-process.
         use_worker = (config.decision_worker and clock is None) if decision_worker is None else decision_worker
+        decider: Decider
         if use_worker:
-            worker = DecisionProcess(hub_db=config.hub_db, state_dir=state, hub_schema=hub_schema,
-                                     on_events=metrics.record_app_event)
-            decider = DecideBatcher(worker.run, threads=2, on_close=worker.close)
+            decider = DecisionProcess(hub_db=config.hub_db, state_dir=state, hub_schema=hub_schema,
+                                      on_events=metrics.record_app_event)
         else:
             decider = DecideBatcher(lambda batch: decide_batch(hub_state, batch))
         closers.insert(0, decider.close)  # drain queued decisions before the hub store closes
