@@ -132,32 +132,43 @@ class _Link:
         self.proc = proc
         self.held: OrderedDict[str, None] = OrderedDict()  # mirrors the child's loaded bundles
         self.waiting: dict[int, _Call] = {}
-        self.lock = threading.Lock()  # guards waiting and broken
+        self.lock = threading.Lock()  # guards waiting, broken and every call's done/signaled
+        self.reading = threading.Lock()  # held by the caller that currently reads answers
         self.broken: BaseException | None = None
 
 
 class _Call:
-    """One waiting call. ``done`` is a plain lock taken at birth and released with the
-    answer: the cheapest wake-up Python has (an ``Event`` is a condition variable in Python)."""
+    """One waiting call. ``wake`` is a plain lock, taken at birth and released to wake the
+    caller (the cheapest wake-up Python has); ``signaled`` (under the link's lock) keeps it
+    from being released twice."""
 
-    __slots__ = ("done", "outcome")
+    __slots__ = ("done", "outcome", "signaled", "wake")
 
     def __init__(self) -> None:
-        self.done = threading.Lock()
-        self.done.acquire()
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.signaled = False
+        self.done = False
         self.outcome: Outcome | BaseException | None = None
 
+    def signal(self) -> None:
+        """Wake the caller (to take its answer, or to take over reading). Under the link's lock."""
+        if not self.signaled:
+            self.signaled = True
+            self.wake.release()
+
     def finish(self, outcome: Outcome | BaseException) -> None:
-        self.outcome = outcome
-        self.done.release()
+        """The answer. Under the link's lock."""
+        self.outcome, self.done = outcome, True
+        self.signal()
 
 
 class DecisionProcess:
     """The parent's handle on the decision worker, shared by all RPC threads.
 
-    An RPC thread sends its request itself and waits; one reader thread hands each answer to
-    its caller. The worker takes every request that has arrived as one batch (group commit),
-    so nothing in this process stands between a call and the worker.
+    An RPC thread sends its request itself and waits; the waiting callers take turns reading
+    the answers (:meth:`_await`). The worker takes every request that has arrived as one batch
+    (group commit), so no thread of this process stands between a call and the worker.
     """
 
     def __init__(self, *, hub_db: str | None, state_dir: str | Path, hub_schema: str | None = None,
@@ -207,9 +218,7 @@ class DecisionProcess:
             conn.close()
             proc.wait(10)
             raise _error_in(hello["error"])
-        link = _Link(conn, proc)
-        threading.Thread(target=self._read, args=(link,), name="nbo-decision-reader", daemon=True).start()
-        return link
+        return _Link(conn, proc)
 
     def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = lambda: True,
                deadline: float | None = None) -> Decision | EncodedDecision:
@@ -243,7 +252,7 @@ class DecisionProcess:
                 link.conn.send_bytes(orjson.dumps({"id": call_id, "job": job, "bundle": bundle, "deadline": deadline}))
             except (OSError, ValueError) as exc:
                 self._break(link, exc)
-        call.done.acquire()
+        self._await(link, call)
         outcome = call.outcome
         if isinstance(outcome, Decision | EncodedDecision):
             return outcome
@@ -251,21 +260,46 @@ class DecisionProcess:
             raise outcome
         raise StateError("the decision worker gave no answer")  # pragma: no cover
 
-    def _read(self, link: _Link) -> None:
-        """The reader thread of one link: answers to their callers, until the link breaks."""
-        while True:
-            try:
-                reply = _unframe(link.conn.recv_bytes())
-            except (EOFError, OSError, ValueError) as exc:
-                self._break(link, exc)
+    def _await(self, link: _Link, call: _Call) -> None:
+        """Wait for ``call``'s answer — reading answers for everyone while no one else does.
+
+        Leader/follower: the one caller holding ``link.reading`` reads the socket and hands
+        out the answers (its own included); the others sleep on their own lock. A leader that
+        got its answer wakes one waiting caller to take over, so there is always a reader
+        while anyone waits, and no thread is woken only to pass an answer on.
+        """
+        while not call.done:
+            if link.reading.acquire(blocking=False):
+                try:
+                    while not call.done and self._read_one(link):
+                        pass
+                finally:
+                    link.reading.release()
+                with link.lock:
+                    for other in link.waiting.values():
+                        if not other.done:
+                            other.signal()  # your turn to read
+                            break
                 return
-            if reply.get("events") and self._on_events is not None:
-                self._on_events(int(reply["events"]))
+            call.wake.acquire()  # answered, or asked to take over reading
             with link.lock:
-                calls = [link.waiting.pop(int(i), None) for i in reply["ids"]]
-            for call, outcome in zip(calls, reply["results"], strict=True):
+                call.signaled = False
+
+    def _read_one(self, link: _Link) -> bool:
+        """Read one answer message and hand it out; False when the link broke."""
+        try:
+            reply = _unframe(link.conn.recv_bytes())
+        except (EOFError, OSError, ValueError) as exc:
+            self._break(link, exc)
+            return False
+        if reply.get("events") and self._on_events is not None:
+            self._on_events(int(reply["events"]))
+        with link.lock:
+            for call_id, outcome in zip(reply["ids"], reply["results"], strict=True):
+                call = link.waiting.pop(int(call_id), None)
                 if call is not None:
                     call.finish(outcome)
+        return True
 
     def _break(self, link: _Link, exc: BaseException) -> None:
         """The link is unusable: every call still waiting on it fails, retryably."""
@@ -273,13 +307,13 @@ class DecisionProcess:
             first = link.broken is None
             if first:
                 link.broken = exc
-            calls, link.waiting = list(link.waiting.values()), {}
+            for call in link.waiting.values():
+                failure = StateError("the decision worker stopped; retry the call")
+                failure.__cause__ = exc
+                call.finish(failure)
+            link.waiting = {}
         if first and not self._closed:
             log.error("event=decision_worker_lost exit_code=%s error=%s", link.proc.poll(), type(exc).__name__)
-        for call in calls:
-            failure = StateError("the decision worker stopped; retry the call")
-            failure.__cause__ = exc
-            call.finish(failure)
         try:
             link.conn.close()
         except OSError:
