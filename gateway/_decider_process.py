@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import select
 import signal
 import socket
 import struct
@@ -38,7 +39,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,79 @@ def _unframe(data: bytes) -> dict[str, Any]:
     if "results" in header:
         header["results"] = results
     return header
+
+
+class _Wire:
+    """Length-prefixed messages over a stream socket, read through a buffer.
+
+    One ``recv`` system call brings in every message already sent, so a batch of requests (or
+    of answers) costs one read, not two per message as ``multiprocessing.Connection`` does.
+    Sends are whole messages (callers serialise them).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def send_bytes(self, data: bytes) -> None:
+        self._sock.sendall(_HEADER.pack(len(data)) + data)
+
+    def _message(self) -> bytes | None:
+        if len(self._buf) < _HEADER.size:
+            return None
+        (size,) = _HEADER.unpack_from(self._buf)
+        end = _HEADER.size + size
+        if len(self._buf) < end:
+            return None
+        data = bytes(self._buf[_HEADER.size:end])
+        del self._buf[:end]
+        return data
+
+    def recv_bytes(self) -> bytes:
+        """The next message (blocking); ``EOFError`` when the other side closed."""
+        while True:
+            data = self._message()
+            if data is not None:
+                return data
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
+                raise EOFError("the other side closed the connection")
+            self._buf += chunk
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Whether a whole message can be read now, waiting up to ``timeout`` seconds for one.
+
+        With no timeout it costs at most one non-blocking read (none when one is buffered).
+        """
+        if self._message_ready():
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if timeout > 0:
+                    ready, _, _ = select.select([self._sock], [], [], max(0.0, deadline - time.monotonic()))
+                    if not ready:
+                        return False
+                chunk = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                return True  # the other side closed: recv_bytes will say so
+            if chunk:
+                self._buf += chunk
+                if self._message_ready():
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def _message_ready(self) -> bool:
+        if len(self._buf) < _HEADER.size:
+            return False
+        (size,) = _HEADER.unpack_from(self._buf)
+        return len(self._buf) >= _HEADER.size + size
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _touch(lru: OrderedDict[str, Any], jobs: Sequence[Sequence[Any]]) -> None:
@@ -200,7 +273,7 @@ class DecisionProcess:
             raise StateError(f"cannot start the decision worker: {exc}") from exc
         finally:
             theirs.close()
-        conn = Connection(ours.detach())
+        conn = _Wire(ours)
         try:
             if not conn.poll(_START_TIMEOUT):
                 raise StateError(f"the decision worker did not start within {_START_TIMEOUT:.0f} s")
@@ -231,27 +304,37 @@ class DecisionProcess:
             raise Expired("the call ended before it was decided")
         call = _Call()
         directory = str(args.bundle.directory)
+        link: _Link
         with self._send_lock:
             if self._closed:
                 raise StateError("the gateway is shutting down")
-            link = self._link
-            if link is None or link.broken is not None or link.proc.poll() is not None:
-                if link is not None:
-                    self._break(link, StateError("the decision worker stopped"))
-                link = self._link = self._start()  # a new worker for this call
-            bundle = None
-            if directory not in link.held:
-                bundle = {"manifest": args.bundle.manifest, "info": asdict(args.bundle.info)}
-                link.held[directory] = None
-            job = [directory, args.customer_id, args.channel, args.context, args.profile, args.limit, args.explain]
-            _touch(link.held, [job])
-            call_id = next(self._ids)
-            with link.lock:
-                link.waiting[call_id] = call
-            try:
-                link.conn.send_bytes(orjson.dumps({"id": call_id, "job": job, "bundle": bundle, "deadline": deadline}))
-            except (OSError, ValueError) as exc:
-                self._break(link, exc)
+            for attempt in (1, 2):
+                current = self._link
+                if current is None or current.broken is not None:  # a dead worker breaks its link (EOF)
+                    current = self._link = self._start()
+                link = current
+                bundle = None
+                if directory not in link.held:
+                    bundle = {"manifest": args.bundle.manifest, "info": asdict(args.bundle.info)}
+                    link.held[directory] = None
+                job = [directory, args.customer_id, args.channel, args.context, args.profile, args.limit,
+                       args.explain]
+                _touch(link.held, [job])
+                call_id = next(self._ids)
+                with link.lock:
+                    link.waiting[call_id] = call
+                try:
+                    link.conn.send_bytes(orjson.dumps({"id": call_id, "job": job, "bundle": bundle,
+                                                       "deadline": deadline}))
+                    break
+                except OSError as exc:
+                    # The worker is gone (it died while idle): the request never reached one, so
+                    # it is sent once more to a new worker; the break fails only this attempt.
+                    with link.lock:
+                        link.waiting.pop(call_id, None)
+                    self._break(link, exc)
+                    if attempt == 2:
+                        raise StateError("the decision worker stopped; retry the call") from exc
         self._await(link, call)
         outcome = call.outcome
         if isinstance(outcome, Decision | EncodedDecision):
@@ -428,4 +511,4 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
 
 
 if __name__ == "__main__":  # started by DecisionProcess: FD SPEC_JSON
-    _child_main(Connection(int(sys.argv[1])), json.loads(sys.argv[2]))
+    _child_main(_Wire(socket.socket(fileno=int(sys.argv[1]))), json.loads(sys.argv[2]))
