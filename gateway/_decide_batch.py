@@ -1,30 +1,32 @@
-"""Group commit for ``Decide``: calls that arrive together are decided together.
+"""Group commit for ``Decide``: requests that arrive together are decided together.
 
-Every ``Decide`` writes to the hub (the decision, its contact history, its event), and on the
-SQLite hub every write transaction is serialised by the database's single writer lock. With
-several app calls in flight, RPC threads queued on that lock, each paying for its own
-``BEGIN``/``COMMIT`` and handing the interpreter lock back and forth at every statement, cost
-more CPU than the decisions themselves. So the RPC threads hand their request to one decider
-thread and wait; the decider takes everything queued (up to ``max_batch``) and gives the batch
-to a *runner*, which decides it with :func:`decide_batch`: one after the other in **one** hub
-transaction, each inside its own savepoint so one failed decision is rolled back alone, one
-commit. The runner is either that function in this process or a decision worker process
-(``gateway/_decider_process.py``), which puts the decisions' CPU on a core of its own.
+Every ``Decide`` reads and writes the hub (profile and contact history; the decision, its
+contacts, its event), and on the SQLite hub every write transaction is serialised by the
+database's single writer lock. Deciding each request in its own transaction, with RPC threads
+queued on that lock, costs more CPU than the decisions themselves. So requests are decided in
+batches by :func:`decide_batch`: **one** hub transaction, the state read and written for all
+of them at once and one model run per model (``sdk._engine.decide_many``), one commit.
 
-What a caller can rely on is unchanged:
+Two deciders feed it (both implement :class:`Decider`):
+
+- the decision worker process (``gateway/_decider_process.py``, the default), which takes
+  every request already on its socket as one batch, on a core of its own;
+- :class:`DecideBatcher`, a decider thread in this process taking every queued request as one
+  batch (``[decisions] worker_process = false``, and gateways built with an injected clock).
+
+What a caller can rely on:
 
 - A decision is answered only after its transaction committed: nothing is reported that a
   crash could lose (beyond the relaxed durability :class:`HubStateStore` documents).
-- Decisions of one batch run in arrival order inside one transaction, so the second of two
-  decisions for the same customer sees the first one's contacts: a contact policy holds
-  inside a batch exactly as across batches. Across replicas (PostgreSQL) the batch holds the
-  per-customer advisory locks of all its customers, taken in one fixed order (no deadlock
-  between two replicas' batches).
-- Each request carries the bundle that was active when its call started, so a hot swap
-  never mixes two bundles in one answer.
-- A call whose deadline passed or whose client went away while it waited is skipped, not
-  decided: it changes no state.
-- If the commit itself fails, every decision of the batch fails with the commit's error.
+- Requests of one batch for the same customer are decided in arrival order, the second seeing
+  the first one's contacts: a contact policy holds inside a batch exactly as across batches.
+  Across replicas (PostgreSQL) the batch holds the per-customer advisory locks of all its
+  customers, taken in one fixed order (no deadlock between two replicas' batches).
+- Each request carries the bundle that was active when its call started, so a hot swap never
+  mixes two bundles in one answer.
+- A request that fails (bad input, a model error) fails alone. A call whose deadline passed,
+  or whose client left, before its batch was taken is not decided and changes no state. If the
+  transaction itself fails (a write, the commit), every request of the batch fails with it.
 """
 
 from __future__ import annotations
@@ -82,29 +84,26 @@ Runner: TypeAlias = Callable[[Sequence[DecideArgs]], Sequence[Outcome]]
 """Decides a batch: one outcome (the decision, or the exception it raised) per request."""
 
 
-def decide_batch(
-    state: HubStateStore,
-    batch: Sequence[DecideArgs],
-    *,
-    bundle_of: Callable[[DecideArgs], LoadedBundle] = lambda args: args.bundle,
-) -> list[Decision | Exception]:
-    """Decide ``batch`` in one hub transaction, each request in its own savepoint.
+def decide_batch(state: HubStateStore, batch: Sequence[DecideArgs]) -> list[Decision | Exception]:
+    """Decide ``batch`` in one hub transaction with :func:`nbo.sdk._engine.decide_many`.
 
-    An exception of one request is its outcome and undoes only its writes; an error of the
-    transaction itself (the commit) propagates and none of the batch happened.
+    Requests are grouped by the bundle they carry (a hot swap can put two in one batch); a
+    request's own error is its outcome; an error of the transaction itself (a read, a write,
+    the commit) propagates and none of the batch happened.
     """
-    outcomes: list[Decision | Exception] = []
-    with state.decision_batch([args.customer_id for args in batch]) as tx:
-        for args in batch:
-            try:
-                with tx.savepoint():
-                    outcomes.append(_engine.decide(
-                        bundle_of(args), state, customer_id=args.customer_id, channel=args.channel,
-                        context=args.context, profile=args.profile, limit=args.limit, explain=args.explain,
-                    ))
-            except Exception as exc:  # the caller gets it; only this decision was undone
-                outcomes.append(exc)
-    return outcomes
+    outcomes: list[Decision | Exception | None] = [None] * len(batch)
+    groups: dict[int, tuple[LoadedBundle, list[int]]] = {}
+    for position, args in enumerate(batch):
+        groups.setdefault(id(args.bundle), (args.bundle, []))[1].append(position)
+    with state.decision_batch([args.customer_id for args in batch]):
+        for bundle, positions in groups.values():
+            requests = [
+                _engine.Request(a.customer_id, a.channel, a.context, a.profile, a.limit, a.explain)
+                for a in (batch[p] for p in positions)
+            ]
+            for position, outcome in zip(positions, _engine.decide_many(bundle, state, requests), strict=True):
+                outcomes[position] = outcome
+    return [o if o is not None else StateError("no decision was made") for o in outcomes]
 
 
 class Decider(Protocol):

@@ -401,6 +401,13 @@ class DecisionProcess:
             link.conn.close()
         except OSError:
             pass
+        if first and link.proc.poll() is None:
+            # A worker we can no longer talk to must not linger (nor stay unreaped).
+            link.proc.kill()
+            try:
+                link.proc.wait(10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not refused
+                log.error("event=decision_worker_unkillable pid=%s", link.proc.pid)
 
     def close(self) -> None:
         """Stop the worker (after the server drained): close the socket, the worker exits."""

@@ -149,20 +149,6 @@ class HubTx:
             raise TypeError("the hub state store takes positional ? parameters only")
         return self._db_tx.execute(sql, params)
 
-    @contextmanager
-    def savepoint(self) -> Iterator[HubTx]:
-        """A nested unit of work: an exception inside undoes its statements and events only."""
-        mark = len(self.events)
-        self._db_tx.execute("SAVEPOINT nbo_unit")
-        try:
-            yield self
-        except BaseException:
-            self._db_tx.execute("ROLLBACK TO SAVEPOINT nbo_unit")
-            self._db_tx.execute("RELEASE SAVEPOINT nbo_unit")
-            del self.events[mark:]
-            raise
-        self._db_tx.execute("RELEASE SAVEPOINT nbo_unit")
-
     def append_event(self, type: str, payload: Mapping[str, Any]) -> Event:
         if type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type!r}")
@@ -290,8 +276,8 @@ class HubStateStore:
         """One transaction serialised, for each of ``customer_ids``, across threads and replicas.
 
         Every transaction the SDK opens on this thread inside it joins it, so decisions' contact-
-        history reads and their writes happen under one lock (the gateway's decider runs a batch
-        of decisions in it, each in a :meth:`HubTx.savepoint`). On PostgreSQL the customers'
+        history reads and their writes happen under one lock (the gateway decides a batch of
+        requests in it). On PostgreSQL the customers'
         transaction-scoped advisory locks are taken in ascending key order, so two replicas'
         batches cannot deadlock; the SQLite hub's writer lock already serialises everything.
         """

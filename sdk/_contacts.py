@@ -9,26 +9,51 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._errors import StateError
 from ._store import Tx
 
-__all__ = ["contact_history", "load_profile", "record_decision"]
+__all__ = [
+    "DecisionRecord",
+    "contact_histories",
+    "contact_history",
+    "load_profile",
+    "parse_profile",
+    "record_decision",
+    "record_decisions",
+    "stored_profiles",
+]
 
 
-def load_profile(tx: Tx, customer_id: str) -> dict[str, Any]:
-    """The stored profile of ``customer_id``; empty when the customer is unknown."""
-    rows = tx.execute("SELECT profile FROM profiles WHERE customer_id = ?", (customer_id,))
-    if not rows:
-        return {}
+def parse_profile(customer_id: str, text: Any) -> dict[str, Any]:
+    """A stored profile's JSON text as a dict; ``StateError`` naming the customer if it is not one."""
     try:
-        profile = json.loads(rows[0][0])
+        profile = json.loads(text)
     except (TypeError, json.JSONDecodeError) as exc:
         raise StateError(f"stored profile of customer {customer_id!r} is not valid JSON: {exc}") from exc
     if not isinstance(profile, dict):
         raise StateError(f"stored profile of customer {customer_id!r} is not a JSON object")
     return profile
+
+
+def load_profile(tx: Tx, customer_id: str) -> dict[str, Any]:
+    """The stored profile of ``customer_id``; empty when the customer is unknown."""
+    rows = tx.execute("SELECT profile FROM profiles WHERE customer_id = ?", (customer_id,))
+    return parse_profile(customer_id, rows[0][0]) if rows else {}
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join(["?"] * n)
+
+
+def stored_profiles(tx: Tx, customer_ids: Sequence[str]) -> dict[str, Any]:
+    """The stored profile texts of several customers in one query (unknown ones are absent);
+    parse each with :func:`parse_profile`, so a damaged one fails only its own customer."""
+    ids = list(dict.fromkeys(customer_ids))
+    rows = tx.execute(f"SELECT customer_id, profile FROM profiles WHERE customer_id IN ({_placeholders(len(ids))})",
+                      ids)
+    return dict(rows)
 
 
 def contact_history(tx: Tx, customer_id: str, *, since: float) -> list[tuple[str, str, str, str, float]]:
@@ -40,6 +65,22 @@ def contact_history(tx: Tx, customer_id: str, *, since: float) -> list[tuple[str
     # the columns are NOT NULL TEXT and DOUBLE PRECISION: SQLite (column affinity) and
     # PostgreSQL both return str and float already, so the rows need no conversion
     return rows
+
+
+def contact_histories(
+    tx: Tx, customer_ids: Sequence[str], *, since: float
+) -> dict[str, list[tuple[str, str, str, str, float]]]:
+    """:func:`contact_history` of several customers in one query."""
+    ids = list(dict.fromkeys(customer_ids))
+    rows = tx.execute(
+        "SELECT customer_id, offer_id, category, channel, event, ts FROM contact_history "
+        f"WHERE customer_id IN ({_placeholders(len(ids))}) AND ts >= ?",
+        [*ids, since],
+    )
+    out: dict[str, list[tuple[str, str, str, str, float]]] = {c: [] for c in ids}
+    for customer_id, *row in rows:
+        out[customer_id].append(tuple(row))  # type: ignore[arg-type]  # the five columns above
+    return out
 
 
 # JSON has no NaN/Infinity: offers arrive with non-finite numbers already replaced by null,
@@ -66,31 +107,61 @@ def record_decision(
     no NaN/Infinity; the caller records a non-finite score part as None). They become the
     event's payload as they are.
     """
-    clean = offers
-    tx.execute(
-        "INSERT INTO decisions(decision_id, customer_id, channel, bundle_name, bundle_version, created_at, offers)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (decision_id, customer_id, channel, bundle_name, bundle_version, tx.now,
-         _encode_offers(clean)),
+    record_decisions(tx, [DecisionRecord(decision_id, customer_id, channel, bundle_name, bundle_version, strategy,
+                                         offers)])
+
+
+_ROWS_PER_INSERT = 500  # well under every SQLite and PostgreSQL limit on bound parameters
+
+
+def _insert_rows(tx: Tx, head: str, row: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``rows`` as multi-row INSERTs (portable: SQLite and PostgreSQL) rather than one per row."""
+    for at in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[at:at + _ROWS_PER_INSERT]
+        tx.execute(f"{head} VALUES {', '.join([row] * len(chunk))}", [v for r in chunk for v in r])
+
+
+class DecisionRecord(NamedTuple):
+    """One decision to record (see :func:`record_decision` for ``offers``)."""
+
+    decision_id: str
+    customer_id: str
+    channel: str
+    bundle_name: str
+    bundle_version: int
+    strategy: str
+    offers: Sequence[Mapping[str, Any]]
+
+
+def record_decisions(tx: Tx, records: Sequence[DecisionRecord]) -> None:
+    """:func:`record_decision` for several decisions: two multi-row INSERTs, then the events."""
+    if not records:
+        return
+    now = tx.now
+    _insert_rows(
+        tx,
+        "INSERT INTO decisions(decision_id, customer_id, channel, bundle_name, bundle_version, created_at, offers)",
+        "(?, ?, ?, ?, ?, ?, ?)",
+        [(r.decision_id, r.customer_id, r.channel, r.bundle_name, r.bundle_version, now, _encode_offers(r.offers))
+         for r in records],
     )
-    if clean:  # one multi-row INSERT (portable: SQLite and PostgreSQL) rather than one per offer
-        params: list[Any] = []
-        for offer in clean:
-            params += [customer_id, offer["offer_id"], offer["category"], channel, tx.now, decision_id]
-        tx.execute(
-            "INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts, decision_id) VALUES "
-            + ", ".join(["(?, ?, ?, ?, 'shown', ?, ?)"] * len(clean)),
-            params,
+    _insert_rows(
+        tx,
+        "INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts, decision_id)",
+        "(?, ?, ?, ?, 'shown', ?, ?)",
+        [(r.customer_id, offer["offer_id"], offer["category"], r.channel, now, r.decision_id)
+         for r in records for offer in r.offers],
+    )
+    for r in records:
+        tx.append_event(
+            "decision",
+            {
+                "decision_id": r.decision_id,
+                "customer_id": r.customer_id,
+                "channel": r.channel,
+                "bundle_name": r.bundle_name,
+                "bundle_version": r.bundle_version,
+                "strategy": r.strategy,
+                "offers": r.offers,
+            },
         )
-    tx.append_event(
-        "decision",
-        {
-            "decision_id": decision_id,
-            "customer_id": customer_id,
-            "channel": channel,
-            "bundle_name": bundle_name,
-            "bundle_version": bundle_version,
-            "strategy": strategy,
-            "offers": clean,
-        },
-    )

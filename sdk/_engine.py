@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import _contacts, _ledger, _measures, _policy
 from ._errors import BundleError, InputError
 from ._runtime import DecisionPlan, LoadedBundle
-from ._store import StateStore
-from ._types import Decision, RankedOffer
+from ._store import StateStore, Tx
+from ._types import BundleInfo, Decision, RankedOffer
 
-__all__ = ["MAX_LIMIT", "decide", "validate_mapping"]
+__all__ = ["MAX_LIMIT", "Request", "decide", "decide_many", "new_decision_id", "validate_mapping"]
 
 CUSTOMER_ID_MAX = 128
 MAX_LIMIT = 100
@@ -129,6 +129,17 @@ def _validate(plan: DecisionPlan, customer_id: Any, channel: Any, limit: Any) ->
         raise InputError(f"limit must be an integer from 1 to {MAX_LIMIT}, not {limit!r}", field="limit")
 
 
+class Request(NamedTuple):
+    """One decision request (the arguments of :func:`decide`)."""
+
+    customer_id: str
+    channel: str
+    context: Mapping[str, Any] | None
+    profile: Mapping[str, Any] | None
+    limit: int
+    explain: bool
+
+
 def decide(
     bundle: LoadedBundle,
     store: StateStore,
@@ -141,94 +152,152 @@ def decide(
     explain: bool,
 ) -> Decision:
     """Rank ``bundle``'s offers for ``customer_id`` on ``channel`` and record the decision."""
+    (outcome,) = decide_many(bundle, store, [Request(customer_id, channel, context, profile, limit, explain)])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+class _Item(NamedTuple):
+    position: int
+    request: Request
+    context: dict[str, Any]
+    overrides: dict[str, Any]
+    decision_id: str
+
+
+def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Request]) -> list[Decision | Exception]:
+    """Decide several requests in one transaction: the decision, or the error, of each, in order.
+
+    Exactly what :func:`decide` does for each request, with the state read and written for
+    all of them at once and one model run per model (:func:`._policy.propensities_many`).
+    Requests for the same customer are decided one after the other (each sees the contacts of
+    the one before), in arrival order. A request that fails (bad input, a model error) fails
+    alone; an error of the store fails them all (nothing is written).
+    """
     plan = bundle.plan
     if plan is None:
         raise BundleError(f"bundle {bundle.info.name} v{bundle.info.version} was loaded without a decision plan")
-    _validate(plan, customer_id, channel, limit)
-    request_context = validate_mapping(context, "context")
-    overrides = validate_mapping(profile, "profile")
-    decision_id = new_decision_id()
-    info = bundle.info
+    results: list[Decision | Exception | None] = [None] * len(requests)
+    rounds: list[list[_Item]] = []  # round k: the k-th request of each customer
+    seen: dict[str, int] = {}
+    for position, request in enumerate(requests):
+        try:
+            _validate(plan, request.customer_id, request.channel, request.limit)
+            item = _Item(position, request, validate_mapping(request.context, "context"),
+                         validate_mapping(request.profile, "profile"), new_decision_id())
+        except Exception as exc:  # the caller's mistake: this request only
+            results[position] = exc
+            continue
+        k = seen.get(request.customer_id, 0)
+        seen[request.customer_id] = k + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(item)
+    if rounds:
+        with store.transaction() as tx:
+            for items in rounds:
+                _decide_round(bundle, plan, tx, items, results)
+    return [r if r is not None else BundleError("no decision was made") for r in results]
 
-    with store.transaction() as tx:
-        now = tx.now
-        customer = dict(plan.default_profile)
-        stored = _contacts.load_profile(tx, customer_id)
-        if stored.get("last_purchase_at") is not None:
-            # Stored measures are as of the last purchase; the model was trained on them as of
-            # now (recency, tenure, stages, CLV), so bring them up to this decision's time.
-            stored = _measures.refresh_measures(stored, as_of=now)
-        customer.update(stored)
-        if "points_balance" not in overrides and plan.reads_points_balance:
-            # the loyalty ledger, not the profile, is the truth for the points balance
-            customer["points_balance"] = _ledger.balance_in(tx, customer_id)
-        customer.update(overrides)
-        when = datetime.fromtimestamp(now, tz=UTC)
-        request_context.update(channel=channel, hour=when.hour, weekday=when.weekday())
-        history = (
-            _contacts.contact_history(tx, customer_id, since=now - plan.max_window_seconds)
-            if plan.policies else []
-        )
-        outcome = _policy.run_pipeline(
-            plan,
-            customer=customer,
-            context=request_context,
-            channel=channel,
-            history=history,
-            now=now,
-            limit=limit,
-            explain=explain,
-            seed=decision_id,
-        )
-        ranked: list[RankedOffer] = []
-        recorded: list[dict[str, Any]] = []  # the decision event's offers, JSON-clean
-        strategy = outcome.strategy
-        for rank, s in enumerate(outcome.shown, start=1):
-            i = s.index
-            offer = RankedOffer(
-                offer_id=plan.offer_ids[i],
-                name=plan.names[i],
-                category=plan.categories[i],
-                propensity=s.propensity,
-                value=float(plan.value[i]),
-                strategy=strategy,
-                weight=s.weight,
-                lever=float(plan.lever[i]),
-                score=s.score,
-                mandatory=bool(plan.mandatory[i]),
-                fallback=bool(plan.fallback[i]),
-                selection_probability=s.selection_probability,
-            )
-            ranked.append(offer)
-            recorded.append({
-                "offer_id": offer.offer_id,
-                "category": offer.category,
-                "rank": rank,
-                "propensity": _finite(offer.propensity),
-                "value": _finite(offer.value),
-                "weight": _finite(offer.weight),
-                "lever": _finite(offer.lever),
-                "score": _finite(offer.score),
-                "selection_probability": _finite(offer.selection_probability),
-            })
-        _contacts.record_decision(
-            tx,
-            decision_id=decision_id,
-            customer_id=customer_id,
-            channel=channel,
-            bundle_name=info.name,
-            bundle_version=info.version,
+
+def _decide_round(
+    bundle: LoadedBundle, plan: DecisionPlan, tx: Tx, items: Sequence[_Item], results: list[Decision | Exception | None]
+) -> None:
+    """Decide ``items`` (one per customer) in ``tx``; each result goes to its position."""
+    now = tx.now
+    ids = [item.request.customer_id for item in items]
+    texts = _contacts.stored_profiles(tx, ids)
+    histories = _contacts.contact_histories(tx, ids, since=now - plan.max_window_seconds) if plan.policies else {}
+    when = datetime.fromtimestamp(now, tz=UTC)
+    ready: list[tuple[_Item, dict[str, Any], dict[str, Any], _policy.Selection]] = []
+    for item in items:
+        request = item.request
+        try:
+            customer = dict(plan.default_profile)
+            text = texts.get(request.customer_id)
+            stored = {} if text is None else _contacts.parse_profile(request.customer_id, text)
+            if stored.get("last_purchase_at") is not None:
+                # Stored measures are as of the last purchase; the model was trained on them as of
+                # now (recency, tenure, stages, CLV), so bring them up to this decision's time.
+                stored = _measures.refresh_measures(stored, as_of=now)
+            customer.update(stored)
+            if "points_balance" not in item.overrides and plan.reads_points_balance:
+                # the loyalty ledger, not the profile, is the truth for the points balance
+                customer["points_balance"] = _ledger.balance_in(tx, request.customer_id)
+            customer.update(item.overrides)
+            context = item.context
+            context.update(channel=request.channel, hour=when.hour, weekday=when.weekday())
+            selection = _policy.select(plan, customer=customer, context=context, channel=request.channel,
+                                       history=histories.get(request.customer_id, ()), now=now,
+                                       explain=request.explain)
+        except Exception as exc:
+            results[item.position] = exc
+            continue
+        ready.append((item, customer, context, selection))
+    scored = _policy.propensities_many(plan, [(sel.pool, customer, context) for _, customer, context, sel in ready])
+    records: list[_contacts.DecisionRecord] = []
+    for (item, _, _, selection), prop in zip(ready, scored, strict=True):
+        try:
+            if isinstance(prop, Exception):
+                raise prop
+            outcome = _policy.rank(plan, selection, prop, limit=item.request.limit, seed=item.decision_id)
+            decision, record = _assemble(bundle.info, plan, item, outcome, now)
+        except Exception as exc:
+            results[item.position] = exc
+            continue
+        records.append(record)
+        results[item.position] = decision
+    _contacts.record_decisions(tx, records)
+
+
+def _assemble(
+    info: BundleInfo, plan: DecisionPlan, item: _Item, outcome: _policy.Outcome, now: float
+) -> tuple[Decision, _contacts.DecisionRecord]:
+    """The caller's :class:`Decision` and what is recorded of it (JSON-clean offers)."""
+    request = item.request
+    ranked: list[RankedOffer] = []
+    recorded: list[dict[str, Any]] = []  # the decision event's offers, JSON-clean
+    strategy = outcome.strategy
+    for rank, s in enumerate(outcome.shown, start=1):
+        i = s.index
+        offer = RankedOffer(
+            offer_id=plan.offer_ids[i],
+            name=plan.names[i],
+            category=plan.categories[i],
+            propensity=s.propensity,
+            value=float(plan.value[i]),
             strategy=strategy,
-            offers=recorded,
+            weight=s.weight,
+            lever=float(plan.lever[i]),
+            score=s.score,
+            mandatory=bool(plan.mandatory[i]),
+            fallback=bool(plan.fallback[i]),
+            selection_probability=s.selection_probability,
         )
-    return Decision(
-        decision_id=decision_id,
-        customer_id=customer_id,
-        channel=channel,
+        ranked.append(offer)
+        recorded.append({
+            "offer_id": offer.offer_id,
+            "category": offer.category,
+            "rank": rank,
+            "propensity": _finite(offer.propensity),
+            "value": _finite(offer.value),
+            "weight": _finite(offer.weight),
+            "lever": _finite(offer.lever),
+            "score": _finite(offer.score),
+            "selection_probability": _finite(offer.selection_probability),
+        })
+    decision = Decision(
+        decision_id=item.decision_id,
+        customer_id=request.customer_id,
+        channel=request.channel,
         bundle_name=info.name,
         bundle_version=info.version,
         offers=ranked,
-        excluded=list(outcome.excluded) if explain else [],
-        strategy=outcome.strategy,
+        excluded=list(outcome.excluded) if request.explain else [],
+        strategy=strategy,
         created_at=now,
     )
+    record = _contacts.DecisionRecord(item.decision_id, request.customer_id, request.channel, info.name,
+                                      info.version, strategy, recorded)
+    return decision, record

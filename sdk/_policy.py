@@ -38,7 +38,10 @@ __all__ = [
     "model_feeds",
     "policy_blocked",
     "rank_probability",
+    "propensities_many",
+    "rank",
     "run_pipeline",
+    "select",
 ]
 
 HistoryRow = tuple[str, str, str, str, float]
@@ -340,6 +343,57 @@ def _score(model: ModelPlan, rows: np.ndarray, customer: Mapping[str, Any], cont
     return clamp_probabilities(np.asarray(probs)[:, -1])
 
 
+def propensities_many(
+    plan: DecisionPlan, items: Sequence[tuple[np.ndarray, Mapping[str, Any], Mapping[str, Any]]]
+) -> list[np.ndarray | ModelError]:
+    """:func:`propensities` of several decisions, ``(rows, customer, context)`` each, with one
+    model run per model for all of them (the fixed cost of a run is most of a small one).
+
+    Each row is scored from its own inputs exactly as alone. If a shared run fails, every
+    decision is scored on its own, so a failure is reported only for the decision it belongs to.
+    """
+    if len(items) == 1 or not plan.models:
+        return [_alone(plan, rows, customer, context) for rows, customer, context in items]
+    out = [np.ones(len(rows), dtype=np.float64) for rows, _, _ in items]
+    groups: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # model → (item, where, rows)
+    for n, (rows, _, _) in enumerate(items):
+        if len(rows) == 0:
+            continue
+        which = plan.model_index[rows]
+        for k in (plan.sole_model,) if plan.sole_model >= 0 else np.unique(which).tolist():
+            if k < 0:
+                continue
+            where = which == k
+            if where.any():
+                groups.setdefault(int(k), []).append((n, where, rows[where]))
+    try:
+        for k, members in groups.items():
+            model = plan.models[k]
+            parts = [model_feeds(model, picked, items[n][1], items[n][2]) for n, _, picked in members]
+            feeds = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+            try:
+                probs = model.session.run([model.output_name], feeds)[0]
+            except Exception as exc:  # onnxruntime's exception types must not reach callers
+                raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
+            col = np.asarray(probs)[:, -1]
+            at = 0
+            for n, where, picked in members:
+                out[n][where] = clamp_probabilities(col[at:at + len(picked)])
+                at += len(picked)
+    except ModelError:
+        return [_alone(plan, rows, customer, context) for rows, customer, context in items]
+    return list(out)
+
+
+def _alone(
+    plan: DecisionPlan, rows: np.ndarray, customer: Mapping[str, Any], context: Mapping[str, Any]
+) -> np.ndarray | ModelError:
+    try:
+        return propensities(plan, rows, customer, context)
+    except ModelError as exc:
+        return exc
+
+
 _FEW_ROWS = 32
 
 
@@ -409,7 +463,18 @@ def _ordered(plan: DecisionPlan, rows: np.ndarray, scores: np.ndarray) -> np.nda
 # -- the whole pipeline -------------------------------------------------------------------------
 
 
-def run_pipeline(
+@dataclass(slots=True)
+class Selection:
+    """What stages 1–4 leave for scoring: the offers still in play and the strategy."""
+
+    pool: np.ndarray
+    """Offer indices to score: the surviving non-fallback offers, or the fallback ones when none is left."""
+    strategy: str
+    weights_by_category: np.ndarray | None
+    excluded: list[tuple[int, int, int, Exclusion]]
+
+
+def select(
     plan: DecisionPlan,
     *,
     customer: Mapping[str, Any],
@@ -417,11 +482,9 @@ def run_pipeline(
     channel: str,
     history: Sequence[HistoryRow],
     now: float,
-    limit: int,
     explain: bool,
-    seed: str,
-) -> Outcome:
-    """Decide: every stage of DESIGN §2 in order. Pure given its arguments (``seed`` drives ε)."""
+) -> Selection:
+    """Stages 1–4 of DESIGN §2: candidates, rules, contact policies, strategy."""
     excluded: list[tuple[int, int, int, Exclusion]] = []
     start = candidate_set(plan, channel, now)
     alive = start.mask
@@ -444,16 +507,20 @@ def run_pipeline(
         alive = _apply_policies(plan, alive, history, now, channel, explain, excluded)
 
     strategy = choose_strategy(plan, cel_ctx)
-    weights_by_category = plan.strategy_weights.get(strategy)
-
     rows = np.flatnonzero(alive)
     normal = rows[~plan.fallback[rows]]
     pool = normal if len(normal) else rows  # fallback offers only when nothing else is left
-    prop = propensities(plan, pool, customer, context)
-    if weights_by_category is None:
+    return Selection(pool=pool, strategy=strategy, weights_by_category=plan.strategy_weights.get(strategy),
+                     excluded=excluded)
+
+
+def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: int, seed: str) -> Outcome:
+    """Stage 5: score (propensity × value × weight × lever), order, explore, cut to ``limit``."""
+    pool = selection.pool
+    if selection.weights_by_category is None:
         weight = np.ones(len(pool), dtype=np.float64)
     else:
-        weight = weights_by_category[plan.category_index[pool]]
+        weight = selection.weights_by_category[plan.category_index[pool]]
     scores = prop * plan.value[pool] * weight * plan.lever[pool]
     order = _ordered(plan, pool, scores)
 
@@ -466,11 +533,11 @@ def run_pipeline(
         tail = np.concatenate(([tail[promoted]], tail[:promoted], tail[promoted + 1:]))
 
     shown: list[Shown] = []
-    for rank, pos in enumerate(np.concatenate((head, tail))[:limit], start=1):
-        if rank <= mandatory_count:
+    for rank_, pos in enumerate(np.concatenate((head, tail))[:limit], start=1):
+        if rank_ <= mandatory_count:
             probability = 1.0
         else:
-            r = rank - mandatory_count
+            r = rank_ - mandatory_count
             if promoted is None:
                 i = r
             elif r == 1:
@@ -488,10 +555,30 @@ def run_pipeline(
             selection_probability=probability,
         ))
 
+    excluded = selection.excluded
     excluded.sort(key=lambda e: (e[0], e[1], e[2]))
     return Outcome(
         shown=tuple(shown),
-        strategy=strategy,
+        strategy=selection.strategy,
         excluded=tuple(e[3] for e in excluded),
         explored=promoted is not None,
     )
+
+
+def run_pipeline(
+    plan: DecisionPlan,
+    *,
+    customer: Mapping[str, Any],
+    context: Mapping[str, Any],
+    channel: str,
+    history: Sequence[HistoryRow],
+    now: float,
+    limit: int,
+    explain: bool,
+    seed: str,
+) -> Outcome:
+    """Decide: every stage of DESIGN §2 in order. Pure given its arguments (``seed`` drives ε)."""
+    selection = select(plan, customer=customer, context=context, channel=channel, history=history, now=now,
+                       explain=explain)
+    prop = propensities(plan, selection.pool, customer, context)
+    return rank(plan, selection, prop, limit=limit, seed=seed)

@@ -17,7 +17,6 @@ from gateway_helpers import bundle_kit, policy_catalog
 from nbo.gateway._decide_batch import DecideArgs, DecideBatcher, Expired, decide_batch
 from nbo.gateway._engine_host import EngineHost
 from nbo.gateway._hub_state import APP_SOURCE, HubStateStore
-from nbo.sdk import _engine
 from nbo.sdk._errors import InputError, StateError
 from nbo.sdk._runtime import LoadedBundle
 from sync_helpers import hub_backend
@@ -123,34 +122,6 @@ def test_requests_queued_together_are_decided_in_one_transaction(env):
     assert {c for (c,) in _rows(state, "SELECT customer_id FROM decisions")} == {"gate", "C-1", "C-3"}
     seqs = [s for (s,) in _rows(state, "SELECT seq FROM hub_events WHERE device_id = ? ORDER BY seq", (APP_SOURCE,))]
     assert seqs == [1, 2, 3]
-
-
-def test_a_savepoint_undoes_one_decision_writes_and_event_alone(env):
-    state, bundle, _, _ = env
-    with pytest.raises(RuntimeError), state.decision_batch(["C-1", "C-2"]) as tx:
-        kept = _engine.decide(bundle, state, customer_id="C-1", channel="pos", context=None, profile=None,
-                              limit=3, explain=False)
-        with pytest.raises(RuntimeError, match="boom"), tx.savepoint():
-            _engine.decide(bundle, state, customer_id="C-2", channel="pos", context=None, profile=None,
-                           limit=3, explain=False)
-            raise RuntimeError("boom")
-        after = _engine.decide(bundle, state, customer_id="C-3", channel="pos", context=None, profile=None,
-                               limit=3, explain=False)
-        assert [e.seq for e in tx.events] == [1, 2]  # the undone decision's event is gone ...
-        raise RuntimeError("and the whole batch rolls back")
-    assert _rows(state, "SELECT COUNT(*) FROM decisions") == [(0,)]
-    with state.decision_batch(["C-1", "C-2"]) as tx:
-        _engine.decide(bundle, state, customer_id="C-1", channel="pos", context=None, profile=None, limit=3,
-                       explain=False)
-        with pytest.raises(RuntimeError), tx.savepoint():
-            _engine.decide(bundle, state, customer_id="C-2", channel="pos", context=None, profile=None,
-                           limit=3, explain=False)
-            raise RuntimeError("boom")
-    assert {c for (c,) in _rows(state, "SELECT customer_id FROM decisions")} == {"C-1"}
-    assert _rows(state, "SELECT COUNT(*) FROM contact_history WHERE customer_id = ?", ("C-2",)) == [(0,)]
-    assert _rows(state, "SELECT seq FROM hub_events") == [(1,)]  # ... and so is its seq
-    assert _rows(state, "SELECT acked_through FROM hub_devices WHERE device_id = ?", (APP_SOURCE,)) == [(1,)]
-    assert kept.offers and after.offers
 
 
 def test_decisions_for_one_customer_in_one_batch_respect_the_contact_policy(env):

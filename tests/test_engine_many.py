@@ -1,0 +1,110 @@
+"""``decide_many``: several requests in one transaction answer exactly as ``decide`` one by one.
+
+Real bundles (two exported gradient-boosting models), real SQLite state stores. The gateway
+decides every batch of app requests with it (gateway/_decide_batch.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from engine_fixtures import load_spec_bundle, synthetic_profile, synthetic_spec, train_model
+from nbo.sdk import ManualClock, _engine, _policy
+from nbo.sdk._errors import InputError
+from nbo.sdk._runtime import LoadedBundle
+from nbo.sdk._store import SQLiteStateStore
+
+NOW = 1_767_225_600.0  # 2026-01-01, a Thursday, 00:00 UTC; the clock is moved to 10:00 below
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> LoadedBundle:
+    spec = synthetic_spec(40, n_models=2)
+    spec["contact_policies"][0]["max_count"] = 2  # "at most 2 shows of an offer a week": bites in a batch
+    return load_spec_bundle(tmp_path_factory.mktemp("many") / "b", spec,
+                            models={"gbt0": train_model(10, seed=1)[0], "gbt1": train_model(8, seed=2)[0]})
+
+
+def _store(path: Path) -> SQLiteStateStore:
+    return SQLiteStateStore(path, device_id="pos-1", clock=ManualClock(NOW + 10 * 3600))
+
+
+def _requests() -> list[_engine.Request]:
+    out = []
+    # C1 three times and C3 twice: later ones must see the contacts of the earlier ones
+    for n, i in enumerate([0, 1, 2, 1, 3, 4, 1, 3, 5, 6]):
+        out.append(_engine.Request(f"C{i}", ["pos", "app"][n % 2], {"basket": n}, synthetic_profile(i), 3 + n % 4,
+                                   n % 3 == 0))
+    return out
+
+
+def _summary(decision: Any) -> tuple[Any, ...]:
+    return (decision.customer_id, decision.channel, decision.strategy,
+            [(o.offer_id, o.fallback, o.mandatory, round(o.propensity, 6), round(o.score, 6)) for o in decision.offers],
+            [(e.offer_id, e.rule_id) for e in decision.excluded])
+
+
+def _contacts(store: SQLiteStateStore) -> list[tuple[Any, ...]]:
+    with store.transaction() as tx:
+        return sorted(tx.execute("SELECT customer_id, offer_id, channel, event FROM contact_history"))
+
+
+def test_many_answers_and_records_exactly_as_one_by_one(bundle: LoadedBundle, tmp_path: Path) -> None:
+    one, many = _store(tmp_path / "one.sqlite"), _store(tmp_path / "many.sqlite")
+    try:
+        singles = [_engine.decide(bundle, one, customer_id=r.customer_id, channel=r.channel, context=r.context,
+                                  profile=r.profile, limit=r.limit, explain=r.explain) for r in _requests()]
+        batch = _engine.decide_many(bundle, many, _requests())
+        assert all(not isinstance(d, Exception) for d in batch)
+        assert [_summary(d) for d in batch] == [_summary(d) for d in singles]
+        assert _contacts(many) == _contacts(one)
+        # the repeated customers really were limited by the policy inside the batch
+        shows: dict[str, int] = {}
+        for d in batch:
+            if d.customer_id == "C1":  # type: ignore[union-attr]
+                for o in d.offers:  # type: ignore[union-attr]
+                    shows[o.offer_id] = shows.get(o.offer_id, 0) + 1
+        assert shows and max(shows.values()) <= 2
+        with many.transaction() as tx:
+            events = tx.execute("SELECT type FROM outbox ORDER BY seq")
+        assert [t for (t,) in events] == ["decision"] * len(batch)
+    finally:
+        one.close()
+        many.close()
+
+
+def test_a_bad_request_fails_alone(bundle: LoadedBundle, tmp_path: Path) -> None:
+    store = _store(tmp_path / "s.sqlite")
+    try:
+        good = _requests()[:3]
+        bad = [
+            _engine.Request("C9", "fax", None, None, 3, False),
+            _engine.Request("C9", "pos", None, {"frequency": "often"}, 3, False),
+            _engine.Request("C9", "pos", None, None, 0, False),
+        ]
+        results = _engine.decide_many(bundle, store, [bad[0], good[0], bad[1], good[1], bad[2], good[2]])
+        fields = [r.field for r in results[0::2] if isinstance(r, InputError)]
+        assert fields == ["channel", "profile.frequency", "limit"]
+        assert [r.customer_id for r in results[1::2]] == ["C0", "C1", "C2"]  # type: ignore[union-attr]
+        with store.transaction() as tx:
+            assert sorted(c for (c,) in tx.execute("SELECT customer_id FROM decisions")) == ["C0", "C1", "C2"]
+    finally:
+        store.close()
+
+
+def test_one_model_run_scores_every_row_as_alone(bundle: LoadedBundle) -> None:
+    plan = bundle.plan
+    assert plan is not None
+    rng = np.random.default_rng(7)
+    items = []
+    for i in range(6):
+        rows = np.sort(rng.choice(len(plan.offer_ids), size=int(rng.integers(0, 12)), replace=False))
+        customer = {**plan.default_profile, **synthetic_profile(i)}
+        items.append((rows, customer, {"channel": "pos", "hour": 9 + i, "weekday": 3}))
+    together = _policy.propensities_many(plan, items)
+    for (rows, customer, context), got in zip(items, together, strict=True):
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_allclose(got, _policy.propensities(plan, rows, customer, context), rtol=0, atol=1e-7)
