@@ -42,7 +42,7 @@ from typing import Any
 from nbo.sdk import _ledger, _payments, _records
 from nbo.sdk._clock import Clock, SystemClock
 from nbo.sdk._errors import StateError
-from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event, _WalCheckpointer
+from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event, _WalCheckpointer, insert_rows
 
 from ._config import RESERVED_DEVICE_ID
 from ._db import Database, DbTx, SQLiteDatabase
@@ -150,37 +150,49 @@ class HubTx:
         return self._db_tx.execute(sql, params)
 
     def append_event(self, type: str, payload: Mapping[str, Any]) -> Event:
+        return self.append_events(type, [payload])[0]
+
+    def append_events(self, type: str, payloads: Sequence[Mapping[str, Any]]) -> list[Event]:
         if type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type!r}")
-        try:
-            validate_payload(type, payload)
-            text = _encode(payload)
-        except (TypeError, ValueError) as exc:
-            # The SDK builds these payloads: a bad one is a bug, never the caller's input.
-            raise StateError(f"refusing to log an invalid {type} event: {exc}") from exc
+        if not payloads:
+            return []
+        texts = []
+        for payload in payloads:
+            try:
+                validate_payload(type, payload)
+                texts.append(_encode(payload))
+            except (TypeError, ValueError) as exc:
+                # The SDK builds these payloads: a bad one is a bug, never the caller's input.
+                raise StateError(f"refusing to log an invalid {type} event: {exc}") from exc
         source = self._store.source_id
         rows = self._db_tx.execute(
-            "UPDATE hub_devices SET acked_through = acked_through + 1, updated_at = ? WHERE device_id = ? "
+            "UPDATE hub_devices SET acked_through = acked_through + ?, updated_at = ? WHERE device_id = ? "
             "RETURNING acked_through",
-            (self.now, source),
+            (len(payloads), self.now, source),
         )
         if not rows:
             raise StateError(f"hub event source {source!r} is not registered")
-        seq = int(rows[0][0])
-        event = Event(
-            event_id=str(uuid.uuid4()), device_id=source, seq=seq, type=type, created_at=self.now, payload=payload
-        )
-        self._db_tx.execute(
-            "INSERT INTO hub_events(device_id, seq, event_id, type, created_at, payload, status, reason, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, 'ok', NULL, ?)",
-            (source, seq, event.event_id, type, self.now, text, self.now),
+        first = int(rows[0][0]) - len(payloads) + 1
+        events = [
+            Event(event_id=str(uuid.uuid4()), device_id=source, seq=first + n, type=type, created_at=self.now,
+                  payload=payload)
+            for n, payload in enumerate(payloads)
+        ]
+        insert_rows(
+            self._db_tx.execute,
+            "INSERT INTO hub_events(device_id, seq, event_id, type, created_at, payload, status, reason, received_at)",
+            "(?, ?, ?, ?, ?, ?, 'ok', NULL, ?)",
+            [(source, e.seq, e.event_id, type, self.now, text, self.now) for e, text in zip(events, texts, strict=True)],
         )
         if type == "points":
-            incoming = IncomingEvent(seq=seq, event_id=event.event_id, type=type, created_at=self.now, payload=text)
             # The hub's own apply step: one ledger, whichever way the points arrived.
-            self._store.hub._apply_points(self._db_tx, source, [(incoming, payload)], self.now)
-        self.events.append(event)
-        return event
+            self._store.hub._apply_points(self._db_tx, source, [
+                (IncomingEvent(seq=e.seq, event_id=e.event_id, type=type, created_at=self.now, payload=text), e.payload)
+                for e, text in zip(events, texts, strict=True)
+            ], self.now)
+        self.events.extend(events)
+        return events
 
 
 class HubStateStore:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ._errors import StateError
-from ._store import Tx
+from ._store import Tx, insert_rows
 
 __all__ = [
     "DecisionRecord",
@@ -111,16 +111,6 @@ def record_decision(
                                          offers)])
 
 
-_ROWS_PER_INSERT = 500  # well under every SQLite and PostgreSQL limit on bound parameters
-
-
-def _insert_rows(tx: Tx, head: str, row: str, rows: Sequence[Sequence[Any]]) -> None:
-    """``rows`` as multi-row INSERTs (portable: SQLite and PostgreSQL) rather than one per row."""
-    for at in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[at:at + _ROWS_PER_INSERT]
-        tx.execute(f"{head} VALUES {', '.join([row] * len(chunk))}", [v for r in chunk for v in r])
-
-
 class DecisionRecord(NamedTuple):
     """One decision to record (see :func:`record_decision` for ``offers``)."""
 
@@ -134,34 +124,33 @@ class DecisionRecord(NamedTuple):
 
 
 def record_decisions(tx: Tx, records: Sequence[DecisionRecord]) -> None:
-    """:func:`record_decision` for several decisions: two multi-row INSERTs, then the events."""
+    """:func:`record_decision` for several decisions: multi-row INSERTs, then the events."""
     if not records:
         return
     now = tx.now
-    _insert_rows(
-        tx,
+    insert_rows(
+        tx.execute,
         "INSERT INTO decisions(decision_id, customer_id, channel, bundle_name, bundle_version, created_at, offers)",
         "(?, ?, ?, ?, ?, ?, ?)",
         [(r.decision_id, r.customer_id, r.channel, r.bundle_name, r.bundle_version, now, _encode_offers(r.offers))
          for r in records],
     )
-    _insert_rows(
-        tx,
+    insert_rows(
+        tx.execute,
         "INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts, decision_id)",
         "(?, ?, ?, ?, 'shown', ?, ?)",
         [(r.customer_id, offer["offer_id"], offer["category"], r.channel, now, r.decision_id)
          for r in records for offer in r.offers],
     )
-    for r in records:
-        tx.append_event(
-            "decision",
-            {
-                "decision_id": r.decision_id,
-                "customer_id": r.customer_id,
-                "channel": r.channel,
-                "bundle_name": r.bundle_name,
-                "bundle_version": r.bundle_version,
-                "strategy": r.strategy,
-                "offers": r.offers,
-            },
-        )
+    tx.append_events("decision", [
+        {
+            "decision_id": r.decision_id,
+            "customer_id": r.customer_id,
+            "channel": r.channel,
+            "bundle_name": r.bundle_name,
+            "bundle_version": r.bundle_version,
+            "strategy": r.strategy,
+            "offers": r.offers,
+        }
+        for r in records
+    ])

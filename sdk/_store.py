@@ -105,6 +105,10 @@ class Tx(Protocol):
         """Record the event describing this transaction's change (outbox or hub log)."""
         ...
 
+    def append_events(self, type: str, payloads: Sequence[Mapping[str, Any]]) -> list[Event]:
+        """:meth:`append_event` for several events of one type, in order (consecutive seqs)."""
+        ...
+
 
 class StateStore(Protocol):
     """Where profiles, contact history, decisions, ledger and events live."""
@@ -134,24 +138,44 @@ class _SQLiteTx:
         return self._conn.execute(sql, params).fetchall()
 
     def append_event(self, type: str, payload: Mapping[str, Any]) -> Event:
+        return self.append_events(type, [payload])[0]
+
+    def append_events(self, type: str, payloads: Sequence[Mapping[str, Any]]) -> list[Event]:
         if type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type!r}")
-        (seq,) = self._conn.execute(
-            "UPDATE counters SET value = value + 1 WHERE name = 'outbox_seq' RETURNING value"
+        if not payloads:
+            return []
+        (last,) = self._conn.execute(
+            "UPDATE counters SET value = value + ? WHERE name = 'outbox_seq' RETURNING value", (len(payloads),)
         ).fetchone()
-        event = Event(
-            event_id=str(uuid.uuid4()),
-            device_id=self._store.device_id,
-            seq=int(seq),
-            type=type,
-            created_at=self.now,
-            payload=payload,
+        first = int(last) - len(payloads) + 1
+        events = [
+            Event(event_id=str(uuid.uuid4()), device_id=self._store.device_id, seq=first + n, type=type,
+                  created_at=self.now, payload=payload)
+            for n, payload in enumerate(payloads)
+        ]
+        insert_rows(
+            self.execute,
+            "INSERT INTO outbox(seq, event_id, type, created_at, payload)",
+            "(?, ?, ?, ?, ?)",
+            [(e.seq, e.event_id, type, self.now, json.dumps(e.payload, separators=(",", ":"))) for e in events],
         )
-        self._conn.execute(
-            "INSERT INTO outbox(seq, event_id, type, created_at, payload) VALUES (?, ?, ?, ?, ?)",
-            (event.seq, event.event_id, type, self.now, json.dumps(payload, separators=(",", ":"))),
-        )
-        return event
+        return events
+
+
+ROWS_PER_INSERT = 500
+"""Rows per multi-row INSERT: well under every SQLite and PostgreSQL limit on bound parameters."""
+
+
+def insert_rows(execute: Any, head: str, row: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``rows`` as multi-row INSERTs (portable: SQLite and PostgreSQL) rather than one per row.
+
+    ``execute(sql, params)`` runs a statement (a :class:`Tx`'s); ``head`` is the ``INSERT INTO
+    t(columns)`` part, ``row`` one row's placeholders, e.g. ``"(?, ?, 'shown')"``.
+    """
+    for at in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[at:at + ROWS_PER_INSERT]
+        execute(f"{head} VALUES {', '.join([row] * len(chunk))}", [v for r in chunk for v in r])
 
 
 def damaged_hint(exc: sqlite3.DatabaseError) -> str:

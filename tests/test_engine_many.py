@@ -6,6 +6,7 @@ decides every batch of app requests with it (gateway/_decide_batch.py).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,10 @@ def test_many_answers_and_records_exactly_as_one_by_one(bundle: LoadedBundle, tm
                     shows[o.offer_id] = shows.get(o.offer_id, 0) + 1
         assert shows and max(shows.values()) <= 2
         with many.transaction() as tx:
-            events = tx.execute("SELECT type FROM outbox ORDER BY seq")
-        assert [t for (t,) in events] == ["decision"] * len(batch)
+            events = tx.execute("SELECT seq, type, payload FROM outbox ORDER BY seq")
+        # one event per decision, gapless seqs, in request order
+        assert [(seq, t) for seq, t, _ in events] == [(n, "decision") for n in range(1, len(batch) + 1)]
+        assert [json.loads(p)["decision_id"] for _, _, p in events] == [d.decision_id for d in batch]  # type: ignore[union-attr]
     finally:
         one.close()
         many.close()
