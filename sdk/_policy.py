@@ -369,8 +369,7 @@ def propensities_many(
     try:
         for k, members in groups.items():
             model = plan.models[k]
-            parts = [model_feeds(model, picked, items[n][1], items[n][2]) for n, _, picked in members]
-            feeds = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+            feeds = _batch_feeds(model, [(picked, items[n][1], items[n][2]) for n, _, picked in members])
             try:
                 probs = model.session.run([model.output_name], feeds)[0]
             except Exception as exc:  # onnxruntime's exception types must not reach callers
@@ -383,6 +382,29 @@ def propensities_many(
     except ModelError:
         return [_alone(plan, rows, customer, context) for rows, customer, context in items]
     return list(out)
+
+
+def _batch_feeds(
+    model: ModelPlan, parts: Sequence[tuple[np.ndarray, Mapping[str, Any], Mapping[str, Any]]]
+) -> dict[str, np.ndarray]:
+    """:func:`model_feeds` of several (rows, customer, context) stacked: the same values, built
+    with a few numpy calls for the whole batch instead of a few per decision."""
+    rows = np.concatenate([picked for picked, _, _ in parts])
+    counts = [len(picked) for picked, _, _ in parts]
+    feeds: dict[str, np.ndarray] = {}
+    for inp in model.inputs:
+        if inp.source == "offer":
+            feeds[inp.name] = model.offer_columns[inp.name][rows]
+            continue
+        values = [(customer if inp.source == "customer" else context).get(inp.field) for _, customer, context in parts]
+        if inp.dtype == "string":
+            column = np.array([to_string(v) for v in values], dtype=object)
+        elif inp.dtype == "int64":
+            column = np.array([to_int(v) for v in values], dtype=np.int64)
+        else:
+            column = np.array([to_float(v) for v in values], dtype=np.float32 if inp.dtype == "float" else np.float64)
+        feeds[inp.name] = np.repeat(column, counts).reshape(-1, 1)
+    return feeds
 
 
 def _alone(
