@@ -82,8 +82,10 @@ class GatewayServer:
         self.hub = hub
         self.health = health_servicer
         self._closers = closers
-        # Set by create_server: the gateway's engine, its metrics and the /metrics port.
+        # Set by create_server: the gateway's engine, its decider (the decision worker process
+        # or the in-process batcher), its metrics and the /metrics port.
         self.engine: EngineHost | None = None
+        self.decider: Decider | None = None
         self.metrics: GatewayMetrics | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
@@ -273,6 +275,7 @@ def create_server(
         raise
     gateway = GatewayServer(server, port=port, hub=hub, health_servicer=health_servicer, closers=tuple(closers))
     gateway.engine, gateway.metrics, gateway.metrics_port = engine, metrics, metrics_port
+    gateway.decider = decider
     return gateway, port
 
 

@@ -147,10 +147,9 @@ def _waiting(worker: DecisionProcess) -> int:
 
 
 def _decider_of(server: GatewayServer) -> DecisionProcess:
-    """The gateway's worker handle. GatewayServer does not expose its decider; its closers hold it."""
-    found = [c.__self__ for c in server._closers if isinstance(getattr(c, "__self__", None), DecisionProcess)]
-    assert len(found) == 1, found
-    return found[0]
+    """The gateway's worker handle."""
+    assert isinstance(server.decider, DecisionProcess), server.decider
+    return server.decider
 
 
 # -- bundles and hubs ---------------------------------------------------------------------------
