@@ -67,6 +67,10 @@ except ImportError:  # pragma: no cover - the gateway extra installs it
 APP_SOURCE = RESERVED_DEVICE_ID
 """The ``device_id`` under which the gateway's own (app-channel) events enter the event log."""
 
+_MMAP_BYTES = 256 * 1024 * 1024
+_CACHE_KIB = 64 * 1024
+
+
 class _RelaxedSQLite:
     """A second connection to the SQLite hub file with ``synchronous=NORMAL``.
 
@@ -85,6 +89,11 @@ class _RelaxedSQLite:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             # No checkpoint inside a Decide's commit: a background thread does them (as on devices).
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            # Decisions read profiles and contact histories all over the file: read it through a
+            # memory map and a larger page cache rather than a system call per page (measured in
+            # bench/RESULTS.md: ~50–80 µs of CPU less per Decide). Virtual address space, not RSS.
+            self._conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+            self._conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         except sqlite3.Error as exc:
             raise StateError(f"cannot open hub database {path}: {exc}") from exc
         self._checkpointer = _WalCheckpointer(Path(path))
