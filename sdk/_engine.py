@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from math import isfinite
 from typing import Any, NamedTuple
 
 from . import _contacts, _ledger, _measures, _policy
@@ -109,11 +110,6 @@ def new_decision_id() -> str:
     """``str(uuid.uuid4())``, without building a ``UUID`` object (half the cost, per decision)."""
     h = "%032x" % (int.from_bytes(os.urandom(16)) & ~_UUID4_CLEAR | _UUID4_SET)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _finite(value: float) -> float | None:
-    # JSON has no NaN/Infinity; a score part that is not finite is recorded as null
-    return value if math.isfinite(value) else None
 
 
 def _validate(plan: DecisionPlan, customer_id: Any, channel: Any, limit: Any) -> None:
@@ -280,12 +276,14 @@ def _assemble(
             "offer_id": offer.offer_id,
             "category": offer.category,
             "rank": rank,
-            "propensity": _finite(offer.propensity),
-            "value": _finite(offer.value),
-            "weight": _finite(offer.weight),
-            "lever": _finite(offer.lever),
-            "score": _finite(offer.score),
-            "selection_probability": _finite(offer.selection_probability),
+            # JSON has no NaN/Infinity: a score part that is not finite is recorded as null
+            "propensity": offer.propensity if isfinite(offer.propensity) else None,
+            "value": offer.value if isfinite(offer.value) else None,
+            "weight": offer.weight if isfinite(offer.weight) else None,
+            "lever": offer.lever if isfinite(offer.lever) else None,
+            "score": offer.score if isfinite(offer.score) else None,
+            "selection_probability": (offer.selection_probability if isfinite(offer.selection_probability)
+                                      else None),
         })
     decision = Decision(
         decision_id=item.decision_id,

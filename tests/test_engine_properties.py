@@ -12,12 +12,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from engine_fixtures import CATEGORIES, load_spec_bundle, synthetic_profile, synthetic_spec, train_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nbo.sdk import InputError, ManualClock, _engine, _ledger
-from nbo.sdk._policy import Outcome, run_pipeline
+from nbo.sdk._policy import Outcome, Selection, _ordered, rank, run_pipeline
 from nbo.sdk._runtime import DecisionPlan, LoadedBundle
 from nbo.sdk._store import SQLiteStateStore
 
@@ -233,3 +234,21 @@ def test_fuzzed_decide_either_answers_or_raises_input_error(
     finally:
         store.close()
 
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_small_pool_ranking_matches_the_numpy_order(model_bundle: LoadedBundle, data: st.DataObject) -> None:
+    """``rank`` sorts a few offers in Python: the order must be ``_ordered``'s (ties included)."""
+    plan = model_bundle.plan
+    assert plan is not None
+    n = data.draw(st.integers(1, 32))
+    pool = np.array(sorted(data.draw(st.sets(st.integers(0, len(plan.offer_ids) - 1), min_size=n, max_size=n))))
+    # few distinct values, so equal scores (ties) are common
+    prop = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0]), min_size=len(pool),
+                                       max_size=len(pool))), dtype=np.float64)
+    outcome = rank(plan, Selection(pool=pool, strategy="", weights_by_category=None, excluded=[]), prop,
+                   limit=len(pool), seed="s")
+    scores = prop * plan.value[pool] * plan.lever[pool]
+    expected = [int(pool[i]) for i in _ordered(plan, pool, scores)]
+    assert [s.index for s in outcome.shown] == expected
