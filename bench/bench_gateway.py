@@ -112,6 +112,8 @@ def run_clients(threads: int, seconds: float, make_call: Callable[[int], Callabl
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=1000,
+                        help="distinct customers the Decide calls go to (default 1,000)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the ratio misses the target")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds of each side per round")
     parser.add_argument("--threads", type=int, default=8, help="concurrent client threads")
@@ -186,12 +188,13 @@ def main(argv: list[str]) -> int:
                 return lambda: stub.Check(request, timeout=10)
 
             # Requests built up front, as Check's is: the clients' own work is not what is measured.
-            decide_requests = [decision_pb2.DecideRequest(customer_id=f"C{n}", channel="pos") for n in range(1000)]
+            decide_requests = [decision_pb2.DecideRequest(customer_id=f"C{n}", channel="pos")
+                               for n in range(args.customers)]
 
             def decide_call(i: int) -> Callable[[], Any]:
                 stub = decision_pb2_grpc.DecisionServiceStub(channels[i])
                 rng = random.Random(i)
-                return lambda: stub.Decide(decide_requests[rng.randrange(1000)], metadata=APP, timeout=10)
+                return lambda: stub.Decide(decide_requests[rng.randrange(args.customers)], metadata=APP, timeout=10)
 
             ratios, check_rates, decide_rates = [], [], []
             decide_failures = 0

@@ -66,7 +66,9 @@ SCHEMA: tuple[str, ...] = (
         reason TEXT,                      -- why it was rejected
         received_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY(device_id, seq))""",
-    "CREATE INDEX IF NOT EXISTS hub_events_by_type ON hub_events(type, received_at)",
+    # No query ever used this index; it cost every stored event (a push, an app decision) a
+    # third b-tree insert. Dropped where an earlier version created it.
+    "DROP INDEX IF EXISTS hub_events_by_type",
     """CREATE TABLE IF NOT EXISTS hub_customers(
         customer_id TEXT PRIMARY KEY,     -- one row per customer with ledger entries (also a lock row)
         entries BIGINT NOT NULL,
