@@ -85,7 +85,18 @@ def contact_histories(
 
 # JSON has no NaN/Infinity: offers arrive with non-finite numbers already replaced by null,
 # and allow_nan=False makes a slip an error rather than invalid JSON in the decisions table.
-_encode_offers = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_stdlib_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+try:  # orjson (the [gateway] extra): ~1 µs instead of ~10; the same JSON values, compact too
+    import orjson
+
+    def _encode_offers(offers: Any) -> str:
+        return orjson.dumps(offers).decode()
+
+except ImportError:  # pragma: no cover - a core install without the gateway extra
+
+    def _encode_offers(offers: Any) -> str:
+        return _stdlib_encode(offers)
 
 
 def record_decision(
