@@ -35,9 +35,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Protocol, TypeAlias
 
 from nbo.sdk import _engine
 from nbo.sdk._errors import NboError, StateError
@@ -62,12 +62,11 @@ class DecideArgs:
     """One ``Decide`` request, converted, with the bundle that was active when it arrived."""
 
     bundle: LoadedBundle
-    customer_id: str
-    channel: str
-    context: Mapping[str, Any] | None
-    profile: Mapping[str, Any] | None
-    limit: int
-    explain: bool
+    request: _engine.Request
+
+    @property
+    def customer_id(self) -> str:
+        return self.request.customer_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +96,7 @@ def decide_batch(state: HubStateStore, batch: Sequence[DecideArgs]) -> list[Deci
         groups.setdefault(id(args.bundle), (args.bundle, []))[1].append(position)
     with state.decision_batch([args.customer_id for args in batch]):
         for bundle, positions in groups.values():
-            requests = [
-                _engine.Request(a.customer_id, a.channel, a.context, a.profile, a.limit, a.explain)
-                for a in (batch[p] for p in positions)
-            ]
+            requests = [batch[p].request for p in positions]
             for position, outcome in zip(positions, _engine.decide_many(bundle, state, requests), strict=True):
                 outcomes[position] = outcome
     return [o if o is not None else StateError("no decision was made") for o in outcomes]

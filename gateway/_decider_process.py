@@ -44,6 +44,7 @@ from typing import Any
 
 import orjson
 from nbo.sdk import _errors
+from nbo.sdk._engine import Request
 from nbo.sdk._errors import NboError, StateError
 from nbo.sdk._runtime import LoadedBundle, load_bundle
 from nbo.sdk._types import BundleInfo, Decision
@@ -317,8 +318,7 @@ class DecisionProcess:
                 if directory not in link.held:
                     bundle = {"manifest": args.bundle.manifest, "info": asdict(args.bundle.info)}
                     link.held[directory] = None
-                job = [directory, args.customer_id, args.channel, args.context, args.profile, args.limit,
-                       args.explain]
+                job = [directory, *args.request]
                 _touch(link.held, [job])
                 call_id = next(self._ids)
                 with link.lock:
@@ -473,8 +473,7 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
             return message["id"], bundle
         if deadline is not None and time.time() > deadline:
             return message["id"], Expired("the call's deadline passed before it was decided")
-        return message["id"], DecideArgs(bundle=bundle, customer_id=cid, channel=channel, context=context,
-                                         profile=profile, limit=limit, explain=explain)
+        return message["id"], DecideArgs(bundle, Request(cid, channel, context, profile, limit, explain))
 
     stopping = False
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 from nbo.sdk import _ledger, _payments, _records
-from nbo.sdk._engine import validate_mapping
+from nbo.sdk._engine import Request, validate_mapping
 from nbo.sdk._errors import (
     InputError,
 )
@@ -195,8 +195,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             profile = (validate_mapping(struct_to_dict(request.profile), "profile")
                        if request.HasField("profile") else None)
             bundle = self._engine.require()  # one reference for the whole call: hot swaps are invisible
-            args = DecideArgs(bundle=bundle, customer_id=customer_id, channel=request.channel, context=ctx,
-                              profile=profile, limit=limit, explain=request.explain)
+            args = DecideArgs(bundle, Request(customer_id, request.channel, ctx, profile, limit, request.explain))
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.time() + remaining
             decided = self._decider.submit(args, is_active=context.is_active, deadline=deadline)

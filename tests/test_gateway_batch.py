@@ -17,6 +17,7 @@ from gateway_helpers import bundle_kit, policy_catalog
 from nbo.gateway._decide_batch import DecideArgs, DecideBatcher, Expired, decide_batch
 from nbo.gateway._engine_host import EngineHost
 from nbo.gateway._hub_state import APP_SOURCE, HubStateStore
+from nbo.sdk._engine import Request
 from nbo.sdk._errors import InputError, StateError
 from nbo.sdk._runtime import LoadedBundle
 from sync_helpers import hub_backend
@@ -59,8 +60,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[HubSta
 
 
 def _args(bundle: LoadedBundle, customer: str, channel: str = "pos") -> DecideArgs:
-    return DecideArgs(bundle=bundle, customer_id=customer, channel=channel, context=None, profile=None, limit=3,
-                      explain=False)
+    return DecideArgs(bundle, Request(customer, channel, None, None, 3, False))
 
 
 class _Calls:

@@ -46,6 +46,7 @@ from nbo.gateway._decider_process import _KEEP_BUNDLES, DecisionProcess
 from nbo.gateway._engine_host import EngineHost
 from nbo.gateway._hub import HubStore
 from nbo.sdk._clock import ManualClock
+from nbo.sdk._engine import Request
 from nbo.sdk._errors import ConfigError, InputError, StateError
 from nbo.sdk._runtime import LoadedBundle
 from nbo.v1 import decision_pb2
@@ -181,8 +182,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
 
 
 def _args(bundle: LoadedBundle, customer: str, *, channel: str = "pos") -> DecideArgs:
-    return DecideArgs(bundle=bundle, customer_id=customer, channel=channel, context=None, profile=None, limit=3,
-                      explain=False)
+    return DecideArgs(bundle, Request(customer, channel, None, None, 3, False))
 
 
 def _version(outcome: Any) -> int:
