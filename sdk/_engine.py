@@ -204,7 +204,10 @@ def _decide_round(
     now = tx.now
     ids = [item.request.customer_id for item in items]
     texts = _contacts.stored_profiles(tx, ids)
-    histories = _contacts.contact_histories(tx, ids, since=now - plan.max_window_seconds) if plan.policies else {}
+    histories = (
+        _contacts.contact_counts(tx, ids, now=now, windows=[p.window_seconds for p in plan.policies])
+        if plan.policies else {}
+    )
     when = datetime.fromtimestamp(now, tz=UTC)
     ready: list[tuple[_Item, dict[str, Any], dict[str, Any], _policy.Selection]] = []
     for item in items:

@@ -44,8 +44,9 @@ __all__ = [
     "select",
 ]
 
-HistoryRow = tuple[str, str, str, str, float]
-"""(offer_id, category, channel, event, ts) from the customer's contact history."""
+HistoryRow = tuple[str, str, str, str, float] | tuple[str, str, str, str, float, int]
+"""(offer_id, category, channel, event, ts) from the customer's contact history, optionally with
+a sixth element: the number of such events the row stands for (``_contacts.contact_counts``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,16 +220,18 @@ def policy_blocked(policy: PolicyPlan, history: Sequence[HistoryRow], now: float
     since = now - policy.window_seconds
     counts: dict[str, int] = {}
     total = 0
-    for offer_id, category, channel, event, ts in history:
+    for row in history:
+        offer_id, category, channel, event, ts = row[:5]
         if event != policy.event or ts < since or ts > now:
             continue
         if policy.channel and channel != policy.channel:
             continue
-        total += 1
+        n = row[5] if len(row) > 5 else 1  # type: ignore[misc]  # the counted form
+        total += n
         if policy.scope == "offer":
-            counts[offer_id] = counts.get(offer_id, 0) + 1
+            counts[offer_id] = counts.get(offer_id, 0) + n
         elif policy.scope == "category":
-            counts[category] = counts.get(category, 0) + 1
+            counts[category] = counts.get(category, 0) + n
     if policy.scope == "all":
         return set(), total >= policy.max_count
     return {k for k, c in counts.items() if c >= policy.max_count}, False

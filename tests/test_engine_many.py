@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from engine_fixtures import load_spec_bundle, synthetic_profile, synthetic_spec, train_model
-from nbo.sdk import ManualClock, _engine, _policy
+from nbo.sdk import ManualClock, _contacts, _engine, _policy, _runtime
 from nbo.sdk._errors import InputError
 from nbo.sdk._runtime import LoadedBundle
 from nbo.sdk._store import SQLiteStateStore
@@ -48,7 +48,7 @@ def _summary(decision: Any) -> tuple[Any, ...]:
             [(e.offer_id, e.rule_id) for e in decision.excluded])
 
 
-def _contacts(store: SQLiteStateStore) -> list[tuple[Any, ...]]:
+def _contact_rows(store: SQLiteStateStore) -> list[tuple[Any, ...]]:
     with store.transaction() as tx:
         return sorted(tx.execute("SELECT customer_id, offer_id, channel, event FROM contact_history"))
 
@@ -61,7 +61,7 @@ def test_many_answers_and_records_exactly_as_one_by_one(bundle: LoadedBundle, tm
         batch = _engine.decide_many(bundle, many, _requests())
         assert all(not isinstance(d, Exception) for d in batch)
         assert [_summary(d) for d in batch] == [_summary(d) for d in singles]
-        assert _contacts(many) == _contacts(one)
+        assert _contact_rows(many) == _contact_rows(one)
         # the repeated customers really were limited by the policy inside the batch
         shows: dict[str, int] = {}
         for d in batch:
@@ -115,3 +115,40 @@ def test_one_model_run_scores_every_row_as_alone(bundle: LoadedBundle) -> None:
     for (rows, customer, context), got in zip(items, together, strict=True):
         assert isinstance(got, np.ndarray)
         np.testing.assert_allclose(got, _policy.propensities(plan, rows, customer, context), rtol=0, atol=1e-7)
+
+
+def test_counted_history_blocks_exactly_what_single_events_block(tmp_path: Path) -> None:
+    day = 86_400.0
+    now = NOW + 10 * 3600
+    windows = [day, 7 * day, 30 * day]
+    rng = np.random.default_rng(3)
+    store = _store(tmp_path / "h.sqlite")
+    try:
+        rows = []
+        for n in range(400):
+            # some exactly on a window start, some in the future (a skewed clock), most inside
+            ts = float(rng.choice([now - 7 * day, now - day, now + 5, now - rng.uniform(0, 40 * day)]))
+            rows.append((f"C{n % 3}", f"O{rng.integers(4)}", f"cat{rng.integers(2)}", str(rng.choice(["pos", "app"])),
+                         str(rng.choice(["shown", "declined"])), ts))
+        with store.transaction() as tx:
+            for row in rows:
+                tx.execute("INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", row)
+            counted = _contacts.contact_counts(tx, ["C0", "C1", "C2", "C9"], now=now, windows=windows)
+        assert counted["C9"] == []
+        assert sum(r[5] for r in counted["C0"]) < sum(1 for r in rows if r[0] == "C0")  # really grouped
+        for customer in ("C0", "C1", "C2"):
+            single = [r[1:] for r in rows if r[0] == customer]
+            for window in windows:
+                for scope in ("offer", "category", "all"):
+                    for event in ("shown", "declined"):
+                        for channel in ("", "pos"):
+                            for max_count in (1, 3, 8):
+                                policy = _runtime.PolicyPlan(
+                                    policy_id="p", scope=scope, event=event, max_count=max_count,
+                                    window_seconds=window, channel=channel, description="",
+                                    applies=np.ones(1, dtype=bool))
+                                assert (_policy.policy_blocked(policy, counted[customer], now)
+                                        == _policy.policy_blocked(policy, single, now))
+    finally:
+        store.close()
