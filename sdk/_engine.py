@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from math import isfinite
@@ -102,13 +103,25 @@ _MEASURE_CHECKS: dict[str, Any] = {
 }
 
 
-_UUID4_CLEAR = 0xC000 << 48 | 0xF000 << 64
-_UUID4_SET = 0x8000 << 48 | 4 << 76
+_RANDOM_BITS = (1 << 74) - 1
 
 
 def new_decision_id() -> str:
-    """``str(uuid.uuid4())``, without building a ``UUID`` object (half the cost, per decision)."""
-    h = "%032x" % (int.from_bytes(os.urandom(16)) & ~_UUID4_CLEAR | _UUID4_SET)
+    """A canonical UUID version 7 (RFC 9562): the millisecond clock, then 74 random bits.
+
+    Time-ordered, so the ``decisions`` key index grows at its right edge instead of taking a
+    random page per decision — fewer pages written per commit on every store. The random
+    part seeds exploration (``_policy.rank``), as a version-4 id did.
+    """
+    rand = int.from_bytes(os.urandom(10)) & _RANDOM_BITS
+    value = (
+        (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80  # unix_ts_ms
+        | 7 << 76  # version
+        | (rand >> 62) << 64  # rand_a, 12 bits
+        | 0b10 << 62  # variant
+        | rand & ((1 << 62) - 1)  # rand_b, 62 bits
+    )
+    h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

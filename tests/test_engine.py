@@ -517,13 +517,21 @@ def test_a_score_that_overflows_is_recorded_as_null(engine: Engine, store: SQLit
     assert json.loads(payload_text)["offers"] == recorded
 
 
-def test_decision_ids_are_canonical_uuid4() -> None:
+def test_decision_ids_are_canonical_time_ordered_uuid7() -> None:
+    import time
     import uuid
 
-    for _ in range(200):
-        text = _engine.new_decision_id()
+    before = time.time_ns() // 1_000_000
+    texts = [_engine.new_decision_id() for _ in range(200)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(texts)) == len(texts)
+    for text in texts:
         parsed = uuid.UUID(text)
-        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after  # the millisecond clock leads
+    later = _engine.new_decision_id()
+    time.sleep(0.002)
+    assert _engine.new_decision_id() > later  # a later millisecond sorts after
 
 
 def test_an_empty_decision_is_still_recorded(engine: Engine, store: SQLiteStateStore) -> None:
