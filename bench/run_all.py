@@ -6,6 +6,7 @@ side in one run and prints the ratio. Pass names to run a subset: ``python bench
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +22,9 @@ def main(argv: list[str]) -> int:
     failed = []
     for script in scripts:
         print(f"\n=== {script.stem} ===", flush=True)
+        # Flush the previous benchmark's dirty pages first: otherwise a benchmark that fsyncs
+        # (sync ingest, durable awards) waits behind the kernel writing back another's data.
+        os.sync()
         started = time.perf_counter()
         rc = subprocess.call([sys.executable, str(script)], cwd=HERE.parent)
         print(f"--- {script.stem}: exit {rc} in {time.perf_counter() - started:.1f}s", flush=True)
