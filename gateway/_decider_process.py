@@ -26,7 +26,6 @@ SDK core — into a child process, so the RPC threads and the decider run in par
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import select
 import signal
@@ -247,7 +246,8 @@ class DecisionProcess:
 
     def __init__(self, *, hub_db: str | None, state_dir: str | Path, hub_schema: str | None = None,
                  on_events: Callable[[int], None] | None = None) -> None:
-        self._spec = {"hub_db": hub_db, "state_dir": str(state_dir), "hub_schema": hub_schema}
+        self._state_dir = str(state_dir)
+        self._spec = {"hub_db": hub_db, "state_dir": self._state_dir, "hub_schema": hub_schema}
         self._on_events = on_events
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -266,7 +266,8 @@ class DecisionProcess:
         ours, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno()), json.dumps(self._spec)],
+                # the state directory only names the gateway the worker serves (in `ps`)
+                [sys.executable, "-m", __name__, str(theirs.fileno()), self._state_dir],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
             )
         except OSError as exc:
@@ -276,6 +277,9 @@ class DecisionProcess:
             theirs.close()
         conn = _Wire(ours)
         try:
+            # The hub URL may hold a password: it goes over the socket, never on the command
+            # line (which every local user can read in the process list).
+            conn.send_bytes(orjson.dumps(self._spec))
             if not conn.poll(_START_TIMEOUT):
                 raise StateError(f"the decision worker did not start within {_START_TIMEOUT:.0f} s")
             hello = _unframe(conn.recv_bytes())
@@ -516,5 +520,6 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
         hub.close()
 
 
-if __name__ == "__main__":  # started by DecisionProcess: FD SPEC_JSON
-    _child_main(_Wire(socket.socket(fileno=int(sys.argv[1]))), json.loads(sys.argv[2]))
+if __name__ == "__main__":  # started by DecisionProcess: FD STATE_DIR; the first message is the spec
+    _wire = _Wire(socket.socket(fileno=int(sys.argv[1])))
+    _child_main(_wire, orjson.loads(_wire.recv_bytes()))

@@ -543,3 +543,17 @@ def test_a_decision_worker_cannot_share_an_injected_clock(kit: Kit, tmp_path: Pa
         assert set(_children()) == before
     finally:
         server.stop(grace=0).wait(10)
+
+
+def test_the_hub_url_never_reaches_the_process_list(tmp_path: Path) -> None:
+    """A PostgreSQL URL may hold a password: the worker gets it over its socket, not in argv."""
+    secret = f"sqlite:{tmp_path / 'hub-s3cr3t.sqlite'}"
+    hub = HubStore.open(secret, state_dir=tmp_path / "state")
+    worker = DecisionProcess(hub_db=secret, state_dir=tmp_path / "state")
+    try:
+        assert worker.pid is not None
+        argv = Path(f"/proc/{worker.pid}/cmdline").read_bytes()
+        assert b"s3cr3t" not in argv and str(tmp_path / "state").encode() in argv
+    finally:
+        worker.close()
+        hub.close()
