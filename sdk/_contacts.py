@@ -17,10 +17,7 @@ from ._store import Tx, insert_rows
 __all__ = [
     "DecisionRecord",
     "contact_counts",
-    "contact_history",
-    "load_profile",
     "parse_profile",
-    "record_decision",
     "record_decisions",
     "stored_profiles",
 ]
@@ -37,12 +34,6 @@ def parse_profile(customer_id: str, text: Any) -> dict[str, Any]:
     return profile
 
 
-def load_profile(tx: Tx, customer_id: str) -> dict[str, Any]:
-    """The stored profile of ``customer_id``; empty when the customer is unknown."""
-    rows = tx.execute("SELECT profile FROM profiles WHERE customer_id = ?", (customer_id,))
-    return parse_profile(customer_id, rows[0][0]) if rows else {}
-
-
 def _placeholders(n: int) -> str:
     return ", ".join(["?"] * n)
 
@@ -54,17 +45,6 @@ def stored_profiles(tx: Tx, customer_ids: Sequence[str]) -> dict[str, Any]:
     rows = tx.execute(f"SELECT customer_id, profile FROM profiles WHERE customer_id IN ({_placeholders(len(ids))})",
                       ids)
     return dict(rows)
-
-
-def contact_history(tx: Tx, customer_id: str, *, since: float) -> list[tuple[str, str, str, str, float]]:
-    """The customer's contact events at or after ``since``: (offer_id, category, channel, event, ts)."""
-    rows = tx.execute(
-        "SELECT offer_id, category, channel, event, ts FROM contact_history WHERE customer_id = ? AND ts >= ?",
-        (customer_id, since),
-    )
-    # the columns are NOT NULL TEXT and DOUBLE PRECISION: SQLite (column affinity) and
-    # PostgreSQL both return str and float already, so the rows need no conversion
-    return rows
 
 
 def contact_counts(
@@ -110,18 +90,8 @@ except ImportError:  # pragma: no cover - a core install without the gateway ext
         return _stdlib_encode(offers)
 
 
-def record_decision(
-    tx: Tx,
-    *,
-    decision_id: str,
-    customer_id: str,
-    channel: str,
-    bundle_name: str,
-    bundle_version: int,
-    strategy: str,
-    offers: Sequence[Mapping[str, Any]],
-) -> None:
-    """Write the decision, a ``shown`` contact per offer, and the ``decision`` event, in ``tx``.
+class DecisionRecord(NamedTuple):
+    """One decision to record.
 
     ``offers`` are the shown offers in rank order, each with ``offer_id``, ``category``,
     ``rank``, ``propensity``, ``value``, ``weight``, ``lever``, ``score`` and
@@ -129,12 +99,6 @@ def record_decision(
     no NaN/Infinity; the caller records a non-finite score part as None). They become the
     event's payload as they are.
     """
-    record_decisions(tx, [DecisionRecord(decision_id, customer_id, channel, bundle_name, bundle_version, strategy,
-                                         offers)])
-
-
-class DecisionRecord(NamedTuple):
-    """One decision to record (see :func:`record_decision` for ``offers``)."""
 
     decision_id: str
     customer_id: str
@@ -146,7 +110,8 @@ class DecisionRecord(NamedTuple):
 
 
 def record_decisions(tx: Tx, records: Sequence[DecisionRecord]) -> None:
-    """:func:`record_decision` for several decisions: multi-row INSERTs, then the events."""
+    """Write each decision, a ``shown`` contact per offer, and its ``decision`` event, in ``tx``
+    (multi-row INSERTs, then the events)."""
     if not records:
         return
     now = tx.now

@@ -283,116 +283,19 @@ def _apply_policies(
 # -- stage 4: propensity ----------------------------------------------------------------
 
 
-def _broadcast(value: Any, dtype: str, n: int) -> np.ndarray:
-    # np.empty + fill: what np.full does, without its Python-level overhead (a few rows per call)
-    if dtype == "string":
-        out = np.empty((n, 1), dtype=object)
-        out.fill(to_string(value))
-    elif dtype == "int64":
-        out = np.empty((n, 1), dtype=np.int64)
-        out.fill(to_int(value))
-    else:
-        out = np.empty((n, 1), dtype=np.float32 if dtype == "float" else np.float64)
-        out.fill(to_float(value))
-    return out
-
-
 def model_feeds(
     model: ModelPlan, rows: np.ndarray, customer: Mapping[str, Any], context: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
     """ONNX feeds for ``rows`` (offer indices): precomputed offer columns + broadcast values."""
-    n = len(rows)
-    feeds: dict[str, np.ndarray] = {}
-    for inp in model.inputs:
-        if inp.source == "offer":
-            feeds[inp.name] = model.offer_columns[inp.name][rows]
-        else:
-            source = customer if inp.source == "customer" else context
-            feeds[inp.name] = _broadcast(source.get(inp.field), inp.dtype, n)
-    return feeds
+    return _stacked_feeds(model, [(rows, customer, context)])
 
 
-def propensities(
-    plan: DecisionPlan, rows: np.ndarray, customer: Mapping[str, Any], context: Mapping[str, Any]
-) -> np.ndarray:
-    """P(accept) for each offer index in ``rows``: one batched call per model; no model → 1.0."""
-    out = np.ones(len(rows), dtype=np.float64)
-    if len(rows) == 0 or not plan.models:
-        return out
-    which = plan.model_index[rows]
-    if plan.sole_model >= 0:  # the common case, one model: no grouping by model
-        sel = which >= 0
-        scored = rows[sel]
-        if len(scored) == len(rows):
-            return _score(plan.models[plan.sole_model], rows, customer, context)
-        if len(scored):
-            out[sel] = _score(plan.models[plan.sole_model], scored, customer, context)
-        return out
-    for k in np.unique(which):
-        if k < 0:
-            continue
-        sel = which == k
-        out[sel] = _score(plan.models[k], rows[sel], customer, context)
-    return out
-
-
-def _score(model: ModelPlan, rows: np.ndarray, customer: Mapping[str, Any], context: Mapping[str, Any]) -> np.ndarray:
-    """``model``'s P(accept) for ``rows``, in [0, 1]."""
-    feeds = model_feeds(model, rows, customer, context)
-    try:
-        probs = model.session.run([model.output_name], feeds)[0]
-    except Exception as exc:  # onnxruntime's exception types must not reach callers
-        raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
-    return clamp_probabilities(np.asarray(probs)[:, -1])
-
-
-def propensities_many(
-    plan: DecisionPlan, items: Sequence[tuple[np.ndarray, Mapping[str, Any], Mapping[str, Any]]]
-) -> list[np.ndarray | ModelError]:
-    """:func:`propensities` of several decisions, ``(rows, customer, context)`` each, with one
-    model run per model for all of them (the fixed cost of a run is most of a small one).
-
-    Each row is scored from its own inputs exactly as alone. If a shared run fails, every
-    decision is scored on its own, so a failure is reported only for the decision it belongs to.
-    """
-    if len(items) == 1 or not plan.models:
-        return [_alone(plan, rows, customer, context) for rows, customer, context in items]
-    out = [np.ones(len(rows), dtype=np.float64) for rows, _, _ in items]
-    groups: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # model → (item, where, rows)
-    for n, (rows, _, _) in enumerate(items):
-        if len(rows) == 0:
-            continue
-        which = plan.model_index[rows]
-        for k in (plan.sole_model,) if plan.sole_model >= 0 else np.unique(which).tolist():
-            if k < 0:
-                continue
-            where = which == k
-            if where.any():
-                groups.setdefault(int(k), []).append((n, where, rows[where]))
-    try:
-        for k, members in groups.items():
-            model = plan.models[k]
-            feeds = _batch_feeds(model, [(picked, items[n][1], items[n][2]) for n, _, picked in members])
-            try:
-                probs = model.session.run([model.output_name], feeds)[0]
-            except Exception as exc:  # onnxruntime's exception types must not reach callers
-                raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
-            col = np.asarray(probs)[:, -1]
-            at = 0
-            for n, where, picked in members:
-                out[n][where] = clamp_probabilities(col[at:at + len(picked)])
-                at += len(picked)
-    except ModelError:
-        return [_alone(plan, rows, customer, context) for rows, customer, context in items]
-    return list(out)
-
-
-def _batch_feeds(
+def _stacked_feeds(
     model: ModelPlan, parts: Sequence[tuple[np.ndarray, Mapping[str, Any], Mapping[str, Any]]]
 ) -> dict[str, np.ndarray]:
-    """:func:`model_feeds` of several (rows, customer, context) stacked: the same values, built
-    with a few numpy calls for the whole batch instead of a few per decision."""
-    rows = np.concatenate([picked for picked, _, _ in parts])
+    """:func:`model_feeds` of several (rows, customer, context) stacked, built with a few numpy
+    calls for all of them: each customer/context value repeated over its own rows."""
+    rows = parts[0][0] if len(parts) == 1 else np.concatenate([picked for picked, _, _ in parts])
     counts = [len(picked) for picked, _, _ in parts]
     feeds: dict[str, np.ndarray] = {}
     for inp in model.inputs:
@@ -410,13 +313,64 @@ def _batch_feeds(
     return feeds
 
 
-def _alone(
+def propensities(
     plan: DecisionPlan, rows: np.ndarray, customer: Mapping[str, Any], context: Mapping[str, Any]
-) -> np.ndarray | ModelError:
+) -> np.ndarray:
+    """P(accept) for each offer index in ``rows``: one batched call per model; no model → 1.0."""
+    (out,) = propensities_many(plan, [(rows, customer, context)])
+    if isinstance(out, ModelError):
+        raise out
+    return out
+
+
+def propensities_many(
+    plan: DecisionPlan, items: Sequence[tuple[np.ndarray, Mapping[str, Any], Mapping[str, Any]]]
+) -> list[np.ndarray | ModelError]:
+    """:func:`propensities` of several decisions, ``(rows, customer, context)`` each, with one
+    model run per model for all of them (the fixed cost of a run is most of a small one).
+
+    Each row is scored from its own inputs exactly as alone. If a shared run fails, every
+    decision is scored on its own, so a failure is reported only for the decision it belongs to.
+    """
     try:
-        return propensities(plan, rows, customer, context)
+        return list(_score_stacked(plan, items))
     except ModelError as exc:
-        return exc
+        if len(items) == 1:
+            return [exc]
+        return [propensities_many(plan, [item])[0] for item in items]
+
+
+def _score_stacked(
+    plan: DecisionPlan, items: Sequence[tuple[np.ndarray, Mapping[str, Any], Mapping[str, Any]]]
+) -> list[np.ndarray]:
+    out = [np.ones(len(rows), dtype=np.float64) for rows, _, _ in items]
+    if not plan.models:
+        return out
+    groups: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # model → (item, where, rows)
+    for n, (rows, _, _) in enumerate(items):
+        if len(rows) == 0:
+            continue
+        which = plan.model_index[rows]
+        # one model (the common case): no grouping by model
+        for k in (plan.sole_model,) if plan.sole_model >= 0 else np.unique(which).tolist():
+            if k < 0:
+                continue
+            where = which == k
+            if where.any():
+                groups.setdefault(int(k), []).append((n, where, rows[where]))
+    for k, members in groups.items():
+        model = plan.models[k]
+        feeds = _stacked_feeds(model, [(picked, items[n][1], items[n][2]) for n, _, picked in members])
+        try:
+            probs = model.session.run([model.output_name], feeds)[0]
+        except Exception as exc:  # onnxruntime's exception types must not reach callers
+            raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
+        col = np.asarray(probs)[:, -1]
+        at = 0
+        for n, where, picked in members:
+            out[n][where] = clamp_probabilities(col[at:at + len(picked)])
+            at += len(picked)
+    return out
 
 
 _FEW_ROWS = 32

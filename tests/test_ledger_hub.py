@@ -70,11 +70,10 @@ def test_payments_purchases_and_responses_run_on_every_store(env):
     _records.record_purchase(store, "C1", amount="12.5", idempotency_key="b1", timestamp=None, quantity=1)
     with store.transaction() as tx:
         profile = json.loads(tx.execute("SELECT profile FROM profiles WHERE customer_id = ?", ("C1",))[0][0])
-        _contacts.record_decision(tx, decision_id="D1", customer_id="C1", channel="app", bundle_name="b",
-                                  bundle_version=1, strategy="s",
-                                  offers=[{"offer_id": "O1", "category": "xsell", "rank": 1, "propensity": 0.5,
-                                           "value": 10.0, "weight": 1.0, "lever": 1.0, "score": 5.0,
-                                           "selection_probability": 1.0}])
+        _contacts.record_decisions(tx, [_contacts.DecisionRecord(
+            "D1", "C1", "app", "b", 1, "s",
+            [{"offer_id": "O1", "category": "xsell", "rank": 1, "propensity": 0.5, "value": 10.0, "weight": 1.0,
+              "lever": 1.0, "score": 5.0, "selection_probability": 1.0}])])
     assert (profile["frequency"], profile["monetary"]) == (1, 12.5)
     _records.record_response(store, "D1", "O1", "accepted")
     _records.record_response(store, "D1", "O1", "accepted")
