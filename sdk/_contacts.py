@@ -48,11 +48,13 @@ def stored_profiles(tx: Tx, customer_ids: Sequence[str]) -> dict[str, Any]:
 
 
 def contact_counts(
-    tx: Tx, customer_ids: Sequence[str], *, now: float, windows: Sequence[float]
+    tx: Tx, customer_ids: Sequence[str], *, now: float, windows: Sequence[float], events: Sequence[str]
 ) -> dict[str, list[tuple[str, str, str, str, float, int]]]:
     """What the contact policies need of several customers' histories, in one query.
 
-    Events in the last ``max(windows)`` seconds up to ``now``, counted per offer, category,
+    Events of the kinds in ``events`` (those the policies count: a policy on declines never
+    needs the many ``shown`` rows, and the index ``(customer_id, event, ts)`` skips them) in
+    the last ``max(windows)`` seconds up to ``now``, counted per offer, category,
     channel and event within each *band* between consecutive window starts (``now - w`` for
     each ``w`` in ``windows``): ``(offer_id, category, channel, event, ts, count)`` rows where
     ``ts`` is the latest of the counted events. Every event of a row lies on the same side of
@@ -60,15 +62,19 @@ def contact_counts(
     gets exactly the count it would from the single events, without reading them one by one.
     """
     ids = list(dict.fromkeys(customer_ids))
+    out: dict[str, list[tuple[str, str, str, str, float, int]]] = {c: [] for c in ids}
+    kinds = sorted(set(events))
+    if not ids or not kinds or not windows:
+        return out
     starts = sorted({now - w for w in windows}, reverse=True)  # newest band first
     band = "CASE " + " ".join(f"WHEN ts >= ? THEN {k}" for k in range(len(starts))) + f" ELSE {len(starts)} END"
     rows = tx.execute(
         "SELECT customer_id, offer_id, category, channel, event, MAX(ts), COUNT(*) FROM contact_history "
-        f"WHERE customer_id IN ({_placeholders(len(ids))}) AND ts >= ? AND ts <= ? "
+        f"WHERE customer_id IN ({_placeholders(len(ids))}) AND event IN ({_placeholders(len(kinds))}) "
+        "AND ts >= ? AND ts <= ? "
         f"GROUP BY customer_id, offer_id, category, channel, event, {band}",
-        [*ids, starts[-1], now, *starts],
+        [*ids, *kinds, starts[-1], now, *starts],
     )
-    out: dict[str, list[tuple[str, str, str, str, float, int]]] = {c: [] for c in ids}
     for customer_id, *row in rows:
         out[customer_id].append(tuple(row))  # type: ignore[arg-type]  # the six columns above
     return out

@@ -217,9 +217,14 @@ def _decide_round(
     now = tx.now
     ids = [item.request.customer_id for item in items]
     texts = _contacts.stored_profiles(tx, ids)
+    # Only the policies that can apply to these requests' channels, and only the kinds of
+    # event they count, are read (the others could not block anything here).
+    channels = {item.request.channel for item in items}
+    policies = [p for p in plan.policies if not p.channel or p.channel in channels]
     histories = (
-        _contacts.contact_counts(tx, ids, now=now, windows=[p.window_seconds for p in plan.policies])
-        if plan.policies else {}
+        _contacts.contact_counts(tx, ids, now=now, windows=[p.window_seconds for p in policies],
+                                 events=[p.event for p in policies])
+        if policies else {}
     )
     when = datetime.fromtimestamp(now, tz=UTC)
     ready: list[tuple[_Item, dict[str, Any], dict[str, Any], _policy.Selection]] = []

@@ -53,7 +53,11 @@ CORE_SCHEMA: tuple[str, ...] = (
         event TEXT NOT NULL,              -- shown | accepted | declined | ignored
         ts DOUBLE PRECISION NOT NULL,
         decision_id TEXT)""",
-    "CREATE INDEX IF NOT EXISTS contact_history_by_customer ON contact_history(customer_id, ts)",
+    # Contact policies count one kind of event each (shows, declines…) of a customer in a
+    # window: this index finds exactly those rows, never the customer's whole history.
+    "CREATE INDEX IF NOT EXISTS contact_history_by_event ON contact_history(customer_id, event, ts)",
+    # Its predecessor, (customer_id, ts), made a policy on declines read every show too.
+    "DROP INDEX IF EXISTS contact_history_by_customer",
 )
 
 # Device-only tables: the outbox and what surrounds it.

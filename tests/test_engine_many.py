@@ -134,8 +134,15 @@ def test_counted_history_blocks_exactly_what_single_events_block(tmp_path: Path)
             for row in rows:
                 tx.execute("INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts) "
                            "VALUES (?, ?, ?, ?, ?, ?)", row)
-            counted = _contacts.contact_counts(tx, ["C0", "C1", "C2", "C9"], now=now, windows=windows)
+            counted = _contacts.contact_counts(tx, ["C0", "C1", "C2", "C9"], now=now, windows=windows,
+                                               events=["shown", "declined"])
+            # Policies counting declines only: the shows are not read at all.
+            declines = _contacts.contact_counts(tx, ["C0", "C1", "C2"], now=now, windows=windows, events=["declined"])
+            assert _contacts.contact_counts(tx, ["C0"], now=now, windows=windows, events=[]) == {"C0": []}
         assert counted["C9"] == []
+        assert {r[3] for c in ("C0", "C1", "C2") for r in declines[c]} == {"declined"}
+        assert sum(r[5] for c in declines for r in declines[c]) == sum(
+            1 for r in rows if r[4] == "declined" and now - 30 * day <= r[5] <= now)
         assert sum(r[5] for r in counted["C0"]) < sum(1 for r in rows if r[0] == "C0")  # really grouped
         for customer in ("C0", "C1", "C2"):
             single = [r[1:] for r in rows if r[0] == customer]
@@ -150,5 +157,34 @@ def test_counted_history_blocks_exactly_what_single_events_block(tmp_path: Path)
                                     applies=np.ones(1, dtype=bool))
                                 assert (_policy.policy_blocked(policy, counted[customer], now)
                                         == _policy.policy_blocked(policy, single, now))
+                                if event == "declined":
+                                    assert (_policy.policy_blocked(policy, declines[customer], now)
+                                            == _policy.policy_blocked(policy, single, now))
+    finally:
+        store.close()
+
+
+def test_an_older_store_trades_its_history_index_for_the_event_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:  # what an earlier version created
+        old.execute("CREATE TABLE contact_history(customer_id TEXT NOT NULL, offer_id TEXT NOT NULL, "
+                    "category TEXT NOT NULL, channel TEXT NOT NULL, event TEXT NOT NULL, "
+                    "ts DOUBLE PRECISION NOT NULL, decision_id TEXT)")
+        old.execute("CREATE INDEX contact_history_by_customer ON contact_history(customer_id, ts)")
+        old.execute("INSERT INTO contact_history VALUES ('C1', 'O1', 'cat', 'pos', 'declined', ?, NULL)",
+                    (NOW + 3600,))
+    store = _store(path)
+    try:
+        with store.transaction() as tx:
+            indexes = {n for (n,) in tx.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'contact_history'")}
+            plan = tx.execute("EXPLAIN QUERY PLAN SELECT COUNT(*) FROM contact_history "
+                              "WHERE customer_id = ? AND event IN (?) AND ts >= ?", ("C1", "declined", 0.0))
+            kept = _contacts.contact_counts(tx, ["C1"], now=NOW + 7200, windows=[86_400.0], events=["declined"])
+        assert indexes == {"contact_history_by_event"}
+        assert "contact_history_by_event" in " ".join(str(r[-1]) for r in plan)
+        assert [r[3:] for r in kept["C1"]] == [("declined", NOW + 3600, 1)]  # the old rows still count
     finally:
         store.close()
