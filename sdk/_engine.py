@@ -276,35 +276,23 @@ def _assemble(
     ranked: list[RankedOffer] = []
     recorded: list[dict[str, Any]] = []  # the decision event's offers, JSON-clean
     strategy = outcome.strategy
-    for rank, s in enumerate(outcome.shown, start=1):
-        i = s.index
-        offer = RankedOffer(
-            offer_id=plan.offer_ids[i],
-            name=plan.names[i],
-            category=plan.categories[i],
-            propensity=s.propensity,
-            value=float(plan.value[i]),
-            strategy=strategy,
-            weight=s.weight,
-            lever=float(plan.lever[i]),
-            score=s.score,
-            mandatory=bool(plan.mandatory[i]),
-            fallback=bool(plan.fallback[i]),
-            selection_probability=s.selection_probability,
-        )
-        ranked.append(offer)
+    terms = plan.offer_terms
+    for rank, (i, propensity, weight, score, probability) in enumerate(outcome.shown, start=1):
+        value, lever, mandatory, _, fallback = terms[i]
+        offer_id, category = plan.offer_ids[i], plan.categories[i]
+        ranked.append(RankedOffer(offer_id, plan.names[i], category, propensity, value, strategy, weight, lever,
+                                  score, mandatory, fallback, probability))
         recorded.append({
-            "offer_id": offer.offer_id,
-            "category": offer.category,
+            "offer_id": offer_id,
+            "category": category,
             "rank": rank,
             # JSON has no NaN/Infinity: a score part that is not finite is recorded as null
-            "propensity": offer.propensity if isfinite(offer.propensity) else None,
-            "value": offer.value if isfinite(offer.value) else None,
-            "weight": offer.weight if isfinite(offer.weight) else None,
-            "lever": offer.lever if isfinite(offer.lever) else None,
-            "score": offer.score if isfinite(offer.score) else None,
-            "selection_probability": (offer.selection_probability if isfinite(offer.selection_probability)
-                                      else None),
+            "propensity": propensity if isfinite(propensity) else None,
+            "value": value if isfinite(value) else None,
+            "weight": weight if isfinite(weight) else None,
+            "lever": lever if isfinite(lever) else None,
+            "score": score if isfinite(score) else None,
+            "selection_probability": probability if isfinite(probability) else None,
         })
     decision = Decision(
         decision_id=item.decision_id,

@@ -18,7 +18,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,11 +49,11 @@ HistoryRow = tuple[str, str, str, str, float] | tuple[str, str, str, str, float,
 a sixth element: the number of such events the row stands for (``_contacts.contact_counts``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Shown:
+class Shown(NamedTuple):
     """One offer of the answer, by its index in the plan, with every part of its score."""
 
-    index: int
+    offer: int
+    """The offer's index in the plan."""
     propensity: float
     weight: float
     score: float
@@ -493,25 +493,56 @@ def select(
                      excluded=excluded)
 
 
+def _rank_few(
+    plan: DecisionPlan, selection: Selection, prop: np.ndarray
+) -> tuple[list[int], int, list[int], list[float], list[float], list[float]] | None:
+    """Scores and order of a few offers in plain Python — numpy's per-call cost is most of the
+    work at this size. The same floating-point products, in the same order, as the array path
+    and the same order as :func:`_ordered` (mandatory first, score descending, then offer
+    index); ``None`` when a score is NaN (the array path orders those)."""
+    rows: list[int] = selection.pool.tolist()
+    props: list[float] = prop.tolist()
+    terms = plan.offer_terms
+    weights_by_category = selection.weights_by_category
+    by_category: Sequence[float] | None = None
+    if weights_by_category is not None:
+        by_category = (plan.strategy_weight_lists[selection.strategy]
+                       if weights_by_category is plan.strategy_weights.get(selection.strategy)
+                       else weights_by_category.tolist())  # a Selection built by hand
+    weights: list[float] = []
+    scores: list[float] = []
+    keys: list[tuple[bool, float, int]] = []
+    mandatory_count = 0
+    for row, p in zip(rows, props, strict=True):
+        value, lever, mandatory, category, _ = terms[row]
+        w = 1.0 if by_category is None else by_category[category]
+        score = p * value * w * lever
+        if score != score:
+            return None
+        weights.append(w)
+        scores.append(score)
+        keys.append((not mandatory, -score, row))
+        mandatory_count += mandatory
+    order = sorted(range(len(rows)), key=keys.__getitem__)
+    return order, mandatory_count, rows, props, weights, scores
+
+
 def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: int, seed: str) -> Outcome:
     """Stage 5: score (propensity × value × weight × lever), order, explore, cut to ``limit``."""
     pool = selection.pool
-    if selection.weights_by_category is None:
-        weight = np.ones(len(pool), dtype=np.float64)
+    few = _rank_few(plan, selection, prop) if len(pool) <= _FEW_ROWS else None
+    if few is not None:
+        order, mandatory_count, rows, props, weights, scores = few
     else:
-        weight = selection.weights_by_category[plan.category_index[pool]]
-    scores = prop * plan.value[pool] * weight * plan.lever[pool]
-    mandatory = plan.mandatory[pool]
-    order: list[int]
-    if len(pool) <= _FEW_ROWS and not np.isnan(scores).any():
-        # a few offers: Python's sort beats numpy's per-call cost; the same order as
-        # _ordered (mandatory first, score descending, then offer index)
-        keys = list(zip((~mandatory).tolist(), (-scores).tolist(), pool.tolist(), strict=True))
-        order = sorted(range(len(pool)), key=keys.__getitem__)
-    else:
-        order = _ordered(plan, pool, scores).tolist()
+        if selection.weights_by_category is None:
+            weight = np.ones(len(pool), dtype=np.float64)
+        else:
+            weight = selection.weights_by_category[plan.category_index[pool]]
+        score_array = prop * plan.value[pool] * weight * plan.lever[pool]
+        order = _ordered(plan, pool, score_array).tolist()
+        mandatory_count = int(plan.mandatory[pool].sum())
+        rows, props, weights, scores = pool.tolist(), prop.tolist(), weight.tolist(), score_array.tolist()
 
-    mandatory_count = int(mandatory.sum())
     head, tail = order[:mandatory_count], order[mandatory_count:]
     k = len(tail)
     epsilon = plan.epsilon
@@ -534,13 +565,7 @@ def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: i
             else:
                 i = r
             probability = rank_probability(i, r, k, epsilon)
-        shown.append(Shown(
-            index=int(pool[pos]),
-            propensity=float(prop[pos]),
-            weight=float(weight[pos]),
-            score=float(scores[pos]),
-            selection_probability=probability,
-        ))
+        shown.append(Shown(rows[pos], props[pos], weights[pos], scores[pos], probability))
 
     excluded = selection.excluded
     excluded.sort(key=lambda e: (e[0], e[1], e[2]))

@@ -182,6 +182,19 @@ class DecisionPlan:
     candidate_cache: dict[str, CandidateSet] = field(init=False, default_factory=dict, repr=False, compare=False)
     """Channel → the :class:`CandidateSet` of the latest decision on it (fresh in each plan,
     also in a ``dataclasses.replace`` copy; entries are swapped whole, so threads may share it)."""
+    offer_terms: tuple[tuple[float, float, bool, int, bool], ...] = field(init=False, repr=False, compare=False)
+    """Per offer, as Python scalars: (value, lever, mandatory, category index, fallback) — what
+    ranking and answering read, without a numpy scalar access per term (derived from the
+    arrays above)."""
+    strategy_weight_lists: Mapping[str, tuple[float, ...]] = field(init=False, repr=False, compare=False)
+    """``strategy_weights`` as tuples of Python floats."""
+
+    def __post_init__(self) -> None:
+        terms = tuple(zip(self.value.tolist(), self.lever.tolist(), self.mandatory.tolist(),
+                          self.category_index.tolist(), self.fallback.tolist(), strict=True))
+        object.__setattr__(self, "offer_terms", terms)
+        object.__setattr__(self, "strategy_weight_lists",
+                           {k: tuple(v.tolist()) for k, v in self.strategy_weights.items()})
 
 
 @dataclass(frozen=True, slots=True)

@@ -566,7 +566,7 @@ def test_exploration_frequencies_match_recorded_probabilities(engine: Engine) ->
         out = _policy.run_pipeline(bundle.plan, customer={}, context={"channel": "pos"}, channel="pos",
                                    history=[], now=NOW, limit=4, explain=False, seed=f"seed-{t}")
         for rank, s in enumerate(out.shown, start=1):
-            key = (bundle.plan.offer_ids[s.index], rank)
+            key = (bundle.plan.offer_ids[s.offer], rank)
             counts[key] = counts.get(key, 0) + 1
             recorded.setdefault(key, s.selection_probability)
             assert recorded[key] == s.selection_probability  # a pure function of (offer, rank)
@@ -597,7 +597,7 @@ def test_recorded_probabilities_are_true_when_slots_are_scarce(engine: Engine, o
                                    history=[], now=NOW, limit=limit, explain=False, seed=f"scarce-{t}")
         assert len(out.shown) == limit
         for rank, s in enumerate(out.shown, start=1):
-            key = (bundle.plan.offer_ids[s.index], rank)
+            key = (bundle.plan.offer_ids[s.offer], rank)
             counts[key] = counts.get(key, 0) + 1
             assert recorded.setdefault(key, s.selection_probability) == s.selection_probability
     for key, p in recorded.items():
@@ -639,7 +639,7 @@ def test_exploration_is_seeded_by_the_decision_id(engine: Engine) -> None:
     d = engine.decide(bundle, limit=4)
     again = _policy.run_pipeline(bundle.plan, customer=dict(bundle.plan.default_profile), context={},
                                  channel="pos", history=[], now=NOW, limit=4, explain=False, seed=d.decision_id)
-    assert ids(d) == [bundle.plan.offer_ids[s.index] for s in again.shown]
+    assert ids(d) == [bundle.plan.offer_ids[s.offer] for s in again.shown]
 
 
 def test_no_exploration_means_probability_one(engine: Engine) -> None:
@@ -844,7 +844,7 @@ def test_one_batched_onnx_call_per_model(engine: Engine, model_bytes: bytes) -> 
     assert {m.model_id: c.batches for m, c in zip(plan.models, counters, strict=True)} == {
         k: [n] for k, n in expected.items()}
     assert len(out.shown) == 24
-    assert all(s.propensity == 1.0 for s in out.shown if plan.model_index[s.index] < 0)
+    assert all(s.propensity == 1.0 for s in out.shown if plan.model_index[s.offer] < 0)
 
 
 def test_model_used_by_no_offer_and_empty_catalog_load(engine: Engine, model_bytes: bytes) -> None:

@@ -17,7 +17,7 @@ import pytest
 from engine_fixtures import CATEGORIES, load_spec_bundle, synthetic_profile, synthetic_spec, train_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nbo.sdk import InputError, ManualClock, _engine, _ledger
+from nbo.sdk import InputError, ManualClock, _engine, _ledger, _policy
 from nbo.sdk._policy import Outcome, Selection, _ordered, rank, run_pipeline
 from nbo.sdk._runtime import DecisionPlan, LoadedBundle
 from nbo.sdk._store import SQLiteStateStore
@@ -48,20 +48,20 @@ def histories(draw: st.DrawFn, offer_ids: tuple[str, ...]) -> list[tuple[str, st
 
 def check_invariants(plan: DecisionPlan, outcome: Outcome, limit: int) -> None:
     shown = outcome.shown
-    offer_ids = [plan.offer_ids[s.index] for s in shown]
+    offer_ids = [plan.offer_ids[s.offer] for s in shown]
     assert len(shown) <= limit
     assert len(set(offer_ids)) == len(offer_ids)
     for s in shown:
         assert math.isfinite(s.score) and s.score >= 0.0
         assert 0.0 <= s.propensity <= 1.0
         assert 0.0 < s.selection_probability <= 1.0
-    mandatory = [bool(plan.mandatory[s.index]) for s in shown]
+    mandatory = [bool(plan.mandatory[s.offer]) for s in shown]
     assert mandatory == sorted(mandatory, reverse=True)  # mandatory first
-    fallback = [bool(plan.fallback[s.index]) for s in shown]
+    fallback = [bool(plan.fallback[s.offer]) for s in shown]
     assert all(fallback) or not any(fallback)  # fallback only when nothing else is left
-    rest = [s for s in shown if not plan.mandatory[s.index]]
+    rest = [s for s in shown if not plan.mandatory[s.offer]]
     if plan.epsilon == 0.0:
-        keys = [(-s.score, plan.offer_ids[s.index]) for s in rest]
+        keys = [(-s.score, plan.offer_ids[s.offer]) for s in rest]
         assert keys == sorted(keys)
         assert all(s.selection_probability == 1.0 for s in shown)
     excluded_ids = {e.offer_id for e in outcome.excluded}
@@ -111,9 +111,9 @@ def test_exploration_invariants(exploring_bundle: LoadedBundle, profile: dict[st
     assert plan is not None
     outcome = _run(plan, profile, "pos", [], limit, 12, seed=seed)
     check_invariants(plan, outcome, limit)
-    rest = [s for s in outcome.shown if not plan.mandatory[s.index]]
+    rest = [s for s in outcome.shown if not plan.mandatory[s.offer]]
     if len(rest) > 1 and not outcome.explored:
-        keys = [(-s.score, plan.offer_ids[s.index]) for s in rest]
+        keys = [(-s.score, plan.offer_ids[s.offer]) for s in rest]
         assert keys == sorted(keys)
     if outcome.explored and rest:
         assert rest[0].selection_probability < 1.0
@@ -187,7 +187,7 @@ def test_invariants_on_generated_catalogs(tmp_path_factory: pytest.TempPathFacto
     history = data.draw(histories(plan.offer_ids))
     outcome = _run(plan, profile, channel, history, limit, data.draw(st.integers(0, 23)))
     check_invariants(plan, outcome, limit)
-    if outcome.shown and all(plan.fallback[s.index] for s in outcome.shown):
+    if outcome.shown and all(plan.fallback[s.offer] for s in outcome.shown):
         # a fallback answer means no normal offer survived
         assert not any(not plan.fallback[i] and plan.offer_ids[i] not in {e.offer_id for e in outcome.excluded}
                        and plan.channel_masks[channel][i] for i in range(len(plan.offer_ids)))
@@ -251,4 +251,22 @@ def test_small_pool_ranking_matches_the_numpy_order(model_bundle: LoadedBundle, 
                    limit=len(pool), seed="s")
     scores = prop * plan.value[pool] * plan.lever[pool]
     expected = [int(pool[i]) for i in _ordered(plan, pool, scores)]
-    assert [s.index for s in outcome.shown] == expected
+    assert [s.offer for s in outcome.shown] == expected
+    # Every score part too, bit for bit, against the array path — under each strategy's weights,
+    # with a propensity that is NaN now and then (which the array path orders).
+    strategy = data.draw(st.sampled_from(["", *plan.strategy_weights]))
+    if data.draw(st.booleans()):
+        prop[data.draw(st.integers(0, len(pool) - 1))] = math.nan
+    selection = Selection(pool=pool, strategy=strategy, weights_by_category=plan.strategy_weights.get(strategy),
+                          excluded=[])
+    few = rank(plan, selection, prop, limit=len(pool), seed="s")
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(_policy, "_FEW_ROWS", 0)  # the array path for any pool
+        array = rank(plan, selection, prop, limit=len(pool), seed="s")
+
+    def same(a: Any, b: Any) -> bool:  # equal, NaN equal to NaN
+        return bool(a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)))
+
+    assert len(few.shown) == len(array.shown)
+    for mine, theirs in zip(few.shown, array.shown, strict=True):
+        assert all(same(a, b) for a, b in zip(mine, theirs, strict=True)), (mine, theirs)

@@ -57,7 +57,7 @@ def test_golden_case_pure_core(case: dict[str, Any], tmp_path: Path) -> None:
                            history=_history(case), now=now, limit=case.get("limit", 3), explain=True, seed="golden")
     _check(
         case,
-        [(plan.offer_ids[s.index], s.score) for s in outcome.shown],
+        [(plan.offer_ids[s.offer], s.score) for s in outcome.shown],
         outcome.strategy,
         [(e.offer_id, e.rule_id, e.kind, e.description) for e in outcome.excluded],
     )

@@ -84,7 +84,7 @@ def test_candidate_set_across_valid_to_in_a_decision(tmp_path: Path) -> None:
     def shown(now: float) -> list[str]:
         out = _policy.run_pipeline(plan, customer={"age": 30, "owned_products": []}, context={}, channel="pos",
                                    history=[], now=now, limit=10, explain=False, seed="s")
-        return sorted(plan.offer_ids[s.index] for s in out.shown)
+        return sorted(plan.offer_ids[s.offer] for s in out.shown)
 
     assert shown(valid_to_e - 1.0) == ["A", "D", "E"]
     assert shown(valid_to_e) == ["A", "D"]  # the cached set of a second ago must not be reused
