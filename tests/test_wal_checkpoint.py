@@ -1,0 +1,137 @@
+"""The WAL checkpointer keeps the log small under a steady stream of commits (sdk/_store.py).
+
+SQLite rewinds a WAL only when a writer begins while every frame is already copied into the
+database; a PASSIVE checkpoint racing with commits never leaves it so, and the log grew without
+bound on a busy gateway (every page read then searches a longer WAL index). Real SQLite files,
+a real writer thread and the real checkpointer thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from nbo.sdk._store import _WalCheckpointer
+
+_FRAME = 4096 + 24
+
+
+def _writer(path: Path, stop: threading.Event, counts: list[int]) -> None:
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+    try:
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # as the stores do: only the checkpointer copies
+        n = 0
+        while not stop.is_set():
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t(k, v) VALUES (?, ?)", (os.urandom(8).hex(), os.urandom(300)))
+            conn.execute("COMMIT")
+            n += 1
+            time.sleep(0.0002)  # a busy gateway's decision writer also waits for requests
+        counts.append(n)
+    finally:
+        conn.close()
+
+
+def _run(tmp_path: Path, restart_frames: int, seconds: float = 2.0) -> tuple[int, int]:
+    """Commit for ``seconds`` with a checkpointer running; (commits, bytes of WAL at the end)."""
+    path = tmp_path / f"wal-{restart_frames}.sqlite"
+    with sqlite3.connect(str(path), isolation_level=None) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE t(k TEXT, v BLOB)")
+        setup.execute("CREATE INDEX t_k ON t(k)")  # a random-key index: several pages per commit
+    checkpointer = _WalCheckpointer(path, interval=0.02, restart_frames=restart_frames)
+    stop, counts = threading.Event(), []
+    writer = threading.Thread(target=_writer, args=(path, stop, counts))
+    writer.start()
+    try:
+        time.sleep(seconds)
+    finally:
+        stop.set()
+        writer.join(30)
+        checkpointer.stop()
+    return counts[0], os.path.getsize(f"{path}-wal")
+
+
+def test_the_log_starts_over_while_commits_keep_coming(tmp_path: Path) -> None:
+    commits, wal_bytes = _run(tmp_path, restart_frames=64)
+    assert commits > 1000  # a steady stream, each commit at least a frame
+    # Bounded by what a few checkpoint intervals write, not by everything ever committed.
+    assert wal_bytes < commits * _FRAME / 4, (commits, wal_bytes)
+
+
+def test_without_restarts_the_log_keeps_every_commit(tmp_path: Path) -> None:
+    """The failure the restarts fix, shown on the same workload (PASSIVE checkpoints only)."""
+    commits, wal_bytes = _run(tmp_path, restart_frames=1 << 40)
+    assert wal_bytes >= commits * _FRAME * 0.9, (commits, wal_bytes)
+
+
+def test_a_round_reports_the_log_and_a_restarted_log_is_reused(tmp_path: Path) -> None:
+    path = tmp_path / "round.sqlite"
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t(v BLOB)")
+    for _ in range(50):
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(200),))
+    checkpointer = _WalCheckpointer(path, interval=3600, restart_frames=10)  # rounds run by hand
+    try:
+        other = sqlite3.connect(str(path), isolation_level=None)
+        assert checkpointer.checkpoint(other) >= 50
+        size = os.path.getsize(f"{path}-wal")
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(200),))  # the writer starts the log over
+        assert os.path.getsize(f"{path}-wal") == size  # the file is reused, not grown
+        assert conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] == 1
+        other.close()
+    finally:
+        checkpointer.stop()
+        conn.close()
+
+
+@pytest.mark.parametrize("frames", [0, 1])
+def test_a_quiet_log_is_only_checkpointed(tmp_path: Path, frames: int) -> None:
+    path = tmp_path / "quiet.sqlite"
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t(v)")
+    for _ in range(frames):
+        conn.execute("INSERT INTO t VALUES (1)")
+    checkpointer = _WalCheckpointer(path, interval=3600, restart_frames=10)
+    try:
+        assert 0 <= checkpointer.checkpoint(conn) < 10
+    finally:
+        checkpointer.stop()
+        conn.close()
+
+
+def test_a_reader_holding_the_log_delays_the_restart_not_the_writers(tmp_path: Path) -> None:
+    path = tmp_path / "reader.sqlite"
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t(v BLOB)")
+    for _ in range(30):
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(200),))
+    reader = sqlite3.connect(str(path), isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM t").fetchone() == (30,)  # a snapshot in the log
+    conn.execute("INSERT INTO t VALUES (?)", (os.urandom(200),))  # past the reader's snapshot
+    checkpointer = _WalCheckpointer(path, interval=3600, restart_frames=10)
+    own = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        started = time.monotonic()
+        assert checkpointer.checkpoint(own) == -1  # gave up: the reader still needs the log
+        assert time.monotonic() - started < 0.5
+        writer_started = time.monotonic()
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(200),))  # writers were not left blocked
+        assert time.monotonic() - writer_started < 0.5
+        reader.execute("COMMIT")
+        assert checkpointer.checkpoint(own) >= 0  # the next round restarts the log
+    finally:
+        checkpointer.stop()
+        for c in (own, reader, conn):
+            c.close()
