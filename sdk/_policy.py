@@ -343,20 +343,35 @@ def propensities_many(
 def _score_stacked(
     plan: DecisionPlan, items: Sequence[tuple[np.ndarray, Mapping[str, Any], Mapping[str, Any]]]
 ) -> list[np.ndarray]:
-    out = [np.ones(len(rows), dtype=np.float64) for rows, _, _ in items]
     if not plan.models:
-        return out
-    groups: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # model → (item, where, rows)
+        return [np.ones(len(rows), dtype=np.float64) for rows, _, _ in items]
+    model_of = plan.offer_models
+    # Per item, its scores so far: a list of floats for a few rows (plain Python beats numpy's
+    # per-call cost there), an array for many. Offers without a model keep 1.0.
+    out: list[list[float] | np.ndarray] = []
+    # model → (item, positions of its rows in the item, the rows) in item order
+    groups: dict[int, list[tuple[int, Any, np.ndarray]]] = {}
     for n, (rows, _, _) in enumerate(items):
-        if len(rows) == 0:
+        if len(rows) <= _FEW_ROWS:
+            row_list = rows.tolist()
+            out.append([1.0] * len(row_list))
+            by_model: dict[int, tuple[list[int], list[int]]] = {}
+            for pos, row in enumerate(row_list):
+                k = model_of[row]
+                if k >= 0:
+                    at_positions, of_rows = by_model.setdefault(k, ([], []))
+                    at_positions.append(pos)
+                    of_rows.append(row)
+            for k, (at_positions, of_rows) in by_model.items():
+                groups.setdefault(k, []).append((n, at_positions, np.array(of_rows, dtype=np.intp)))
             continue
+        out.append(np.ones(len(rows), dtype=np.float64))
         which = plan.model_index[rows]
-        # one model (the common case): no grouping by model
         for k in (plan.sole_model,) if plan.sole_model >= 0 else np.unique(which).tolist():
             if k < 0:
                 continue
-            where = which == k
-            if where.any():
+            where = np.flatnonzero(which == k)
+            if len(where):
                 groups.setdefault(int(k), []).append((n, where, rows[where]))
     for k, members in groups.items():
         model = plan.models[k]
@@ -367,10 +382,16 @@ def _score_stacked(
             raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
         col = np.asarray(probs)[:, -1]
         at = 0
-        for n, where, picked in members:
-            out[n][where] = clamp_probabilities(col[at:at + len(picked)])
+        for n, slots, picked in members:
+            part = clamp_probabilities(col[at:at + len(picked)])
             at += len(picked)
-    return out
+            scores = out[n]
+            if isinstance(scores, np.ndarray):
+                scores[slots] = part
+            else:
+                for pos, p in zip(slots, part.tolist(), strict=True):
+                    scores[pos] = p
+    return [scores if isinstance(scores, np.ndarray) else np.array(scores, dtype=np.float64) for scores in out]
 
 
 _FEW_ROWS = 32

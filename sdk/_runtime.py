@@ -188,6 +188,8 @@ class DecisionPlan:
     arrays above)."""
     strategy_weight_lists: Mapping[str, tuple[float, ...]] = field(init=False, repr=False, compare=False)
     """``strategy_weights`` as tuples of Python floats."""
+    offer_models: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """``model_index`` as a tuple of Python ints."""
 
     def __post_init__(self) -> None:
         terms = tuple(zip(self.value.tolist(), self.lever.tolist(), self.mandatory.tolist(),
@@ -195,6 +197,7 @@ class DecisionPlan:
         object.__setattr__(self, "offer_terms", terms)
         object.__setattr__(self, "strategy_weight_lists",
                            {k: tuple(v.tolist()) for k, v in self.strategy_weights.items()})
+        object.__setattr__(self, "offer_models", tuple(self.model_index.tolist()))
 
 
 @dataclass(frozen=True, slots=True)

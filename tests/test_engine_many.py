@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from engine_fixtures import load_spec_bundle, synthetic_profile, synthetic_spec, train_model
 from nbo.sdk import ManualClock, _contacts, _engine, _policy, _runtime
-from nbo.sdk._errors import InputError
+from nbo.sdk._errors import InputError, ModelError
 from nbo.sdk._runtime import LoadedBundle
 from nbo.sdk._store import SQLiteStateStore
 
@@ -107,11 +107,19 @@ def test_one_model_run_scores_every_row_as_alone(bundle: LoadedBundle) -> None:
     assert plan is not None
     rng = np.random.default_rng(7)
     items = []
-    for i in range(6):
-        rows = np.sort(rng.choice(len(plan.offer_ids), size=int(rng.integers(0, 12)), replace=False))
+    for i in range(7):
+        # a few rows (scored through Python lists) and, once, every offer (through arrays)
+        size = len(plan.offer_ids) if i == 3 else int(rng.integers(0, 12))
+        rows = np.sort(rng.choice(len(plan.offer_ids), size=size, replace=False))
         customer = {**plan.default_profile, **synthetic_profile(i)}
         items.append((rows, customer, {"channel": "pos", "hour": 9 + i, "weekday": 3}))
     together = _policy.propensities_many(plan, items)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(_policy, "_FEW_ROWS", 0)  # every item through the array path
+        arrays = _policy.propensities_many(plan, items)
+    for got, array in zip(together, arrays, strict=True):
+        assert isinstance(got, np.ndarray) and isinstance(array, np.ndarray)
+        assert got.tolist() == array.tolist()
     for (rows, customer, context), got in zip(items, together, strict=True):
         assert isinstance(got, np.ndarray)
         np.testing.assert_allclose(got, _policy.propensities(plan, rows, customer, context), rtol=0, atol=1e-7)
@@ -188,3 +196,41 @@ def test_an_older_store_trades_its_history_index_for_the_event_index(tmp_path: P
         assert [r[3:] for r in kept["C1"]] == [("declined", NOW + 3600, 1)]  # the old rows still count
     finally:
         store.close()
+
+
+def _strict_model() -> bytes:
+    """A real ONNX model that fails at run time on a ``tier`` it never saw (a strict one-hot
+    encoder): a model error that belongs to one request of a batch."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    tiers = np.array([[t] for t in ["", "gold", "silver"] * 4], dtype=object)
+    pipeline = Pipeline([
+        ("prep", ColumnTransformer([("tier", OneHotEncoder(handle_unknown="error"), [0])])),
+        ("clf", LogisticRegression()),
+    ]).fit(tiers, [0, 1, 0] * 4)
+    onx = convert_sklearn(pipeline, initial_types=[("customer__tier", StringTensorType([None, 1]))],
+                          options={id(pipeline.steps[-1][1]): {"zipmap": False}}, target_opset=17)
+    return onx.SerializeToString()
+
+
+def test_a_model_error_in_a_shared_run_fails_only_its_own_request(tmp_path: Path) -> None:
+    strict = load_spec_bundle(tmp_path / "strict", synthetic_spec(12, n_models=1), models={"gbt0": _strict_model()})
+    requests = [_engine.Request(f"C{n}", "pos", None, {**synthetic_profile(n), "tier": tier}, 3, False)
+                for n, tier in enumerate(["gold", "platinum", "silver"], start=3)]  # platinum: never trained on
+    batch_store, one_store = _store(tmp_path / "batch.sqlite"), _store(tmp_path / "one.sqlite")
+    try:
+        results = _engine.decide_many(strict, batch_store, requests)
+        assert isinstance(results[1], ModelError) and "gbt0" in str(results[1])
+        alone = [_engine.decide_many(strict, one_store, [r])[0] for r in (requests[0], requests[2])]
+        assert [_summary(d) for d in (results[0], results[2])] == [_summary(d) for d in alone]
+        assert any(o.propensity != 1.0 for o in results[0].offers)  # type: ignore[union-attr]  # really scored
+        with batch_store.transaction() as tx:  # the failed request decided and recorded nothing
+            assert sorted(c for (c,) in tx.execute("SELECT customer_id FROM decisions")) == ["C3", "C5"]
+    finally:
+        batch_store.close()
+        one_store.close()
