@@ -70,14 +70,20 @@ def test_without_restarts_the_log_keeps_every_commit(tmp_path: Path) -> None:
     assert wal_bytes >= commits * _FRAME * 0.9, (commits, wal_bytes)
 
 
-def test_a_round_reports_the_log_and_a_restarted_log_is_reused(tmp_path: Path) -> None:
-    path = tmp_path / "round.sqlite"
+def _logged(path: Path, rows: int) -> sqlite3.Connection:
+    """A WAL database with ``rows`` single-row commits still in its log; its writer connection."""
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("CREATE TABLE t(v BLOB)")
-    for _ in range(50):
+    for _ in range(rows):
         conn.execute("INSERT INTO t VALUES (?)", (os.urandom(200),))
+    return conn
+
+
+def test_a_round_reports_the_log_and_a_restarted_log_is_reused(tmp_path: Path) -> None:
+    path = tmp_path / "round.sqlite"
+    conn = _logged(path, 50)
     checkpointer = _WalCheckpointer(path, interval=3600, restart_frames=10)  # rounds run by hand
     try:
         other = sqlite3.connect(str(path), isolation_level=None)
@@ -95,11 +101,7 @@ def test_a_round_reports_the_log_and_a_restarted_log_is_reused(tmp_path: Path) -
 @pytest.mark.parametrize("frames", [0, 1])
 def test_a_quiet_log_is_only_checkpointed(tmp_path: Path, frames: int) -> None:
     path = tmp_path / "quiet.sqlite"
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE t(v)")
-    for _ in range(frames):
-        conn.execute("INSERT INTO t VALUES (1)")
+    conn = _logged(path, frames)
     checkpointer = _WalCheckpointer(path, interval=3600, restart_frames=10)
     try:
         assert 0 <= checkpointer.checkpoint(conn) < 10
@@ -110,12 +112,7 @@ def test_a_quiet_log_is_only_checkpointed(tmp_path: Path, frames: int) -> None:
 
 def test_a_reader_holding_the_log_delays_the_restart_not_the_writers(tmp_path: Path) -> None:
     path = tmp_path / "reader.sqlite"
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute("CREATE TABLE t(v BLOB)")
-    for _ in range(30):
-        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(200),))
+    conn = _logged(path, 30)
     reader = sqlite3.connect(str(path), isolation_level=None)
     reader.execute("BEGIN")
     assert reader.execute("SELECT COUNT(*) FROM t").fetchone() == (30,)  # a snapshot in the log
