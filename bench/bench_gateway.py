@@ -130,19 +130,13 @@ def main(argv: list[str]) -> int:
         return 0
 
     import grpc
-    from bundle_fixtures import make_bundle, make_keys, small_catalog
-    from gateway_helpers import APP, APP_TOKEN, PUBLISHER, config_data, publish_chunks, toml_text
+    from gateway_helpers import APP, APP_TOKEN, PUBLISHER, bench_setup, publish_chunks
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2_grpc
 
     with tempfile.TemporaryDirectory(prefix="nbo-bench-gw-") as tmp:
         base = Path(tmp)
-        key, pub = make_keys(base / "keys")
-        catalog = small_catalog()
-        catalog["exploration"] = {"epsilon": 0.0}
-        bundle = make_bundle(base / "bundle", key=key, version=1, catalog=catalog)
-        config = base / "gateway.toml"
-        config.write_text(toml_text(config_data(trusted_key=pub)))
+        bundle, config = bench_setup(base)
         children: list[subprocess.Popen[bytes]] = []
         listen = "127.0.0.1:0"
         try:

@@ -76,8 +76,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit("needs Linux /proc")
 
     import grpc
-    from bundle_fixtures import make_bundle, make_keys, small_catalog
-    from gateway_helpers import APP, PUBLISHER, config_data, publish_chunks, toml_text
+    from gateway_helpers import APP, PUBLISHER, bench_setup, publish_chunks
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from nbo.gateway import create_server, load_config
     from nbo.gateway._decision_service import DecisionServicer
@@ -101,12 +100,7 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="nbo-bench-gwp-") as tmp:
         base = Path(tmp)
-        key, pub = make_keys(base / "keys")
-        catalog = small_catalog()
-        catalog["exploration"] = {"epsilon": 0.0}
-        bundle = make_bundle(base / "bundle", key=key, version=1, catalog=catalog)
-        config = base / "gateway.toml"
-        config.write_text(toml_text(config_data(trusted_key=pub)))
+        bundle, config = bench_setup(base)
         server, port = create_server(load_config(config), state_dir=base / "state", bundle_poll_seconds=0)
         server.start()
         try:

@@ -201,6 +201,18 @@ class BundleKit:
                            catalog=catalog, created_at="2026-01-01T00:00:00Z")
 
 
+def bench_setup(base: Path) -> tuple[Path, Path]:
+    """What the gateway benchmarks serve: (a signed bundle of the test catalog without
+    exploration, a gateway configuration trusting its key), written under ``base``."""
+    key, pub = make_keys(base / "keys")
+    catalog = small_catalog()
+    catalog["exploration"] = {"epsilon": 0.0}
+    bundle = make_bundle(base / "bundle", key=key, version=1, catalog=catalog)
+    config = base / "gateway.toml"
+    config.write_text(toml_text(config_data(trusted_key=pub)))
+    return bundle, config
+
+
 def bundle_kit(directory: Path) -> BundleKit:
     key, pub = make_keys(directory / "keys")
     return BundleKit(key=key, pub=pub, directory=directory / "bundles")
