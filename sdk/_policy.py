@@ -503,7 +503,8 @@ def select(
 
     if start.any:
         alive = _apply_rules(plan, start, cel_ctx, cel_error, customer_proj, context_proj, explain, excluded)
-    if plan.policies and history and alive.any():
+    if plan.policies and alive.any():
+        # also with no history: a cap of 0 holds for a customer who has none
         alive = _apply_policies(plan, alive, history, now, channel, explain, excluded)
 
     strategy = choose_strategy(plan, cel_ctx)

@@ -267,6 +267,18 @@ def test_contact_policy_scope_all_on_one_channel(engine: Engine, store: SQLiteSt
     assert ids(engine.decide(bundle, channel="pos")) == ["A", "B", "C"]  # other channels unaffected
 
 
+def test_a_zero_cap_blocks_whatever_the_customer_history_holds(engine: Engine, store: SQLiteStateStore) -> None:
+    # "at most 0" (a hand-built catalog: the toolkit asks for at least 1) holds for everyone,
+    # also for a customer with no history, or with none of the event it counts
+    bundle = engine.load(spec(POLICY_OFFERS, contact_policies=[
+        {"policy_id": "none", "applies_to": "xsell", "scope": "all", "event": "declined", "max_count": 0,
+         "window_days": 30},
+    ]))
+    assert ids(engine.decide(bundle, customer_id="NEW")) == ["C"]
+    add_history(store, ("A", "xsell", "pos", "shown", NOW - DAY))
+    assert ids(engine.decide(bundle)) == ["C"]
+
+
 def test_fallback_is_exempt_from_contact_policies_so_no_slot_is_empty(engine: Engine, store: SQLiteStateStore) -> None:
     bundle = engine.load(spec([*POLICY_OFFERS, offer("FB", "service", 1.0, fallback=True)], contact_policies=[
         {"policy_id": "app3", "scope": "all", "event": "shown", "max_count": 3, "window_days": 1, "channel": "app"},
