@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nbo.sdk._errors import ConfigError, StateError
+from nbo.sdk._store import limit_wal
 
 __all__ = ["Database", "DbTx", "open_database", "sqlite_path", "translate_placeholders"]
 
@@ -105,6 +106,7 @@ class SQLiteDatabase:
             # An acknowledged batch must survive a power cut: the device deletes nothing, but it
             # stops re-sending what the hub acknowledged.
             self._conn.execute("PRAGMA synchronous=FULL")
+            limit_wal(self._conn)
         except (sqlite3.Error, OSError) as exc:
             # A plain DatabaseError is a damaged or foreign file (a locked or full one is a subclass).
             hint = (" — the file is damaged or not an nbo hub database: stop the gateway, move it aside and "

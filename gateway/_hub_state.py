@@ -42,7 +42,7 @@ from typing import Any
 from nbo.sdk import _ledger, _payments, _records
 from nbo.sdk._clock import Clock, SystemClock
 from nbo.sdk._errors import StateError
-from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event, _WalCheckpointer, insert_rows
+from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event, _WalCheckpointer, insert_rows, limit_wal
 
 from ._config import RESERVED_DEVICE_ID
 from ._db import Database, DbTx, SQLiteDatabase
@@ -89,6 +89,7 @@ class _RelaxedSQLite:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             # No checkpoint inside a Decide's commit: a background thread does them (as on devices).
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            limit_wal(self._conn)
             # Decisions read profiles and contact histories all over the file: read it through a
             # memory map and a larger page cache rather than a system call per page (measured in
             # bench/RESULTS.md: ~50–80 µs of CPU less per Decide). Virtual address space, not RSS.

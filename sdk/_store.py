@@ -222,6 +222,7 @@ class SQLiteStateStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
+            limit_wal(self._conn)
             with self._write() as conn:
                 for ddl in (*CORE_SCHEMA, *DEVICE_SCHEMA, *(s for schema in schemas for s in schema)):
                     conn.execute(ddl)
@@ -282,6 +283,17 @@ class SQLiteStateStore:
 
 _CHECKPOINT_WAIT_MS = 1000
 _RESTART_WAIT_MS = 50
+
+WAL_SIZE_LIMIT = 128 * 1024 * 1024
+"""``journal_size_limit`` of every writing connection: when the log starts over, a ``-wal``
+file left larger by a burst (or by a reader that kept it from restarting) is cut back to this.
+Above a busy gateway's steady state (tens of MB), so the file is not cut and regrown at every
+restart."""
+
+
+def limit_wal(conn: sqlite3.Connection) -> None:
+    """Set :data:`WAL_SIZE_LIMIT` on a connection that writes to a WAL database."""
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
 
 class _WalCheckpointer:

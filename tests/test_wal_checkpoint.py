@@ -132,3 +132,43 @@ def test_a_reader_holding_the_log_delays_the_restart_not_the_writers(tmp_path: P
         checkpointer.stop()
         for c in (own, reader, conn):
             c.close()
+
+
+def test_every_writing_connection_cuts_a_grown_log_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log that a reader kept from restarting shrinks again once it can restart (the device
+    store here; the hub's two writing connections set the same limit, checked below)."""
+    from nbo.gateway._db import SQLiteDatabase
+    from nbo.gateway._hub_state import _RelaxedSQLite
+    from nbo.sdk import _store
+
+    monkeypatch.setattr(_store, "WAL_SIZE_LIMIT", 256 * 1024)
+    store = _store.SQLiteStateStore(tmp_path / "state.sqlite", device_id="pos-1")
+    reader = sqlite3.connect(str(store.path), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM outbox").fetchone()  # holds the log: no restart
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO profiles(customer_id, profile, updated_at) VALUES ('C0', '{}', 0)")
+        for n in range(400):
+            with store.transaction() as tx:
+                tx.execute("UPDATE profiles SET profile = ? WHERE customer_id = 'C0'", (f'{{"n": "{"x" * 2000}{n}"}}',))
+        wal = Path(f"{store.path}-wal")
+        assert wal.stat().st_size > 4 * 256 * 1024
+        reader.execute("COMMIT")
+        own = sqlite3.connect(str(store.path), isolation_level=None)
+        _WalCheckpointer(store.path, interval=3600, restart_frames=10).checkpoint(own)
+        own.close()
+        with store.transaction() as tx:  # the writer starts the log over, and cuts the file back
+            tx.execute("UPDATE profiles SET profile = '{}' WHERE customer_id = 'C0'")
+        assert wal.stat().st_size <= 256 * 1024
+    finally:
+        reader.close()
+        store.close()
+    durable = SQLiteDatabase(tmp_path / "hub.sqlite")
+    relaxed = _RelaxedSQLite(str(tmp_path / "hub.sqlite"))
+    try:
+        for conn in (durable._conn, relaxed._conn):
+            assert conn.execute("PRAGMA journal_size_limit").fetchone() == (256 * 1024,)
+    finally:
+        relaxed.close()
+        durable.close()
