@@ -308,7 +308,7 @@ class _WalCheckpointer:
     search a growing WAL index. So once the log holds ``restart_frames`` or more, a second
     PASSIVE pass copies what arrived during the first (little), and ``wal_checkpoint(RESTART)``
     copies the last few frames while holding writers back for that moment, then lets the next
-    writer start the log from its beginning (the file keeps its size and is reused).
+    writer start the log from its beginning (the file is reused; see :data:`WAL_SIZE_LIMIT`).
     """
 
     def __init__(self, path: Path, *, interval: float = 0.5, restart_frames: int = 4096) -> None:
@@ -335,7 +335,8 @@ class _WalCheckpointer:
             conn.close()
 
     def checkpoint(self, conn: sqlite3.Connection) -> int:
-        """One round (see the class): the number of frames in the log after it (-1 if unknown)."""
+        """One round (see the class): the log's length in frames as the round found it, or -1
+        when the restart gave up (a reader still needed the log; the next round tries again)."""
         _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if frames < self._restart_frames:
             return int(frames)
