@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -199,6 +200,33 @@ class BundleKit:
     def bundle(self, version: int, *, catalog: Mapping[str, Any] | None = None, name: str = "small") -> Path:
         return make_bundle(self.directory / f"v{version}", key=self.key, version=version, name=name,
                            catalog=catalog, created_at="2026-01-01T00:00:00Z")
+
+
+class DecideCalls:
+    """Requests submitted to a decider (``DecideBatcher`` or ``DecisionProcess``) from threads
+    of their own; each one's decision or exception collected by name."""
+
+    def __init__(self, decider: Any) -> None:
+        self.decider = decider
+        self.results: dict[str, Any] = {}
+        self.threads: list[threading.Thread] = []
+
+    def submit(self, name: str, args: Any, **kw: Any) -> None:
+        def run() -> None:
+            try:
+                self.results[name] = self.decider.submit(args, **kw)
+            except BaseException as exc:  # KeyboardInterrupt included: a test raises it
+                self.results[name] = exc
+
+        thread = threading.Thread(target=run, name=f"call-{name}")
+        thread.start()
+        self.threads.append(thread)
+
+    def join(self) -> dict[str, Any]:
+        for thread in self.threads:
+            thread.join(30)
+            assert not thread.is_alive(), f"{thread.name} still waits"
+        return self.results
 
 
 def bench_setup(base: Path) -> tuple[Path, Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_helpers import bundle_kit, policy_catalog
+from gateway_helpers import DecideCalls, bundle_kit, policy_catalog
 from nbo.gateway._decide_batch import DecideArgs, DecideBatcher, Expired, decide_batch
 from nbo.gateway._engine_host import EngineHost
 from nbo.gateway._hub_state import APP_SOURCE, HubStateStore
@@ -63,33 +63,15 @@ def _args(bundle: LoadedBundle, customer: str, channel: str = "pos") -> DecideAr
     return DecideArgs(bundle, Request(customer, channel, None, None, 3, False))
 
 
-class _Calls:
-    """Submit requests from their own threads; collect decisions and errors by name."""
+class _Calls(DecideCalls):
+    """Each request also waits until it is queued behind the gated batch."""
 
-    def __init__(self, batcher: DecideBatcher) -> None:
-        self.batcher = batcher
-        self.results: dict[str, Any] = {}
-        self.threads: list[threading.Thread] = []
-
-    def submit(self, name: str, args: DecideArgs, **kw: Any) -> None:
-        def run() -> None:
-            try:
-                self.results[name] = self.batcher.submit(args, **kw)
-            except BaseException as exc:  # KeyboardInterrupt included: see the last test
-                self.results[name] = exc
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        self.threads.append(thread)
+    def submit(self, name: str, args: Any, **kw: Any) -> None:
+        super().submit(name, args, **kw)
         deadline = time.monotonic() + 10
-        while self.batcher.queued() < len(self.threads) - 1:  # the first one is the gate's batch
+        while self.decider.queued() < len(self.threads) - 1:  # the first one is the gate's batch
             assert time.monotonic() < deadline, "requests did not queue"
             time.sleep(0.005)
-
-    def join(self) -> dict[str, Any]:
-        for thread in self.threads:
-            thread.join(10)
-        return self.results
 
 
 def _gated(batcher: DecideBatcher, runner: _Gated, bundle: LoadedBundle) -> _Calls:

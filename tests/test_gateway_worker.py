@@ -19,7 +19,6 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ import pytest
 from bundle_fixtures import make_bundle, make_model, small_catalog
 from gateway_helpers import (
     APP,
+    DecideCalls,
     Gateway,
     bundle_kit,
     config_data,
@@ -259,32 +259,6 @@ def _decide(gw: Gateway, customer: str, *, channel: str = "pos", timeout: float 
     return response
 
 
-class _Calls:
-    """Submit requests to a DecisionProcess from threads of their own; collect outcomes by name."""
-
-    def __init__(self, worker: DecisionProcess) -> None:
-        self.worker = worker
-        self.results: dict[str, Any] = {}
-        self.threads: list[threading.Thread] = []
-
-    def submit(self, name: str, args: DecideArgs, **kw: Any) -> None:
-        def run() -> None:
-            try:
-                self.results[name] = self.worker.submit(args, **kw)
-            except Exception as exc:
-                self.results[name] = exc
-
-        thread = threading.Thread(target=run, name=f"call-{name}")
-        thread.start()
-        self.threads.append(thread)
-
-    def join(self) -> dict[str, Any]:
-        for thread in self.threads:
-            thread.join(30)
-            assert not thread.is_alive(), f"{thread.name} still waits"
-        return self.results
-
-
 # -- 1. a worker that died while idle ------------------------------------------------------------
 
 
@@ -321,7 +295,7 @@ def test_calls_waiting_on_a_killed_worker_fail_retryably_and_the_next_call_succe
         assert old is not None and _workers(direct.state_dir) == {old}
         old_process = _process_of(worker)
         _stop(old)
-        calls = _Calls(worker)
+        calls = DecideCalls(worker)
         for n in range(6):
             calls.submit(f"c{n}", _args(bundle, f"waiting-{n}"))
         _wait_until(lambda: _waiting(worker) == 6, "all six calls wait on the stopped worker")
@@ -397,7 +371,7 @@ def test_alternating_old_and_new_bundle_directories_resends_what_the_worker_forg
 def test_concurrent_calls_on_many_bundle_versions_each_get_their_own(shared: Direct, kit: Kit) -> None:
     rng = random.Random(7)
     plan = [rng.choice(VERSIONS) for _ in range(48)]
-    calls = _Calls(shared.worker)
+    calls = DecideCalls(shared.worker)
     for n, version in enumerate(plan):
         calls.submit(str(n), _args(kit.loaded[version], cid()))
     results = calls.join()
@@ -410,7 +384,7 @@ def test_requests_waiting_on_the_socket_are_decided_as_one_batch(shared: Direct,
     pid = worker.pid
     assert pid is not None
     _stop(pid)
-    calls = _Calls(worker)
+    calls = DecideCalls(worker)
     try:
         for n in range(5):
             calls.submit(str(n), _args(kit.loaded[1], cid()))
