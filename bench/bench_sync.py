@@ -70,7 +70,7 @@ def start_hub(root: Path, devices: list[str]) -> tuple[subprocess.Popen[str], in
                               for d in devices))
     cli = Path(sys.executable).with_name("nbo")
     cmd = [str(cli)] if cli.exists() else [sys.executable, "-c",
-                                           "import sys; from nbo.sdk._cli import main; sys.exit(main())"]
+                                           "import sys; from nbo.cli import main; sys.exit(main())"]
     proc = subprocess.Popen([*cmd, "serve", "--state", str(root / "hub"), "--listen", "127.0.0.1:0",
                              "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None

@@ -29,7 +29,7 @@ PUBLISHER_TOKEN = "publisher-token-abcdef"
 TOKENS: dict[str, str] = {"app": APP_TOKEN, "device": DEVICE_TOKEN, "publisher": PUBLISHER_TOKEN}
 
 
-NBO_CLI: tuple[str, ...] = (sys.executable, "-c", "import sys; from nbo.sdk._cli import main; sys.exit(main())")
+NBO_CLI: tuple[str, ...] = (sys.executable, "-c", "import sys; from nbo.cli import main; sys.exit(main())")
 """The `nbo` command line, run by the interpreter of the tests."""
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from bundle_fixtures import CATALOG_JSON, CATALOG_YAML, flip_byte, make_model, read_member, rewrite_zip
-from nbo.sdk._cli import main
+from nbo.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

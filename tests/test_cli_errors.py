@@ -5,7 +5,7 @@ signed by an untrusted key, an unreachable hub (a closed port, a short timeout),
 directory whose ``state.sqlite`` is garbage — and must print exactly one line on stderr
 saying what is wrong (and, where it is not obvious, what to do), exit non-zero, and show no
 traceback. ``--debug`` shows the traceback. Commands run in-process through
-``nbo.sdk._cli.main`` (what the console script calls), against real files, real SQLite and a
+``nbo.cli.main`` (what the console script calls), against real files, real SQLite and a
 real gateway on 127.0.0.1:0; a few run as real processes.
 """
 
@@ -31,8 +31,8 @@ from gateway_helpers import (
     running_gateway,
     toml_text,
 )
+from nbo.cli import build_parser, main
 from nbo.sdk import Client
-from nbo.sdk._cli import build_parser, main
 
 
 @dataclass(frozen=True)

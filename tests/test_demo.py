@@ -6,7 +6,7 @@ import sys
 
 def test_demo_runs_the_whole_loop(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-c", "import sys; from nbo.sdk._cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from nbo.cli import main; sys.exit(main())",
          "demo", "--customers", "400", "--visits", "12", "--dir", str(tmp_path / "demo")],
         capture_output=True, text=True, timeout=300,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-NBO = [sys.executable, "-c", "import sys; from nbo.sdk._cli import main; sys.exit(main())"]
+NBO = [sys.executable, "-c", "import sys; from nbo.cli import main; sys.exit(main())"]
 
 
 def run_demo(tmp: Path, *extra: str) -> tuple[str, Path]:

@@ -11,9 +11,9 @@ import cel
 import numpy as np
 import pytest
 import yaml
+from nbo.cli import main as cli
 from nbo.model_export import compile_catalog, derive_features, generate_demo_data
 from nbo.model_export._demo_data import _LOG_POLICY_PREFERENCE, demo_catalog, true_propensity
-from nbo.sdk._cli import main as cli
 from nbo.sdk._errors import InputError
 
 FILES = ("customers.csv", "transactions.csv", "catalog.yaml", "history.csv")

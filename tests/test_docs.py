@@ -1,6 +1,6 @@
 """The docs match the code: every CLI command has help and is documented; runnable blocks run.
 
-1. Walking the argparse tree of ``nbo.sdk._cli.build_parser()``: every command and every flag
+1. Walking the argparse tree of ``nbo.cli.build_parser()``: every command and every flag
    has help text, and every command has a section in docs/cli.md that names all its flags.
 2. Every fenced block in README.md and docs/*.md whose info string is ``python runnable``
    (run with this interpreter) or ``sh runnable`` (``nbo …`` command lines, run with this
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from gateway_helpers import NBO_CLI
-from nbo.sdk._cli import build_parser
+from nbo.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])

@@ -772,7 +772,7 @@ def test_points_balance_comes_from_the_ledger(tmp_path: Path) -> None:
 
 
 def test_cli_decide_table_explain_json_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from nbo.sdk._cli import main
+    from nbo.cli import main
 
     key, pub = signing_keys(tmp_path / "keys")
     catalog = spec(

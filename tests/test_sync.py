@@ -114,7 +114,7 @@ def test_rejected_events_go_to_the_dead_letter_and_the_queue_moves(tmp_path: Pat
 
 def test_nbo_events_shows_pending_acked_and_dead(tmp_path: Path, gateway: GatewayServer, keys: tuple[Path, Path],
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    from nbo.sdk._cli import main
+    from nbo.cli import main
 
     with open_client(tmp_path / "dev", keys) as client:
         append(client, "response", response_payload("c1"))
@@ -445,7 +445,7 @@ def test_nbo_sync_forever_keeps_syncing_until_interrupted(tmp_path: Path, gatewa
 
     with open_client(tmp_path / "dev", keys) as client:
         client.award_points("c1", 3, idempotency_key="k1", reason="x")
-    cmd = [sys.executable, "-c", "import sys; from nbo.sdk._cli import main; sys.exit(main())", "sync",
+    cmd = [sys.executable, "-c", "import sys; from nbo.cli import main; sys.exit(main())", "sync",
            "--state", str(tmp_path / "dev"), "--hub", target(gateway), "--token", "tok-dev-1", "--forever",
            "--interval", "0.2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

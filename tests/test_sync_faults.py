@@ -146,7 +146,7 @@ def test_terminal_killed_during_sync_20_times(tmp_path: Path, gateway: GatewaySe
 
 def start_hub(state: Path, config: Path) -> tuple[subprocess.Popen[str], int]:
     cli = Path(sys.executable).with_name("nbo")
-    cmd = [str(cli)] if cli.exists() else [sys.executable, "-c", "import sys; from nbo.sdk._cli import main; "
+    cmd = [str(cli)] if cli.exists() else [sys.executable, "-c", "import sys; from nbo.cli import main; "
                                            "sys.exit(main())"]
     proc = subprocess.Popen([*cmd, "serve", "--state", str(state), "--listen", "127.0.0.1:0", "--config",
                              str(config), "--grace", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -63,7 +63,7 @@ def test_sync_over_mutual_tls_and_cli(tmp_path: Path, pki: dict[str, Any], devic
             device.sync(target, token="tok-dev-1", ca_file=pki["ca"].cert, timeout=3)  # no client certificate
         device.award_points("c1", 8, idempotency_key="k2", reason="x")
         device.close()
-        cli = [sys.executable, "-c", "import sys; from nbo.sdk._cli import main; sys.exit(main())", "sync",
+        cli = [sys.executable, "-c", "import sys; from nbo.cli import main; sys.exit(main())", "sync",
                "--state", str(tmp_path / "dev"), "--hub", target, "--token", "tok-dev-1",
                "--ca-file", str(pki["ca"].cert)]
         refused = subprocess.run(cli, capture_output=True, text=True, timeout=60)

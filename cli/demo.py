@@ -21,7 +21,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigError, PaymentDataError
+from nbo.sdk._errors import ConfigError, PaymentDataError
+
 from ._table import format_table
 
 APP_TOKEN = "demo-app-token"

@@ -10,7 +10,7 @@ import argparse
 import importlib
 from typing import Any
 
-from .._errors import ConfigError
+from nbo.sdk._errors import ConfigError
 
 
 def _train_module(name: str) -> Any:

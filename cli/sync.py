@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigError
+from nbo.sdk._errors import ConfigError
+
 from ._table import format_table
 from .decide import open_device
 
@@ -53,7 +54,7 @@ def register(sub: Any) -> None:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from .. import _sync
+    from nbo.sdk import _sync
 
     if (args.client_cert is None) != (args.client_key is None):
         raise ConfigError("--client-cert and --client-key must be given together")
@@ -85,7 +86,8 @@ def _print_report(report: Any) -> None:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from .. import Client, _records
+    from nbo.sdk import Client, _records
+
     from .decide import stored_device_id
 
     if args.limit < 1:

@@ -14,7 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigError, InputError, StateError
+from nbo.sdk._errors import ConfigError, InputError, StateError
+
 from ._table import format_table
 
 __all__ = ["register"]
@@ -67,7 +68,7 @@ def stored_device_id(state_dir: Path) -> str:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        from .._store import damaged_hint
+        from nbo.sdk._store import damaged_hint
 
         raise StateError(f"cannot read {path}: {exc}{damaged_hint(exc)}") from exc
     if row is None:
@@ -80,7 +81,7 @@ def open_device(args: argparse.Namespace, *, new_ok: bool = False) -> Any:
 
     ``new_ok``: the directory may be new, in which case ``--device-id`` is required.
     """
-    from .. import Client
+    from nbo.sdk import Client
 
     state_dir = Path(args.state)
     if args.device_id is None and new_ok and not (state_dir / "state.sqlite").exists():
