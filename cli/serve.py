@@ -13,9 +13,11 @@ def register(sub: Any) -> None:
     serve = sub.add_parser(
         "serve",
         help="run the gRPC gateway (sync hub, decisions, publishing)",
-        description="Run the nbo.v1 gRPC gateway with the TOML configuration of DESIGN §8 ([[tokens]], "
-        "[trust], [hub], [tls], [metrics]). Flags override the file. Stops gracefully on SIGTERM/SIGINT, "
-        "letting in-flight calls finish within --grace seconds.",
+        description="Run the nbo.v1 gRPC gateway with a TOML configuration (docs/operations.md: [[tokens]], "
+        "[trust], [hub], [tls], [server], [metrics]). Flags override the file. Runs --processes serving "
+        "processes on one port under a supervisor that owns it (no other nbo serve can join the port) and "
+        "restarts a process that dies. Stops gracefully on SIGTERM/SIGINT, letting in-flight calls finish "
+        "within --grace seconds.",
     )
     serve.add_argument("--state", required=True, metavar="DIR", help="the gateway's state directory")
     serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
@@ -26,6 +28,9 @@ def register(sub: Any) -> None:
     serve.add_argument("--client-ca", metavar="PEM", help="CA of client certificates: mutual TLS")
     serve.add_argument("--metrics-port", type=int, metavar="PORT",
                        help="serve Prometheus /metrics on this port (overrides [metrics] port; 0: any)")
+    serve.add_argument("--processes", type=int, metavar="N",
+                       help="serving processes sharing the port (overrides [server] processes; "
+                       "default: the number of cores)")
     serve.add_argument("--grace", type=float, default=10.0, metavar="S",
                        help="seconds in-flight calls get to finish on shutdown (default 10)")
     serve.set_defaults(func=_serve)
@@ -48,5 +53,5 @@ def _serve(args: argparse.Namespace) -> int:
         # One machine-readable line on stdout: scripts and tests wait for it.
         print(f"listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
 
-    serve(config, state_dir=args.state, listen=args.listen, grace=args.grace, ready=ready)
+    serve(config, state_dir=args.state, listen=args.listen, processes=args.processes, grace=args.grace, ready=ready)
     return 0

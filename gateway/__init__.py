@@ -7,7 +7,9 @@
     ...
     server.stop(grace=5).wait()
 
-``serve()`` does the same and blocks until SIGTERM/SIGINT, then drains in-flight calls.
+``serve()`` runs N such servers, each in a process of its own, on one port under a supervisor
+(what ``nbo serve --processes N`` does), until SIGTERM/SIGINT; every process then drains its
+in-flight calls.
 Names are imported lazily so that reading a configuration does not load grpc.
 """
 
@@ -26,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "BundleRecord": "_hub",
     "IngestResult": "_hub",
     "create_server": "_server",
-    "serve": "_server",
+    "serve": "_supervisor",
     "GatewayServer": "_server",
     "Principal": "_auth",
     "EngineHost": "_engine_host",

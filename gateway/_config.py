@@ -22,6 +22,9 @@
     key = "tls/server.key"
     client_ca = "tls/ca.crt"
 
+    [server]                            # optional
+    processes = 2                       # serving processes on the port; default: the number of cores
+
     [metrics]                           # optional; Prometheus /metrics over HTTP
     port = 9464                         # 0 = any free port
     addr = "127.0.0.1"                  # default; "0.0.0.0" to expose it
@@ -45,13 +48,14 @@ from nbo.sdk._errors import ConfigError
 __all__ = ["ROLES", "GatewayConfig", "TokenSpec", "load_config", "parse_config"]
 
 ROLES = frozenset({"app", "device", "publisher"})
-_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "metrics", "decisions"})
+_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "server", "metrics", "decisions"})
 _TOKEN_KEYS = frozenset({"token", "token_sha256", "role", "device_id"})
 RESERVED_DEVICE_ID = "app"
 """The hub event log's device id for events the gateway writes itself (DecisionService)."""
 _TRUST_KEYS = frozenset({"keys"})
 _HUB_KEYS = frozenset({"db"})
 _TLS_KEYS = frozenset({"cert", "key", "client_ca"})
+_SERVER_KEYS = frozenset({"processes"})
 _METRICS_KEYS = frozenset({"port", "addr"})
 _DECISIONS_KEYS = frozenset({"worker_process"})
 
@@ -79,6 +83,8 @@ class GatewayConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    processes: int | None = None
+    """Serving processes of ``nbo serve`` (``[server] processes``); ``None`` = the number of cores."""
     metrics_port: int | None = None
     """Port of the Prometheus ``/metrics`` endpoint; ``None`` = no endpoint."""
     metrics_addr: str = "127.0.0.1"
@@ -166,6 +172,12 @@ def parse_config(
         paths[key] = _path(base, value) if value else None
     _check_tls(paths["cert"], paths["key"], paths["client_ca"], where=where)
 
+    server = _table(data, "server", where)
+    _unknown(server, _SERVER_KEYS, where, prefix="server.")
+    processes = server.get("processes")
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 1):
+        raise ConfigError(f"{where}: server.processes must be a positive integer")
+
     metrics = _table(data, "metrics", where)
     _unknown(metrics, _METRICS_KEYS, where, prefix="metrics.")
     metrics_port = metrics.get("port")
@@ -190,6 +202,7 @@ def parse_config(
         tls_cert=paths["cert"],
         tls_key=paths["key"],
         client_ca=paths["client_ca"],
+        processes=processes,
         metrics_port=metrics_port,
         metrics_addr=metrics_addr,
         decision_worker=worker,

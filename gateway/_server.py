@@ -1,7 +1,7 @@
 """Building and running the gateway's gRPC server.
 
 :func:`create_server` builds a server bound to an address (tests use ``127.0.0.1:0``) without
-starting it; :func:`serve` runs one until SIGTERM/SIGINT and then drains in-flight calls.
+starting it; ``nbo serve`` runs several of them on one port (``gateway/_supervisor.py``).
 
 Channel settings, and why:
 
@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -50,7 +48,7 @@ from ._metrics import GatewayMetrics, MetricsInterceptor
 from ._publish_service import PublishServicer
 from ._sync_service import SyncServicer
 
-__all__ = ["SERVER_OPTIONS", "GatewayServer", "create_server", "serve"]
+__all__ = ["SERVER_OPTIONS", "GatewayServer", "create_server"]
 
 log = logging.getLogger("nbo.gateway")
 
@@ -145,11 +143,11 @@ def _credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
     )
 
 
-def _probe_listen(listen: str) -> None:
+def _probe_listen(listen: str, *, reuse_port: bool) -> None:
     """Fail with one clear line when the address cannot be bound, before grpc's core logs its own.
 
-    The probe sets SO_REUSEADDR and SO_REUSEPORT as grpc does, so replicas deliberately sharing
-    a port still start; port 0 (any free port) is not probed.
+    The probe binds as the server will: with SO_REUSEPORT only for the serving processes of
+    one ``nbo serve`` (``reuse_port``); port 0 (any free port) is not probed.
     """
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit():
@@ -165,7 +163,7 @@ def _probe_listen(listen: str) -> None:
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
+        if reuse_port:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             probe.bind(address)
@@ -186,12 +184,19 @@ def create_server(
     hub_schema: str | None = None,
     bundle_poll_seconds: float = 5.0,
     decision_worker: bool | None = None,
+    reuse_port: bool = False,
+    engine_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[GatewayServer, int]:
     """Build (not start) the gateway bound to ``listen``; returns the server and its port.
 
     ``hub_schema`` keeps a PostgreSQL hub's tables in their own schema (tests).
     ``bundle_poll_seconds``: how often the engine looks for a bundle another replica published
-    (0 = never). The Prometheus endpoint starts here when ``config.metrics_port`` is set.
+    (0 = never); at build the engine already switches to the hub's latest bundle.
+    The Prometheus endpoint starts here when ``config.metrics_port`` is set.
+    ``reuse_port``: bind with ``SO_REUSEPORT``, sharing the port with the other serving
+    processes of one ``nbo serve`` (``gateway/_supervisor.py`` owns the port and keeps every
+    other server off it); otherwise the bind is exclusive and a taken port is an error.
+    ``engine_dir``: where the engine keeps its bundles (default ``STATE/engine-bundles``).
     ``decision_worker`` overrides ``config.decision_worker`` (decide in a worker process); by
     default a gateway with an injected ``clock``, which cannot cross processes, decides in-process.
     """
@@ -204,7 +209,7 @@ def create_server(
         auth = Authenticator(config.tokens)
         metrics = GatewayMetrics()
         engine = EngineHost(
-            state / "engine-bundles",
+            Path(engine_dir) if engine_dir is not None else state / "engine-bundles",
             trusted_keys=config.trusted_keys,
             clock=clock,
             on_switch=lambda info: metrics.bundle_version.set(info.version),
@@ -226,7 +231,7 @@ def create_server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbo-rpc"),
             # Metrics outermost, so refused (unauthenticated) calls are counted too.
             interceptors=[MetricsInterceptor(metrics), AuthInterceptor(auth)],
-            options=list(SERVER_OPTIONS),
+            options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)],
             maximum_concurrent_rpcs=max_workers * 8,
         )
         health_servicer = health.HealthServicer()
@@ -242,6 +247,7 @@ def create_server(
         publish_pb2_grpc.add_PublishServiceServicer_to_server(
             PublishServicer(engine=engine, hub=hub, spool_dir=state / "publish-spool"), server
         )
+        _follow_hub(engine, hub)  # a bundle another process received is served from the start
         if bundle_poll_seconds > 0:
             closers.append(_start_bundle_poller(engine, hub, bundle_poll_seconds))
 
@@ -249,7 +255,7 @@ def create_server(
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-        _probe_listen(listen)
+        _probe_listen(listen, reuse_port=reuse_port)
         try:
             if credentials is not None:
                 port = server.add_secure_port(listen, credentials)
@@ -279,6 +285,14 @@ def create_server(
     return gateway, port
 
 
+def _follow_hub(engine: EngineHost, hub: HubStore) -> None:
+    """Switch the engine to the hub's latest bundle of its name when that one is newer."""
+    active = engine.active
+    latest = hub.latest_bundle(active.info.name if active is not None else None)
+    if latest is not None:
+        engine.refresh((latest.name, latest.version, latest.path))
+
+
 def _start_bundle_poller(engine: EngineHost, hub: HubStore, interval: float) -> Callable[[], None]:
     """Follow the hub's bundle registry so a bundle published to another replica is served here too."""
     stop = threading.Event()
@@ -286,10 +300,7 @@ def _start_bundle_poller(engine: EngineHost, hub: HubStore, interval: float) -> 
     def run() -> None:
         while not stop.wait(interval):
             try:
-                active = engine.active
-                latest = hub.latest_bundle(active.info.name if active is not None else None)
-                if latest is not None:
-                    engine.refresh((latest.name, latest.version, latest.path))
+                _follow_hub(engine, hub)
             except Exception as exc:  # a poll must never kill the thread; the next one retries
                 log.warning("event=bundle_poll_failed error=%s", type(exc).__name__)
 
@@ -301,37 +312,3 @@ def _start_bundle_poller(engine: EngineHost, hub: HubStore, interval: float) -> 
         thread.join(timeout=5)
 
     return close
-
-
-def serve(
-    config: GatewayConfig,
-    *,
-    state_dir: str | os.PathLike[str],
-    listen: str,
-    grace: float = 10.0,
-    ready: Callable[[int], None] | None = None,
-) -> None:
-    """Run the gateway until SIGTERM or SIGINT, then drain in-flight calls for ``grace`` s."""
-    server, port = create_server(config, state_dir=state_dir, listen=listen)
-    server.start()
-    host = listen.rsplit(":", 1)[0]
-    log.info("event=listening address=%s:%d tls=%s mtls=%s", host, port, config.tls, config.client_ca is not None)
-    if server.metrics_port is not None:
-        log.info("event=metrics address=%s:%d path=/metrics", config.metrics_addr, server.metrics_port)
-    if ready is not None:
-        ready(port)
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("event=stopping signal=%s grace_s=%s", signal.Signals(signum).name, grace)
-        server.stop(grace)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while not server.wait_for_termination(timeout=1.0):
-            pass
-    except KeyboardInterrupt:
-        server.stop(grace).wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    log.info("event=stopped")

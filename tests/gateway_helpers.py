@@ -229,13 +229,24 @@ class DecideCalls:
         return self.results
 
 
-def bench_setup(base: Path) -> tuple[Path, Path]:
-    """What the gateway benchmarks serve: (a signed bundle of the test catalog without
-    exploration, a gateway configuration trusting its key), written under ``base``."""
+def bench_setup(base: Path, *, catalog: str = "realistic") -> tuple[Path, Path]:
+    """What the gateway benchmarks serve: (a signed bundle, a gateway configuration trusting its
+    key), written under ``base``. ``catalog``: ``"realistic"`` — 200 offers, 10 rules, 2 contact
+    policies, one 100-tree gradient-boosting model (``engine_fixtures.synthetic_spec``, the
+    catalog ``bench_decide.py`` measures); ``"small"`` — the 5-offer test catalog. No exploration."""
     key, pub = make_keys(base / "keys")
-    catalog = small_catalog()
-    catalog["exploration"] = {"epsilon": 0.0}
-    bundle = make_bundle(base / "bundle", key=key, version=1, catalog=catalog)
+    if catalog == "realistic":
+        from engine_fixtures import signed_bundle, synthetic_spec, train_model
+
+        spec = synthetic_spec(200, name="retail200")
+        spec["exploration"] = {"epsilon": 0.0}
+        bundle = signed_bundle(base / "bundle", spec, key=key, models={"gbt0": train_model(100, 0, 2000)[0]})
+    elif catalog == "small":
+        small = small_catalog()
+        small["exploration"] = {"epsilon": 0.0}
+        bundle = make_bundle(base / "bundle", key=key, version=1, catalog=small)
+    else:
+        raise ValueError(f"unknown bench catalog {catalog!r}")
     config = base / "gateway.toml"
     config.write_text(toml_text(config_data(trusted_key=pub)))
     return bundle, config
