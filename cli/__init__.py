@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from nbo.sdk._errors import NboError
+from nbo.sdk import NboError
 
 __all__ = ["main"]
 

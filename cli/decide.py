@@ -14,9 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk._errors import ConfigError, InputError, StateError
-
-from ._table import format_table
+from nbo.model_export import format_table
+from nbo.sdk import ConfigError, InputError, StateError
 
 __all__ = ["register"]
 
@@ -68,7 +67,7 @@ def stored_device_id(state_dir: Path) -> str:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        from nbo.sdk._store import damaged_hint
+        from nbo.sdk.core import damaged_hint
 
         raise StateError(f"cannot read {path}: {exc}{damaged_hint(exc)}") from exc
     if row is None:

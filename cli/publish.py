@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from nbo.model_export._publish import PublishRefused, PublishResult, publish_bundle
+from nbo.model_export import publish_bundle
 
-__all__ = ["PublishRefused", "PublishResult", "publish_bundle", "register"]
+__all__ = ["register"]
 
 class _ProgressBar:
     """A one-line progress bar on a terminal stream (plain percentages when not a TTY)."""

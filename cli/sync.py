@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk._errors import ConfigError
+from nbo.model_export import format_table
+from nbo.sdk import ConfigError
 
-from ._table import format_table
 from .decide import open_device
 
 
@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from nbo.sdk import _sync
+    from nbo.sdk import core
 
     if (args.client_cert is None) != (args.client_key is None):
         raise ConfigError("--client-cert and --client-key must be given together")
@@ -63,14 +63,14 @@ def _sync(args: argparse.Namespace) -> int:
     with open_device(args) as client:
         if args.forever:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-            loop = _sync.SyncLoop(client, args.hub, args.token, interval=args.interval, options=options,
+            loop = core.SyncLoop(client, args.hub, args.token, interval=args.interval, options=options,
                                   on_report=_print_report)
             try:
                 loop.run_forever()
             except KeyboardInterrupt:
                 loop.stop()
             return 0
-        report = _sync.sync(client, args.hub, token=args.token, **options)
+        report = core.sync(client, args.hub, token=args.token, **options)
         _print_report(report)
         return 1 if report.errors else 0
 
@@ -86,7 +86,7 @@ def _print_report(report: Any) -> None:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from nbo.sdk import Client, _records
+    from nbo.sdk import Client
 
     from .decide import stored_device_id
 
@@ -96,8 +96,8 @@ def _events(args: argparse.Namespace) -> int:
     device_id = args.device_id or stored_device_id(state_dir)
     status = "dead_lettered" if args.status == "dead" else args.status
     with Client.open(state_dir, device_id=device_id, trusted_keys=[]) as client:
-        summary = _records.outbox_summary(client._store)
-        listed = _records.list_events(client._store, status=status, limit=args.limit)
+        summary = client.outbox_summary()
+        listed = client.outbox_events(status=status, limit=args.limit)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items()}, sort_keys=True))
         for item in listed:

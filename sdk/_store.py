@@ -240,7 +240,7 @@ class SQLiteStateStore:
         # auto-checkpoint, one commit in every few hundred copies the WAL into the database
         # file (~1 ms), which was the p99 of decide (bench/bench_decide.py, docs/decisions.md).
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = _WalCheckpointer(self.path)
+        self._checkpointer = WalCheckpointer(self.path)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -296,7 +296,7 @@ def limit_wal(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
 
-class _WalCheckpointer:
+class WalCheckpointer:
     """A daemon thread with its own connection that checkpoints the WAL and keeps it small.
 
     Every ``interval`` it runs ``wal_checkpoint(PASSIVE)``, which copies the log into the
