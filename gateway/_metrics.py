@@ -56,6 +56,7 @@ class GatewayMetrics:
             "nbo_sync_lag_seconds",
             "Age of the oldest event in the most recent pushed batch.",
             registry=self.registry,
+            multiprocess_mode="livemax",  # under `nbo serve`: the laggiest serving process
         )
         self.rpc_calls = Counter(
             "nbo_rpc", "RPCs handled, per method and status code.", ["method", "code"], registry=self.registry
@@ -66,6 +67,7 @@ class GatewayMetrics:
         self.bundle_version = Gauge(
             "nbo_bundle_version", "Version of the bundle the gateway engine serves (0 = none).",
             registry=self.registry,
+            multiprocess_mode="livemin",  # under `nbo serve`: the version every serving process has
         )
         self._http: Any = None
         self._lock = threading.Lock()

@@ -53,7 +53,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nbo.sdk._errors import ConfigError
+from nbo.sdk import ConfigError
 
 from ._config import GatewayConfig
 

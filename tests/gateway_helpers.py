@@ -275,8 +275,11 @@ def start_serve_process(
 
     Its output goes to :func:`serve_log` (not a pipe, so a chatty server can never block).
     """
+    # One serving process unless the test asks for more: a bundle published to one process
+    # reaches the others only through the hub's registry (within a second), not at once.
+    processes = [] if "--processes" in extra_args else ["--processes", "1"]
     args = [*NBO_CLI, "serve", "--state", str(state_dir), "--listen", f"127.0.0.1:{port}", "--config",
-            str(config_path), *extra_args]
+            str(config_path), *processes, *extra_args]
     state_dir.parent.mkdir(parents=True, exist_ok=True)
     with serve_log(state_dir).open("ab") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
