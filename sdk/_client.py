@@ -24,6 +24,7 @@ from ._errors import BundleError, InputError, NotReadyError
 from ._runtime import LoadedBundle, load_bundle, stage_and_load
 from ._store import SQLiteStateStore
 from ._types import BundleInfo, Decision, LedgerEntry, PaymentRecord, SyncReport
+from ._vocabulary import DEFAULT_LIMIT
 
 __all__ = ["Client", "ClientConfig"]
 
@@ -176,7 +177,7 @@ class Client:
         channel: str,
         context: Mapping[str, Any] | None = None,
         profile: Mapping[str, Any] | None = None,
-        limit: int = 3,
+        limit: int = DEFAULT_LIMIT,
         explain: bool = False,
     ) -> Decision:
         """Rank the offers for ``customer_id`` on ``channel`` now, from the active bundle."""
