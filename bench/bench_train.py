@@ -12,8 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nbo.model_export import generate_demo_data
-from nbo.model_export._train_data import train_from_directory
+from nbo.model_export import generate_demo_data, train_from_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 

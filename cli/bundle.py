@@ -10,10 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk._errors import BundleError, InputError
+from nbo.model_export import format_table
+from nbo.sdk import BundleError, InputError
 
 from ._common import add_command, iso_time, positive_int
-from ._table import format_table
 from .decide import open_device
 
 
@@ -188,8 +188,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from nbo.sdk._bundle import count_offers, load_trusted_keys, verify_bundle
-    from nbo.sdk._clock import SystemClock
+    from nbo.sdk import SystemClock
+    from nbo.sdk.core import count_offers, load_trusted_keys, verify_bundle
 
     trusted = load_trusted_keys([Path(p) for p in args.trusted_key])
     with tempfile.TemporaryDirectory(prefix="nbo-verify-") as tmp:
@@ -212,7 +212,7 @@ def _rows(conn: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from nbo.sdk._bundle import inspect_bundle
+    from nbo.sdk.core import inspect_bundle
 
     with tempfile.TemporaryDirectory(prefix="nbo-inspect-") as tmp:
         found = inspect_bundle(Path(args.bundle), tmp)

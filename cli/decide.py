@@ -14,10 +14,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from nbo.model_export import format_table
 from nbo.sdk import StateError
 
 from ._common import UsageError, add_command, json_object, positive_int
-from ._table import format_table
 
 __all__ = ["register"]
 
@@ -79,7 +79,7 @@ def stored_device_id(state_dir: Path) -> str:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        from nbo.sdk._store import damaged_hint
+        from nbo.sdk.core import damaged_hint
 
         raise StateError(f"cannot read {path}: {exc}{damaged_hint(exc)}") from exc
     if row is None:

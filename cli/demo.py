@@ -2,278 +2,34 @@
 
 sample data → training + report → signed bundle → gateway with a SQLite hub → two offline POS
 terminals deciding and recording → sync → a second bundle published and picked up → an
-app-backend client deciding over gRPC. Every step uses the public library the way a user would.
+app-backend client deciding over gRPC. The loop itself is :func:`nbo.model_export.run_demo`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import random
-import shutil
 import sys
-import tempfile
-import time
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk._errors import ConfigError, PaymentDataError
+from nbo.sdk import ConfigError
 
 from ._common import add_command, int_at_least, positive_int
-from ._table import format_table
-
-APP_TOKEN = "demo-app-token"
-PUBLISHER_TOKEN = "demo-publisher-token"
-TERMINALS = ("pos-1", "pos-2")
-PUSHED_OFFER = "loyalty_tier_upgrade"  # the campaign bundle v2 pushes with a lever
-
-
-def _device_token(device_id: str) -> str:
-    return f"demo-device-token-{device_id}"
-
-
-class _Steps:
-    """Numbered progress lines with timings on stdout."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.n = 0
-        self.started = time.perf_counter()
-
-    @contextmanager
-    def step(self, title: str) -> Iterator[None]:
-        self.n += 1
-        t0 = time.perf_counter()
-        print(f"\n[{self.n}/{self.total}] {title} …", flush=True)
-        yield
-        print(f"      done in {time.perf_counter() - t0:.1f}s", flush=True)
-
-
-def _read_customers(path: Path) -> dict[str, dict[str, Any]]:
-    from nbo.model_export._train_data import _profile_value
-
-    with path.open(newline="", encoding="utf-8") as fh:
-        return {
-            row["customer_id"]: {k: _profile_value(k, v) for k, v in row.items() if k != "customer_id"}
-            for row in csv.DictReader(fh)
-        }
-
-
-def _profiles(data: Any) -> dict[str, dict[str, Any]]:
-    """What a loyalty card lookup would give the terminal: profile fields plus measures."""
-    from nbo.sdk._measures import derive_features
-
-    customers = _read_customers(data.customers)
-    with data.transactions.open(newline="", encoding="utf-8") as fh:
-        transactions = [
-            {"customer_id": r["customer_id"], "timestamp": r["timestamp"], "amount": float(r["amount"]),
-             "quantity": int(r.get("quantity") or 1)}
-            for r in csv.DictReader(fh)
-        ]
-    measures = derive_features(transactions, as_of=data.as_of)
-    return {cid: {**fields, **measures.get(cid, {})} for cid, fields in customers.items()}
-
-
-def _offer_line(decision: Any) -> str:
-    return " / ".join(f"{o.category.upper()} {o.name} {o.score:,.0f}" for o in decision.offers)
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        import grpc
-        from nbo.gateway import create_server, parse_config
-        from nbo.model_export import (
-            build_bundle,
-            generate_demo_data,
-            generate_keys,
-            load_catalog_file,
-            publish_bundle,
-        )
-        from nbo.model_export._train_data import train_from_directory
-        from nbo.sdk import Client
-        from nbo.v1 import decision_pb2, decision_pb2_grpc
-    except ImportError as exc:
-        raise ConfigError(f"the demo needs the gateway and training extras (pip install 'nbo-edge[dev]'): {exc}") \
-            from None
+    from nbo.model_export import run_demo
 
-    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="nbo-demo-"))
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--dir {root}: cannot create the demo directory: {exc.strerror or exc}") from None
-    steps = _Steps(9)
-    rng = random.Random(args.seed)
-    server = None
-    clients: dict[str, Any] = {}
-    print(f"nbo demo — working in {root}")
-    try:
-        with steps.step(f"Generating sample retail data ({args.customers} customers)"):
-            data = generate_demo_data(root / "data", customers=args.customers, seed=args.seed)
-            print(f"      {data.n_customers} customers, {data.n_transactions} transactions, "
-                  f"{data.n_history} logged offer shows → {data.directory}")
-
-        with steps.step("Training the propensity model (scikit-learn → ONNX, parity-checked)"):
-            trained = train_from_directory(data.directory, root / "model", model="gbt", seed=args.seed,
-                                           progress=False)
-            m = trained.metrics
-            print(f"      holdout AUC {m['auc']:.3f}, log loss {m['log_loss']:.4f}, "
-                  f"ONNX vs scikit-learn max diff {m['parity_max_abs_diff']:.1e}")
-            print(f"      evaluation report: {trained.report_path}")
-
-        with steps.step("Signing bundle v1 (catalog + model)"):
-            keys = generate_keys(root / "keys")
-            bundle_v1 = build_bundle(catalog=data.catalog, models={"propensity": trained.model_path},
-                                     name="demo-retail", version=1, key=keys.private_key,
-                                     out=root / "bundle-v1.zip")
-            print(f"      {bundle_v1.path.name}: key id {keys.key_id}, {bundle_v1.offer_count} offers")
-
-        with steps.step("Starting the gateway on a free loopback port (SQLite hub)"):
-            config = parse_config({
-                "tokens": [
-                    {"token": APP_TOKEN, "role": "app"},
-                    {"token": PUBLISHER_TOKEN, "role": "publisher"},
-                    *({"token": _device_token(d), "role": "device", "device_id": d} for d in TERMINALS),
-                ],
-                "trust": {"keys": [str(keys.public_key)]},
-                "hub": {"db": f"sqlite:///{root / 'gateway' / 'hub.sqlite'}"},
-            })
-            server, port = create_server(config, state_dir=root / "gateway", listen="127.0.0.1:0",
-                                         bundle_poll_seconds=0)
-            server.start()
-            hub = f"127.0.0.1:{port}"
-            published = publish_bundle(bundle_v1.path, hub, token=PUBLISHER_TOKEN)
-            print(f"      gateway at {hub}; published {published.name} v{published.version}")
-
-        with steps.step("Two POS terminals install v1 and decide while offline"):
-            profiles = _profiles(data)
-            customer_ids = sorted(profiles)[: args.visits]
-            for device_id in TERMINALS:
-                clients[device_id] = Client.open(root / device_id, device_id=device_id,
-                                                 trusted_keys=[keys.public_key])
-                clients[device_id].install_bundle(bundle_v1.path)
-            accepted: Counter[str] = Counter()
-            shown: Counter[str] = Counter()
-            card_refused = 0
-            for i, customer_id in enumerate(customer_ids):
-                client = clients[TERMINALS[i % 2]]
-                decision = client.decide(customer_id, channel="pos", profile=profiles[customer_id], limit=3)
-                if i < 5:
-                    print(f"      {customer_id} ({decision.strategy or 'no strategy'}): {_offer_line(decision)}")
-                # the regulatory notice is shown first when due; the response is about the sales offer
-                top = next((o for o in decision.offers if not o.mandatory), decision.offers[0])
-                shown[top.offer_id] += 1
-                outcome = "accepted" if rng.random() < top.propensity else "declined"
-                client.record_response(decision.decision_id, top.offer_id, outcome)
-                amount = Decimal(rng.randrange(500, 20000)) / 100
-                # tokens of 12 hex digits: 16 could hold a 13-digit Luhn-valid run (a "card number")
-                client.record_purchase(customer_id, amount=amount, idempotency_key=f"{decision.decision_id}:buy")
-                client.award_points(customer_id, int(amount), idempotency_key=f"{decision.decision_id}:pts",
-                                    reason="purchase")
-                client.record_payment(customer_id, payment_token=f"tok_{rng.getrandbits(48):012x}", amount=amount,
-                                      currency="EUR", idempotency_key=f"{decision.decision_id}:pay",
-                                      store_id="store-7", decision_id=decision.decision_id,
-                                      offer_id=top.offer_id)
-                if outcome == "accepted":
-                    accepted[top.offer_id] += 1
-                if i == 0:
-                    try:  # a cashier types the card number into the token field: refused, never stored
-                        client.record_payment(customer_id, payment_token="4111 1111 1111 1111", amount="1.00",
-                                              currency="EUR", idempotency_key="oops")
-                    except PaymentDataError as exc:
-                        card_refused += 1
-                        print(f"      card number refused as it should be: {exc}")
-            epsilon = float((load_catalog_file(data.catalog).get("exploration") or {}).get("epsilon", 0.0))
-            if epsilon:
-                print(f"      (exploration is on, ε={epsilon:g}: now and then a lower-scored offer is promoted so the "
-                      "logs can evaluate other policies — such a line is not in score order)")
-            pending = {d: c.pending_events() for d, c in clients.items()}
-            print(f"      {len(customer_ids)} visits; events waiting offline: "
-                  + ", ".join(f"{d}={n}" for d, n in pending.items()))
-
-        with steps.step("Terminals come online and sync to the hub"):
-            rows = []
-            for device_id, client in clients.items():
-                report = client.sync(hub, token=_device_token(device_id))
-                rows.append([device_id, report.pushed, report.acked_through, report.dead_lettered,
-                             report.balances_updated, client.pending_events()])
-            print(format_table(["terminal", "pushed", "acked through", "dead-lettered", "balances", "pending"],
-                               rows))
-
-        with steps.step("Balances at the hub (app backend, gRPC GetBalance)"):
-            channel = grpc.insecure_channel(hub)
-            stub = decision_pb2_grpc.DecisionServiceStub(channel)
-            auth = (("authorization", f"Bearer {APP_TOKEN}"),)
-            rows = []
-            for customer_id in customer_ids[:5]:
-                hub_balance = stub.GetBalance(decision_pb2.GetBalanceRequest(customer_id=customer_id),
-                                              metadata=auth).balance
-                terminal = clients[TERMINALS[customer_ids.index(customer_id) % 2]]
-                rows.append([customer_id, hub_balance, terminal.points_balance(customer_id)])
-            print(format_table(["customer", "hub balance", "terminal balance"], rows))
-            rows = [[offer_id, n, accepted[offer_id], accepted[offer_id] / n] for offer_id, n in shown.most_common(8)]
-            print(format_table(["top offer shown", "shown", "accepted", "rate"], rows, title="Acceptance by offer"))
-
-        with steps.step("Publishing bundle v2 (a campaign lever) and watching the terminals pick it up"):
-            # v2: the business pushes the gold-tier campaign (lever 1.5) — terminals pick it up on sync
-            catalog_v2 = load_catalog_file(data.catalog)
-            for offer in catalog_v2["offers"]:
-                if offer["offer_id"] == PUSHED_OFFER:
-                    offer["lever"] = 1.5
-            bundle_v2 = build_bundle(catalog=catalog_v2, models={"propensity": trained.model_path},
-                                     name="demo-retail", version=2, key=keys.private_key,
-                                     out=root / "bundle-v2.zip")
-            publish_bundle(bundle_v2.path, hub, token=PUBLISHER_TOKEN)
-            rows = []
-            for device_id, client in clients.items():
-                report = client.sync(hub, token=_device_token(device_id))
-                installed = report.bundle_installed
-                rows.append([device_id, f"v{installed.version}" if installed else "-",
-                             f"{client.bundle.name} v{client.bundle.version}" if client.bundle else "-"])
-            print(format_table(["terminal", "installed by sync", "active bundle"], rows))
-            for customer_id in customer_ids[:3]:
-                terminal = clients[TERMINALS[customer_ids.index(customer_id) % 2]]
-                decision = terminal.decide(customer_id, channel="pos", profile=profiles[customer_id], limit=3)
-                pushed = [o for o in decision.offers if o.offer_id == PUSHED_OFFER]
-                note = f" (lever {pushed[0].lever:g})" if pushed else ""
-                print(f"      {customer_id} on v{decision.bundle_version}: {_offer_line(decision)}{note}")
-
-        with steps.step("An app backend asks the gateway for offers (gRPC Decide)"):
-            customer_id = customer_ids[0]
-            profile_struct = {k: v for k, v in profiles[customer_id].items()
-                              if isinstance(v, str | int | float | bool) or v is None}
-            request = decision_pb2.DecideRequest(customer_id=customer_id, channel="app", limit=3, explain=True)
-            request.profile.update(profile_struct)
-            response = stub.Decide(request, metadata=auth, timeout=10)
-            print(format_table(
-                ["rank", "offer", "category", "propensity", "value", "weight", "lever", "score"],
-                [[o.rank, o.name, o.category, o.propensity, o.value, o.weight, o.lever, o.score]
-                 for o in response.offers],
-                title=f"{customer_id} on the app — bundle {response.bundle_name} v{response.bundle_version}, "
-                      f"strategy {response.strategy}",
-            ))
-            print(f"      {len(response.excluded)} offers excluded by rules or contact policies, e.g.: "
-                  + "; ".join(f"{e.offer_id} ({e.kind}: {e.description})" for e in response.excluded[:2]))
-            channel.close()
-        print(f"\nThe whole loop ran in {time.perf_counter() - steps.started:.0f}s. "
-              f"Evaluation report: {trained.report_path}"
-              + ("" if args.keep or args.dir else " (deleted with the demo directory; rerun with --keep)"))
-        if card_refused != 1:
-            print("warning: the card-number refusal did not happen", file=sys.stderr)
-            return 1
-        return 0
-    finally:
-        for client in clients.values():
-            client.close()
-        if server is not None:
-            server.stop(grace=2).wait()
-        if not (args.keep or args.dir):
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(f"kept {root}")
+    if args.dir:
+        try:
+            Path(args.dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--dir {args.dir}: cannot create the demo directory: {exc.strerror or exc}") from None
+    result = run_demo(args.dir, keep=args.keep, customers=args.customers, visits=args.visits, seed=args.seed)
+    if not result.card_number_refused:
+        print("warning: the card-number refusal did not happen", file=sys.stderr)
+        return 1
+    return 0
 
 
 def register(sub: Any) -> None:

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from nbo.model_export._publish import PublishRefused, PublishResult, publish_bundle
+from nbo.model_export import publish_bundle
 
 from ._common import TOKEN_ENV, add_command, add_token_options, positive_float, token_from
 
-__all__ = ["PublishRefused", "PublishResult", "publish_bundle", "register"]
+__all__ = ["register"]
 
 
 class _ProgressBar:

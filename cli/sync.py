@@ -8,6 +8,9 @@ import logging
 import sys
 from typing import Any
 
+from nbo.model_export import format_table
+from nbo.sdk import SyncError
+
 from ._common import (
     TOKEN_ENV,
     UsageError,
@@ -17,7 +20,6 @@ from ._common import (
     positive_int,
     token_from,
 )
-from ._table import format_table
 from .decide import open_device
 
 
@@ -71,7 +73,7 @@ def register(sub: Any) -> None:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from nbo.sdk import SyncError, _sync
+    from nbo.sdk import core
 
     if (args.client_cert is None) != (args.client_key is None):
         raise UsageError("--client-cert and --client-key must be given together")
@@ -81,7 +83,7 @@ def _sync(args: argparse.Namespace) -> int:
     with open_device(args) as client:
         if args.forever:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-            loop = _sync.SyncLoop(client, args.hub, token, interval=args.interval, options=options,
+            loop = core.SyncLoop(client, args.hub, token, interval=args.interval, options=options,
                                   on_report=lambda report: _print_report(report, client))
             try:
                 loop.run_forever()
@@ -89,7 +91,7 @@ def _sync(args: argparse.Namespace) -> int:
                 loop.stop()
             return 0
         try:
-            report = _sync.sync(client, args.hub, token=token, **options)
+            report = core.sync(client, args.hub, token=token, **options)
         except SyncError as exc:
             if getattr(exc, "code", None) in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                 raise SyncError(f"{exc}; `nbo sync --forever` keeps retrying with backoff") from exc
@@ -102,13 +104,6 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _acked_on_device(client: Any) -> int:
-    """The highest seq of this device's outbox the hub has acknowledged (0: none yet)."""
-    with client._store.read() as tx:
-        rows = tx.execute("SELECT MAX(seq) FROM outbox WHERE acked = 1")
-    return int(rows[0][0] or 0) if rows else 0
-
-
 def _print_report(report: Any, client: Any) -> None:
     bundle = (f"{report.bundle_installed.name} v{report.bundle_installed.version}"
               if report.bundle_installed else "none")
@@ -116,20 +111,19 @@ def _print_report(report: Any, client: Any) -> None:
         head = (f"pushed {_plural(report.pushed, 'event')}; hub acknowledged through seq {report.acked_through}; "
                 f"dead-lettered {report.dead_lettered}")
     else:
-        head = f"nothing to push, hub holds through seq {_acked_on_device(client)}"
+        head = f"nothing to push, hub holds through seq {client.acked_through()}"
     print(f"{head}; balances updated {report.balances_updated}; bundle installed: {bundle}", flush=True)
     for error in report.errors:
         print(f"warning: {error}", file=sys.stderr, flush=True)
 
 
 def _events(args: argparse.Namespace) -> int:
-    from nbo.sdk import _records
 
     status = "dead_lettered" if args.status == "dead" else args.status
     with open_device(args, read_only=True) as client:
         device_id = client.device_id
-        summary = _records.outbox_summary(client._store)
-        listed = _records.list_events(client._store, status=status, limit=args.limit)
+        summary = client.outbox_summary()
+        listed = client.outbox_events(status=status, limit=args.limit)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items()}, sort_keys=True))
         for item in listed:

@@ -15,9 +15,10 @@ from nbo.sdk import ConfigError
 from ._common import add_command, int_at_least
 
 
-def _train_module(name: str) -> Any:
+def _train_function(name: str) -> Any:
+    """``nbo.model_export.<name>``; its module loads scikit-learn, so only when a command runs."""
     try:
-        return importlib.import_module(f"nbo.model_export.{name}")
+        return getattr(importlib.import_module("nbo.model_export"), name)
     except ImportError as exc:  # the [train] extras are optional on a terminal
         raise ConfigError(
             f"this command needs the training extras (pip install 'nbo-edge[train]'): {exc}"
@@ -25,7 +26,7 @@ def _train_module(name: str) -> Any:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    data = _train_module("_demo_data").generate_demo_data(args.out, customers=args.customers, seed=args.seed)
+    data = _train_function("generate_demo_data")(args.out, customers=args.customers, seed=args.seed)
     print(f"wrote {data.directory}: {data.n_customers} customers, {data.n_transactions} transactions, "
           f"{data.n_history} shown offers, catalog.yaml (snapshot {data.as_of:%Y-%m-%d %H:%M:%S} UTC)")
     return 0
@@ -33,7 +34,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
-    result = _train_module("_train_data").train_from_directory(
+    result = _train_function("train_from_directory")(
         args.data, args.out, model=args.model, seed=args.seed, features=features, progress=not args.quiet
     )
     m = result.metrics
@@ -45,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    path = _train_module("_report").write_report(args.model_dir)
+    path = _train_function("write_report")(args.model_dir)
     print(f"report   {path}")
     return 0
 

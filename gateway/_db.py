@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from nbo.sdk._errors import ConfigError, StateError
-from nbo.sdk._store import limit_wal
+from nbo.sdk import ConfigError, StateError
+from nbo.sdk.core import limit_wal
 
 __all__ = ["Database", "DbTx", "open_database", "sqlite_path", "translate_placeholders"]
 

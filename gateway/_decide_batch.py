@@ -5,7 +5,7 @@ contacts, its event), and on the SQLite hub every write transaction is serialise
 database's single writer lock. Deciding each request in its own transaction, with RPC threads
 queued on that lock, costs more CPU than the decisions themselves. So requests are decided in
 batches by :func:`decide_batch`: **one** hub transaction, the state read and written for all
-of them at once and one model run per model (``sdk._engine.decide_many``), one commit.
+of them at once and one model run per model (``nbo.sdk.core.decide_many``), one commit.
 
 Two deciders feed it (both implement :class:`Decider`):
 
@@ -39,10 +39,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
-from nbo.sdk import _engine
-from nbo.sdk._errors import NboError, StateError
-from nbo.sdk._runtime import LoadedBundle
-from nbo.sdk._types import Decision
+from nbo.sdk import Decision, NboError, StateError
+from nbo.sdk.core import LoadedBundle, Request, decide_many
 
 from ._hub_state import HubStateStore
 
@@ -62,7 +60,7 @@ class DecideArgs:
     """One ``Decide`` request, converted, with the bundle that was active when it arrived."""
 
     bundle: LoadedBundle
-    request: _engine.Request
+    request: Request
 
     @property
     def customer_id(self) -> str:
@@ -84,7 +82,7 @@ Runner: TypeAlias = Callable[[Sequence[DecideArgs]], Sequence[Outcome]]
 
 
 def decide_batch(state: HubStateStore, batch: Sequence[DecideArgs]) -> list[Decision | Exception]:
-    """Decide ``batch`` in one hub transaction with :func:`nbo.sdk._engine.decide_many`.
+    """Decide ``batch`` in one hub transaction with :func:`nbo.sdk.core.decide_many`.
 
     Requests are grouped by the bundle they carry (a hot swap can put two in one batch); a
     request's own error is its outcome; an error of the transaction itself (a read, a write,
@@ -97,7 +95,7 @@ def decide_batch(state: HubStateStore, batch: Sequence[DecideArgs]) -> list[Deci
     with state.decision_batch([args.customer_id for args in batch]):
         for bundle, positions in groups.values():
             requests = [batch[p].request for p in positions]
-            for position, outcome in zip(positions, _engine.decide_many(bundle, state, requests), strict=True):
+            for position, outcome in zip(positions, decide_many(bundle, state, requests), strict=True):
                 outcomes[position] = outcome
     return [o if o is not None else StateError("no decision was made") for o in outcomes]
 

@@ -42,11 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from nbo.sdk import _errors
-from nbo.sdk._engine import Request
-from nbo.sdk._errors import NboError, StateError
-from nbo.sdk._runtime import LoadedBundle, load_bundle
-from nbo.sdk._types import BundleInfo, Decision
+from nbo.sdk import BundleError, BundleInfo, Decision, NboError, StateError
+from nbo.sdk.core import LoadedBundle, Request, load_bundle
 
 from ._decide_batch import DecideArgs, EncodedDecision, Expired, Outcome, decide_batch
 
@@ -467,7 +464,7 @@ def _child_main(conn: Any, spec: Mapping[str, Any]) -> None:
                 info = BundleInfo(**{**meta["info"], "models": tuple(meta["info"].get("models", ()))})
                 loaded[directory] = load_bundle(Path(directory), meta["manifest"], info)
             except Exception as exc:  # the requests that name it fail with this error
-                loaded[directory] = exc if isinstance(exc, NboError) else _errors.BundleError(str(exc))
+                loaded[directory] = exc if isinstance(exc, NboError) else BundleError(str(exc))
         bundle = loaded.get(directory)
         _touch(loaded, [message["job"]])
         deadline = message.get("deadline")

@@ -18,12 +18,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
-from nbo.sdk import _ledger, _payments, _records
-from nbo.sdk._engine import Request, validate_mapping
-from nbo.sdk._errors import (
-    InputError,
-)
-from nbo.sdk._types import Decision, LedgerEntry, PaymentRecord
+from nbo.sdk import Decision, InputError, LedgerEntry, PaymentRecord, core
+from nbo.sdk.core import Request, validate_mapping
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 
 from ._decide_batch import DecideArgs, Decider, EncodedDecision
@@ -188,7 +184,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             limit = request.limit if request.HasField("limit") else _DEFAULT_LIMIT
             if not 1 <= limit <= _MAX_LIMIT:
                 raise InputError(f"limit must be between 1 and {_MAX_LIMIT}", field="limit")
-            customer_id = _records.check_id(request.customer_id, "customer_id")
+            customer_id = core.check_id(request.customer_id, "customer_id")
             # Checked here, before the request is queued (and crosses to the decision worker as
             # JSON, which has no NaN): a bad value is refused naming its field, deciding nothing.
             ctx = validate_mapping(struct_to_dict(request.context), "context") if request.HasField("context") else None
@@ -216,7 +212,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             if outcome is None:
                 raise InputError("outcome must be OUTCOME_ACCEPTED, OUTCOME_DECLINED or OUTCOME_IGNORED",
                                  field="outcome")
-            _records.record_response(self._state, request.decision_id, request.offer_id, outcome)
+            core.record_response(self._state, request.decision_id, request.offer_id, outcome)
         return decision_pb2.RecordResponseResponse(
             decision_id=request.decision_id, offer_id=request.offer_id, outcome=_OUTCOME_CODES[outcome]
         )
@@ -225,10 +221,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         self, request: decision_pb2.AwardPointsRequest, context: grpc.ServicerContext
     ) -> decision_pb2.AwardPointsResponse:
         with rpc_errors(context, "AwardPoints"):
-            customer_id = _records.check_id(request.customer_id, "customer_id")
+            customer_id = core.check_id(request.customer_id, "customer_id")
             expires = _to_datetime(request.expires_at, "expires_at") if request.HasField("expires_at") else None
             with self._state.ledger_transaction(customer_id):
-                entry = _ledger.award(
+                entry = core.award(
                     self._state,
                     customer_id,
                     request.points,
@@ -243,9 +239,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         self, request: decision_pb2.RedeemPointsRequest, context: grpc.ServicerContext
     ) -> decision_pb2.RedeemPointsResponse:
         with rpc_errors(context, "RedeemPoints"):
-            customer_id = _records.check_id(request.customer_id, "customer_id")
+            customer_id = core.check_id(request.customer_id, "customer_id")
             with self._state.ledger_transaction(customer_id):
-                entry = _ledger.redeem(
+                entry = core.redeem(
                     self._state,
                     customer_id,
                     request.points,
@@ -259,7 +255,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         self, request: decision_pb2.GetBalanceRequest, context: grpc.ServicerContext
     ) -> decision_pb2.GetBalanceResponse:
         with rpc_errors(context, "GetBalance"):
-            customer_id = _records.check_id(request.customer_id, "customer_id")
+            customer_id = core.check_id(request.customer_id, "customer_id")
             balance = self._state.hub_balance(customer_id)
         return decision_pb2.GetBalanceResponse(customer_id=customer_id, balance=balance)
 
@@ -267,7 +263,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         self, request: decision_pb2.RecordPaymentRequest, context: grpc.ServicerContext
     ) -> decision_pb2.RecordPaymentResponse:
         with rpc_errors(context, "RecordPayment"):
-            record = _payments.record_payment(
+            record = core.record_payment(
                 self._state,
                 request.customer_id,
                 payment_token=request.payment_token,

@@ -19,11 +19,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from nbo.sdk._bundle import BundleStore, StagedBundle, load_trusted_keys
-from nbo.sdk._clock import Clock, SystemClock
-from nbo.sdk._errors import BundleError, NboError, NotReadyError
-from nbo.sdk._runtime import LoadedBundle, load_bundle, stage_and_load
-from nbo.sdk._types import BundleInfo
+from nbo.sdk import BundleError, BundleInfo, Clock, NboError, NotReadyError, SystemClock
+from nbo.sdk.core import (
+    BundleStore,
+    LoadedBundle,
+    StagedBundle,
+    load_bundle,
+    load_trusted_keys,
+    stage_and_load,
+)
 
 __all__ = ["EngineHost"]
 

@@ -31,12 +31,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk._bundle import sha256_file
-from nbo.sdk._clock import Clock, SystemClock
-from nbo.sdk._errors import InputError, NotFoundError, StateError
-from nbo.sdk._ledger import ledger_balance
-from nbo.sdk._payments import find_card_data
-from nbo.sdk._types import LedgerEntry
+from nbo.sdk import Clock, InputError, LedgerEntry, NotFoundError, StateError, SystemClock
+from nbo.sdk.core import find_card_data, ledger_balance, sha256_file
 
 from ._db import Database, DbTx, open_database
 

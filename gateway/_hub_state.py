@@ -39,10 +39,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk import _ledger, _payments, _records
-from nbo.sdk._clock import Clock, SystemClock
-from nbo.sdk._errors import StateError
-from nbo.sdk._store import CORE_SCHEMA, EVENT_TYPES, Event, _WalCheckpointer, insert_rows, limit_wal
+from nbo.sdk import Clock, StateError, SystemClock
+from nbo.sdk.core import (
+    CORE_SCHEMA,
+    EVENT_TYPES,
+    LEDGER_SCHEMA,
+    PAYMENT_SCHEMA,
+    RECORD_SCHEMA,
+    Event,
+    WalCheckpointer,
+    insert_rows,
+    limit_wal,
+)
 
 from ._config import RESERVED_DEVICE_ID
 from ._db import Database, DbTx, SQLiteDatabase
@@ -97,7 +105,7 @@ class _RelaxedSQLite:
             self._conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         except sqlite3.Error as exc:
             raise StateError(f"cannot open hub database {path}: {exc}") from exc
-        self._checkpointer = _WalCheckpointer(Path(path))
+        self._checkpointer = WalCheckpointer(Path(path))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, params).fetchall()
@@ -219,7 +227,7 @@ class HubStateStore:
         *,
         clock: Clock | None = None,
         source_id: str = APP_SOURCE,
-        schemas: Sequence[Sequence[str]] = (_ledger.SCHEMA, _payments.SCHEMA, _records.SCHEMA),
+        schemas: Sequence[Sequence[str]] = (LEDGER_SCHEMA, PAYMENT_SCHEMA, RECORD_SCHEMA),
         on_events: Callable[[Sequence[Event]], None] | None = None,
     ) -> None:
         self.hub = hub

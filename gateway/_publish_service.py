@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-from nbo.sdk._bundle import sha256_file
-from nbo.sdk._errors import InputError, NboError, NotFoundError
+from nbo.sdk import InputError, NboError, NotFoundError
+from nbo.sdk.core import sha256_file
 from nbo.v1 import publish_pb2, publish_pb2_grpc
 
 from ._engine_host import EngineHost

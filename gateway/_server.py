@@ -33,8 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from nbo.sdk._clock import Clock
-from nbo.sdk._errors import ConfigError
+from nbo.sdk import Clock, ConfigError
 from nbo.v1 import decision_pb2, publish_pb2, publish_pb2_grpc, sync_pb2, sync_pb2_grpc
 
 from ._auth import Authenticator, AuthInterceptor

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 import grpc
-from nbo.sdk._errors import (
+from nbo.sdk import (
     BundleError,
     ConfigError,
     InputError,

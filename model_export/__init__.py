@@ -30,6 +30,10 @@ _EXPORTS: dict[str, str] = {
     "load_training_data": "_train_data",
     "write_report": "_report",
     "generate_demo_data": "_demo_data",
+    "run_demo": "_demo",
+    "DemoResult": "_demo",
+    # plain-text tables for terminals (the CLI and the demo)
+    "format_table": "_table",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -19,25 +19,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nbo.sdk import BundleError, Clock, InputError, ModelError, SystemClock
 from nbo.sdk import __version__ as sdk_version
-from nbo.sdk._bundle import (
+from nbo.sdk.core import (
     FORMAT,
     MANIFEST,
     SIGNATURE,
-    _unsafe_path_reason,
     check_name,
-    parse_iso,
-    sha256_file,
-)
-from nbo.sdk._clock import Clock, SystemClock, to_datetime
-from nbo.sdk._errors import BundleError, InputError, ModelError
-from nbo.sdk._keys import (
     generate_private_key,
     key_id,
     load_private_key,
+    parse_iso,
     private_key_pem,
     public_key_pem,
+    sha256_file,
     sign_manifest,
+    to_datetime,
+    unsafe_path_reason,
 )
 
 from ._catalog import _parse_catalog_bytes, _read_bytes, compile_catalog, validate_catalog
@@ -222,7 +220,7 @@ def build_bundle(
     extras: dict[str, Path] = {}
     reserved = {MANIFEST, SIGNATURE, "catalog.sqlite", *model_paths}
     for inner, local in sorted((extra_files or {}).items()):
-        reason = _unsafe_path_reason(inner)
+        reason = unsafe_path_reason(inner)
         if reason is not None or inner in reserved:
             raise InputError(f"extra file path {inner!r} is not allowed: {reason or 'reserved name'}",
                              field="extra_files")

@@ -26,8 +26,8 @@ from typing import Any
 
 import cel
 import yaml
-from nbo.sdk._bundle import parse_iso
-from nbo.sdk._errors import CatalogError
+from nbo.sdk import CatalogError
+from nbo.sdk.core import parse_iso
 
 __all__ = [
     "CATEGORIES",

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 import yaml
-from nbo.sdk._errors import InputError
-from nbo.sdk._measures import derive_features
+from nbo.sdk import InputError
+from nbo.sdk.core import derive_features
 
 __all__ = ["DemoData", "demo_catalog", "generate_demo_data", "true_propensity"]
 

@@ -6,7 +6,7 @@ entry point while one module defines the measures (training and serving cannot d
 
 from __future__ import annotations
 
-from nbo.sdk._measures import (
+from nbo.sdk.core import (
     LIFECYCLE_STAGES,
     LOYALTY_STAGES,
     MeasureConfig,

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk._bundle import sha256_file
-from nbo.sdk._errors import BundleError, InputError, SyncError
+from nbo.sdk import BundleError, InputError, SyncError
+from nbo.sdk.core import sha256_file
 
 __all__ = ["PublishRefused", "PublishResult", "publish_bundle"]
 
@@ -58,7 +58,7 @@ def publish_bundle(
     reached.
     """
     import grpc
-    from nbo.sdk._sync import open_channel
+    from nbo.sdk.core import open_channel
     from nbo.v1 import publish_pb2, publish_pb2_grpc
 
     file = Path(path)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nbo.sdk._errors import InputError
+from nbo.sdk import InputError
 
 __all__ = ["gain_curve", "lift_by_decile", "truth_comparison", "write_report"]
 

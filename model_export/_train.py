@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nbo.sdk._errors import InputError, ModelError
+from nbo.sdk import InputError, ModelError
 
 __all__ = ["DEFAULT_TARGET_OPSET", "PARITY_TOLERANCE", "TrainedModel", "train_propensity"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import yaml
-from nbo.sdk._errors import InputError
-from nbo.sdk._measures import derive_features, to_epoch
+from nbo.sdk import InputError
+from nbo.sdk.core import derive_features, to_epoch
 
 __all__ = ["DEFAULT_FEATURES", "TrainingData", "TrainResult", "load_training_data", "train_from_directory"]
 

@@ -153,7 +153,7 @@ def _sdk_version() -> str:
     return __version__
 
 
-def _unsafe_path_reason(name: str) -> str | None:
+def unsafe_path_reason(name: str) -> str | None:
     """Why a path inside a bundle is unacceptable, or ``None`` when it is a plain relative path."""
     if not name:
         return "empty path"
@@ -176,7 +176,7 @@ def _unsafe_path_reason(name: str) -> str | None:
 def _require_safe_path(name: Any, *, what: str) -> str:
     if not isinstance(name, str):
         raise BundleError(f"{what} must be a string path, got {type(name).__name__}")
-    reason = _unsafe_path_reason(name)
+    reason = unsafe_path_reason(name)
     if reason is not None:
         raise BundleError(f"{what} {name!r} is not allowed: {reason}")
     return name
@@ -347,7 +347,7 @@ def _read_bundle(
             seen: set[str] = set()
             total = 0
             for info in infos:
-                reason = _unsafe_path_reason(info.filename)
+                reason = unsafe_path_reason(info.filename)
                 if reason is not None:
                     raise BundleError(f"bundle entry {info.filename!r} is not allowed: {reason}")
                 if info.filename in seen:
@@ -551,7 +551,7 @@ class BundleStore:
 
     def _open_entry(self, entry: Mapping[str, Any], slot: str) -> StagedBundle:
         rel = entry["dir"]
-        if _unsafe_path_reason(rel) is not None:
+        if unsafe_path_reason(rel) is not None:
             raise BundleError(f"{slot} bundle pointer {rel!r} is not a path under {self.root}")
         directory = self.root / rel
         what = f"{slot} bundle at {directory}"

@@ -286,6 +286,20 @@ class Client:
         """Events in the outbox not yet acknowledged by the hub."""
         return _records.pending_events(self._store)
 
+    def acked_through(self) -> int:
+        """The highest outbox seq the hub has acknowledged (0 before the first acknowledgement)."""
+        with self._store.read() as tx:
+            rows = tx.execute("SELECT MAX(seq) FROM outbox WHERE acked = 1")
+        return int(rows[0][0] or 0) if rows else 0
+
+    def outbox_summary(self) -> dict[str, Any]:
+        """Outbox counts: ``pending``/``acked``/``dead_lettered`` in total and ``by_type``."""
+        return _records.outbox_summary(self._store)
+
+    def outbox_events(self, *, status: str = "pending", limit: int = 50) -> list[dict[str, Any]]:
+        """The oldest ``limit`` outbox events in ``status`` (``pending``, ``acked``, ``dead_lettered``, ``all``)."""
+        return _records.list_events(self._store, status=status, limit=limit)
+
     def sync(self, target: str, *, token: str, **options: Any) -> SyncReport:
         """Push the outbox to the hub at ``target`` (``HOST:PORT``) and pick up a newer bundle."""
         from . import _sync  # grpc is imported only when syncing

@@ -223,7 +223,7 @@ class SQLiteStateStore:
         self.read_only = read_only
         if read_only:
             self._conn = _open_for_reading(self.path, device_id)
-            self._checkpointer: _WalCheckpointer | None = None
+            self._checkpointer: WalCheckpointer | None = None
             return
         try:
             self._conn = sqlite3.connect(
@@ -250,7 +250,7 @@ class SQLiteStateStore:
         # auto-checkpoint, one commit in every few hundred copies the WAL into the database
         # file (~1 ms), which was the p99 of decide (bench/bench_decide.py, docs/decisions.md).
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = _WalCheckpointer(self.path)
+        self._checkpointer = WalCheckpointer(self.path)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -341,7 +341,7 @@ def limit_wal(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
 
-class _WalCheckpointer:
+class WalCheckpointer:
     """A daemon thread with its own connection that checkpoints the WAL and keeps it small.
 
     Every ``interval`` it runs ``wal_checkpoint(PASSIVE)``, which copies the log into the

@@ -201,7 +201,7 @@ def resign(src: Path, dst: Path, *, key: Path, mutate: Any) -> Path:
     """
     import json
 
-    from nbo.sdk._keys import load_private_key, sign_manifest
+    from nbo.sdk.core import load_private_key, sign_manifest
 
     manifest = json.loads(read_member(src, "manifest.json"))
     mutate(manifest)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nbo.sdk._runtime import LoadedBundle, load_bundle
-from nbo.sdk._types import BundleInfo
+from nbo.sdk import BundleInfo
+from nbo.sdk.core import LoadedBundle, load_bundle
 
 CATEGORIES = ["xsell", "upsell", "loyalty", "retention", "winback", "service"]
 STAGES = ["new", "starter", "active", "declining", "inactive", "lost"]

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from bundle_fixtures import make_bundle, make_keys, small_catalog
 from nbo.gateway import GatewayServer, create_server, parse_config
-from nbo.sdk._clock import Clock
+from nbo.sdk import Clock
 from nbo.v1 import decision_pb2_grpc, publish_pb2, publish_pb2_grpc, sync_pb2_grpc
 
 APP_TOKEN = "app-token-0123456789"

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nbo.gateway._hub import HubStore, IncomingEvent
-from nbo.sdk._clock import Clock
+from nbo.gateway import HubStore
+from nbo.gateway._hub import IncomingEvent
+from nbo.sdk import Clock
 
 BACKENDS = ("sqlite", "postgresql")
 

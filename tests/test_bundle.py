@@ -30,9 +30,9 @@ from bundle_fixtures import (
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nbo.model_export import build_bundle, generate_keys
-from nbo.sdk import BundleError, CatalogError, InputError, ModelError, _bundle
-from nbo.sdk._bundle import inspect_bundle, load_trusted_keys, verify_bundle, version_tuple
-from nbo.sdk._clock import ManualClock
+from nbo.sdk import BundleError, CatalogError, InputError, ManualClock, ModelError, _bundle
+from nbo.sdk._bundle import version_tuple
+from nbo.sdk.core import inspect_bundle, load_trusted_keys, verify_bundle
 
 NOW = ManualClock().now()  # 2023-11-14
 

@@ -23,7 +23,7 @@ from bundle_fixtures import (
     rewrite_zip,
 )
 from nbo.sdk import BundleError, Client, InputError, ManualClock, NotReadyError
-from nbo.sdk._bundle import BundleStore, load_trusted_keys
+from nbo.sdk.core import BundleStore, load_trusted_keys
 
 
 @dataclass(frozen=True)

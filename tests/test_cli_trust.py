@@ -291,7 +291,7 @@ def test_an_unreachable_hub_advises_forever_only_when_not_running_forever(kit: K
                  env={"NBO_TOKEN": DEVICE_TOKEN})
     assert result.returncode == 1
     one_error_line(result, "UNAVAILABLE", "`nbo sync --forever` keeps retrying")
-    from nbo.sdk import _sync
+    from nbo.sdk import core as _sync
 
     with Client.open(kit.device, device_id="pos-1", trusted_keys=[kit.pub]) as client:
         seen: list[str] = []

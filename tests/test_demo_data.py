@@ -14,7 +14,7 @@ import yaml
 from nbo.cli import main as cli
 from nbo.model_export import compile_catalog, derive_features, generate_demo_data
 from nbo.model_export._demo_data import _LOG_POLICY_PREFERENCE, demo_catalog, true_propensity
-from nbo.sdk._errors import InputError
+from nbo.sdk import InputError
 
 FILES = ("customers.csv", "transactions.csv", "catalog.yaml", "history.csv")
 

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 from engine_fixtures import load_spec_bundle, synthetic_profile, synthetic_spec, train_model
-from nbo.sdk import ManualClock, _contacts, _engine, _policy, _runtime
-from nbo.sdk._errors import InputError, ModelError
-from nbo.sdk._runtime import LoadedBundle
+from nbo.sdk import InputError, ManualClock, ModelError, _contacts, _engine, _policy, _runtime
 from nbo.sdk._store import SQLiteStateStore
+from nbo.sdk.core import LoadedBundle
 
 NOW = 1_767_225_600.0  # 2026-01-01, a Thursday, 00:00 UTC; the clock is moved to 10:00 below
 

@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nbo.sdk import InputError, ManualClock, _engine, _ledger, _policy
 from nbo.sdk._policy import Outcome, Selection, _ordered, rank, run_pipeline
-from nbo.sdk._runtime import DecisionPlan, LoadedBundle
+from nbo.sdk._runtime import DecisionPlan
 from nbo.sdk._store import SQLiteStateStore
+from nbo.sdk.core import LoadedBundle
 
 NOW = 1_767_000_000.0
 DAY = 86_400.0

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 from gateway_helpers import DecideCalls, bundle_kit, policy_catalog
+from nbo.gateway import EngineHost, HubStateStore
 from nbo.gateway._decide_batch import DecideArgs, DecideBatcher, Expired, decide_batch
-from nbo.gateway._engine_host import EngineHost
-from nbo.gateway._hub_state import APP_SOURCE, HubStateStore
-from nbo.sdk._engine import Request
-from nbo.sdk._errors import InputError, StateError
-from nbo.sdk._runtime import LoadedBundle
+from nbo.gateway._hub_state import APP_SOURCE
+from nbo.sdk import InputError, StateError
+from nbo.sdk.core import LoadedBundle, Request
 from sync_helpers import hub_backend
 
 

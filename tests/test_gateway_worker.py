@@ -39,16 +39,12 @@ from gateway_helpers import (
     publish,
     running_gateway,
 )
-from nbo.gateway import GatewayServer, create_server, parse_config
+from nbo.gateway import EngineHost, GatewayServer, HubStore, create_server, parse_config
 from nbo.gateway._db import open_database
 from nbo.gateway._decide_batch import DecideArgs, EncodedDecision, Expired
 from nbo.gateway._decider_process import _KEEP_BUNDLES, DecisionProcess
-from nbo.gateway._engine_host import EngineHost
-from nbo.gateway._hub import HubStore
-from nbo.sdk._clock import ManualClock
-from nbo.sdk._engine import Request
-from nbo.sdk._errors import ConfigError, InputError, StateError
-from nbo.sdk._runtime import LoadedBundle
+from nbo.sdk import ConfigError, InputError, ManualClock, StateError
+from nbo.sdk.core import LoadedBundle, Request
 from nbo.v1 import decision_pb2
 from sync_helpers import hub_backend, postgres_url, unique_schema
 

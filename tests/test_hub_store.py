@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nbo.gateway import HubStore
 from nbo.gateway._db import translate_placeholders
-from nbo.gateway._hub import EventConflictError, HubStore, IncomingEvent
+from nbo.gateway._hub import EventConflictError, IncomingEvent
 from nbo.sdk import InputError, ManualClock, NotFoundError
 from sync_helpers import BACKENDS, ev, hub_backend, payment, points, response
 

@@ -17,6 +17,7 @@ import pytest
 from nbo.sdk import (
     Client,
     InputError,
+    LedgerEntry,
     LedgerError,
     ManualClock,
     NotFoundError,
@@ -24,7 +25,6 @@ from nbo.sdk import (
     StateError,
     _ledger,
 )
-from nbo.sdk._types import LedgerEntry
 
 DAY = 86_400.0
 T0 = 1_700_000_000.0

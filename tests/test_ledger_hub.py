@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nbo.gateway._hub_state import HubStateStore
+from nbo.gateway import HubStateStore
 from nbo.sdk import InputError, LedgerError, ManualClock, _contacts, _ledger, _payments, _records
 from nbo.sdk._store import SQLiteStateStore
 from sync_helpers import hub_backend

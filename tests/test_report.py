@@ -13,10 +13,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from nbo.cli import main as cli
-from nbo.model_export import build_bundle, generate_demo_data, generate_keys, write_report
+from nbo.model_export import build_bundle, generate_demo_data, generate_keys, load_training_data, write_report
 from nbo.model_export._report import gain_curve, lift_by_decile
-from nbo.model_export._train_data import DEFAULT_FEATURES, load_training_data
-from nbo.sdk._errors import InputError
+from nbo.model_export._train_data import DEFAULT_FEATURES
+from nbo.sdk import InputError
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from gateway_helpers import (
     start_serve_process,
     toml_text,
 )
-from nbo.gateway._hub import HubStore
+from nbo.gateway import HubStore
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 from test_gateway_tls import health_ok, issue, make_ca, secure
 

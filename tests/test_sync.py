@@ -20,7 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nbo.gateway import GatewayServer, create_server, parse_config
 from nbo.sdk import Client, ClientConfig, ManualClock, SyncError
 from nbo.sdk._records import list_events, outbox_summary
-from nbo.sdk._sync import SyncLoop, backoff_delay
+from nbo.sdk._sync import backoff_delay
+from nbo.sdk.core import SyncLoop
 from nbo.v1 import sync_pb2, sync_pb2_grpc
 from sync_helpers import BACKENDS, running_gateway
 

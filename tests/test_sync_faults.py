@@ -32,7 +32,7 @@ import pytest
 from bundle_fixtures import make_bundle, make_keys
 from nbo.gateway import GatewayServer, HubStore, create_server, parse_config
 from nbo.sdk import Client, ClientConfig, ManualClock, SyncError
-from nbo.sdk._sync import SyncLoop
+from nbo.sdk.core import SyncLoop
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from nbo.model_export import TrainedModel, train_propensity
-from nbo.sdk._errors import InputError, ModelError
+from nbo.sdk import InputError, ModelError
 
 FEATURES = ("customer__x", "customer__segment", "offer__discount_pct", "context__channel", "context__hour")
 CATEGORICAL = ("customer__segment", "context__channel")

@@ -16,10 +16,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import yaml
-from nbo.model_export import build_bundle, derive_features, generate_demo_data, generate_keys
-from nbo.model_export._train_data import DEFAULT_CATEGORICAL, DEFAULT_FEATURES, train_from_directory
-from nbo.sdk import Client
-from nbo.sdk._clock import ManualClock
+from nbo.model_export import (
+    build_bundle,
+    derive_features,
+    generate_demo_data,
+    generate_keys,
+    train_from_directory,
+)
+from nbo.model_export._train_data import DEFAULT_CATEGORICAL, DEFAULT_FEATURES
+from nbo.sdk import Client, ManualClock
 
 
 def _csv(path: Path) -> list[dict[str, str]]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from nbo.sdk._store import _WalCheckpointer
+from nbo.sdk.core import WalCheckpointer
 
 _FRAME = 4096 + 24
 
@@ -44,7 +44,7 @@ def _run(tmp_path: Path, restart_frames: int, seconds: float = 2.0) -> tuple[int
         setup.execute("PRAGMA journal_mode=WAL")
         setup.execute("CREATE TABLE t(k TEXT, v BLOB)")
         setup.execute("CREATE INDEX t_k ON t(k)")  # a random-key index: several pages per commit
-    checkpointer = _WalCheckpointer(path, interval=0.02, restart_frames=restart_frames)
+    checkpointer = WalCheckpointer(path, interval=0.02, restart_frames=restart_frames)
     stop, counts = threading.Event(), []
     writer = threading.Thread(target=_writer, args=(path, stop, counts))
     writer.start()
@@ -84,7 +84,7 @@ def _logged(path: Path, rows: int) -> sqlite3.Connection:
 def test_a_round_reports_the_log_and_a_restarted_log_is_reused(tmp_path: Path) -> None:
     path = tmp_path / "round.sqlite"
     conn = _logged(path, 50)
-    checkpointer = _WalCheckpointer(path, interval=3600, restart_frames=10)  # rounds run by hand
+    checkpointer = WalCheckpointer(path, interval=3600, restart_frames=10)  # rounds run by hand
     try:
         other = sqlite3.connect(str(path), isolation_level=None)
         assert checkpointer.checkpoint(other) >= 50
@@ -102,7 +102,7 @@ def test_a_round_reports_the_log_and_a_restarted_log_is_reused(tmp_path: Path) -
 def test_a_quiet_log_is_only_checkpointed(tmp_path: Path, frames: int) -> None:
     path = tmp_path / "quiet.sqlite"
     conn = _logged(path, frames)
-    checkpointer = _WalCheckpointer(path, interval=3600, restart_frames=10)
+    checkpointer = WalCheckpointer(path, interval=3600, restart_frames=10)
     try:
         assert 0 <= checkpointer.checkpoint(conn) < 10
     finally:
@@ -117,7 +117,7 @@ def test_a_reader_holding_the_log_delays_the_restart_not_the_writers(tmp_path: P
     reader.execute("BEGIN")
     assert reader.execute("SELECT COUNT(*) FROM t").fetchone() == (30,)  # a snapshot in the log
     conn.execute("INSERT INTO t VALUES (?)", (os.urandom(200),))  # past the reader's snapshot
-    checkpointer = _WalCheckpointer(path, interval=3600, restart_frames=10)
+    checkpointer = WalCheckpointer(path, interval=3600, restart_frames=10)
     own = sqlite3.connect(str(path), isolation_level=None)
     try:
         started = time.monotonic()
@@ -156,7 +156,7 @@ def test_every_writing_connection_cuts_a_grown_log_back(tmp_path: Path, monkeypa
         assert wal.stat().st_size > 4 * 256 * 1024
         reader.execute("COMMIT")
         own = sqlite3.connect(str(store.path), isolation_level=None)
-        _WalCheckpointer(store.path, interval=3600, restart_frames=10).checkpoint(own)
+        WalCheckpointer(store.path, interval=3600, restart_frames=10).checkpoint(own)
         own.close()
         with store.transaction() as tx:  # the writer starts the log over, and cuts the file back
             tx.execute("UPDATE profiles SET profile = '{}' WHERE customer_id = 'C0'")

@@ -1,0 +1,138 @@
+"""The SDK's internal front door: what ``nbo.gateway``, ``nbo.model_export`` and ``nbo.cli`` use.
+
+``nbo.sdk`` is the API for applications (``Client``, the result types, the errors, the
+clocks). The other packages of nbo-edge need more of the engine than an application does —
+the decision core run against a hub store, the bundle verifier, the signing keys, the measures
+training shares with the terminal, the state-store seam. They take it from here and never from
+an underscore module (``tests/test_layering.py`` enforces it; docs/architecture.md draws the
+map). This module is not a stable API for applications: names may change with the packages
+that use them, in the same commit.
+
+Names the public front door already exports (errors, ``Clock``, ``Decision``…) are imported
+from ``nbo.sdk``, not from here.
+"""
+
+from __future__ import annotations
+
+from ._bundle import (
+    FORMAT,
+    MANIFEST,
+    SIGNATURE,
+    BundleStore,
+    StagedBundle,
+    check_name,
+    count_offers,
+    inspect_bundle,
+    load_trusted_keys,
+    parse_iso,
+    sha256_file,
+    unsafe_path_reason,
+    verify_bundle,
+)
+from ._clock import to_datetime
+from ._engine import Request, decide, decide_many, validate_mapping
+from ._keys import (
+    generate_private_key,
+    key_id,
+    load_private_key,
+    private_key_pem,
+    public_key_pem,
+    sign_manifest,
+)
+from ._ledger import SCHEMA as LEDGER_SCHEMA
+from ._ledger import award, ledger_balance, redeem
+from ._measures import (
+    LIFECYCLE_STAGES,
+    LOYALTY_STAGES,
+    MeasureConfig,
+    derive_features,
+    new_customer_profile,
+    refresh_measures,
+    to_epoch,
+    update_measures,
+)
+from ._payments import SCHEMA as PAYMENT_SCHEMA
+from ._payments import find_card_data, record_payment
+from ._records import SCHEMA as RECORD_SCHEMA
+from ._records import check_id, record_response
+from ._runtime import LoadedBundle, load_bundle, stage_and_load
+from ._store import (
+    CORE_SCHEMA,
+    EVENT_TYPES,
+    Event,
+    StateStore,
+    Tx,
+    WalCheckpointer,
+    damaged_hint,
+    insert_rows,
+    limit_wal,
+)
+from ._sync import SyncLoop, open_channel, sync
+
+__all__ = [
+    # bundles: format, verification, staging
+    "FORMAT",
+    "MANIFEST",
+    "SIGNATURE",
+    "BundleStore",
+    "StagedBundle",
+    "check_name",
+    "count_offers",
+    "inspect_bundle",
+    "load_trusted_keys",
+    "parse_iso",
+    "sha256_file",
+    "unsafe_path_reason",
+    "verify_bundle",
+    # signing keys (the central toolkit signs, the SDK verifies)
+    "generate_private_key",
+    "key_id",
+    "load_private_key",
+    "private_key_pem",
+    "public_key_pem",
+    "sign_manifest",
+    # the decision core and the loaded bundle it runs on
+    "LoadedBundle",
+    "Request",
+    "decide",
+    "decide_many",
+    "load_bundle",
+    "stage_and_load",
+    "validate_mapping",
+    # customer measures (the very code training runs)
+    "LIFECYCLE_STAGES",
+    "LOYALTY_STAGES",
+    "MeasureConfig",
+    "derive_features",
+    "new_customer_profile",
+    "refresh_measures",
+    "to_epoch",
+    "update_measures",
+    # records written against the state-store seam (terminal and hub alike)
+    "LEDGER_SCHEMA",
+    "PAYMENT_SCHEMA",
+    "RECORD_SCHEMA",
+    "award",
+    "check_id",
+    "find_card_data",
+    "ledger_balance",
+    "record_payment",
+    "record_response",
+    "redeem",
+    # the state-store seam and the SQLite plumbing the hub shares
+    "CORE_SCHEMA",
+    "EVENT_TYPES",
+    "Event",
+    "StateStore",
+    "Tx",
+    "WalCheckpointer",
+    "damaged_hint",
+    "insert_rows",
+    "limit_wal",
+    # sync and the gRPC channel options shared with the publish client
+    "SyncLoop",
+    "open_channel",
+    "sync",
+    # time
+    "to_datetime",
+]
