@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 from nbo.sdk import Decision, InputError, LedgerEntry, PaymentRecord, core
-from nbo.sdk.core import Request, validate_mapping
+from nbo.sdk.core import DEFAULT_LIMIT, MAX_LIMIT, Request, validate_mapping
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 
 from ._decide_batch import DecideArgs, Decider, EncodedDecision
@@ -32,14 +32,12 @@ __all__ = ["DecisionServicer", "abort_with", "add_to_server", "decision_pb", "rp
 
 log = logging.getLogger("nbo.gateway")
 
-_DEFAULT_LIMIT = 3
-_MAX_LIMIT = 100
-_OUTCOMES = {
+_OUTCOME_NAMES = {
     decision_pb2.OUTCOME_ACCEPTED: "accepted",
     decision_pb2.OUTCOME_DECLINED: "declined",
     decision_pb2.OUTCOME_IGNORED: "ignored",
 }
-_OUTCOME_CODES = {v: k for k, v in _OUTCOMES.items()}
+_OUTCOME_CODES = {v: k for k, v in _OUTCOME_NAMES.items()}
 
 
 # -- conversions --------------------------------------------------------------------------------
@@ -181,9 +179,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         """A ``DecideResponse``, or its wire bytes as the decision worker produced them."""
         started = time.perf_counter()
         with rpc_errors(context, "Decide"):
-            limit = request.limit if request.HasField("limit") else _DEFAULT_LIMIT
-            if not 1 <= limit <= _MAX_LIMIT:
-                raise InputError(f"limit must be between 1 and {_MAX_LIMIT}", field="limit")
+            limit = request.limit if request.HasField("limit") else DEFAULT_LIMIT
+            if not 1 <= limit <= MAX_LIMIT:
+                raise InputError(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
             customer_id = core.check_id(request.customer_id, "customer_id")
             # Checked here, before the request is queued (and crosses to the decision worker as
             # JSON, which has no NaN): a bad value is refused naming its field, deciding nothing.
@@ -208,7 +206,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         self, request: decision_pb2.RecordResponseRequest, context: grpc.ServicerContext
     ) -> decision_pb2.RecordResponseResponse:
         with rpc_errors(context, "RecordResponse"):
-            outcome = _OUTCOMES.get(request.outcome)
+            outcome = _OUTCOME_NAMES.get(request.outcome)
             if outcome is None:
                 raise InputError("outcome must be OUTCOME_ACCEPTED, OUTCOME_DECLINED or OUTCOME_IGNORED",
                                  field="outcome")

@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from nbo.sdk import Clock, InputError, LedgerEntry, NotFoundError, StateError, SystemClock
-from nbo.sdk.core import find_card_data, ledger_balance, sha256_file
+from nbo.sdk.core import (
+    BUNDLE_NAME_RE,
+    EVENT_TYPES,
+    LEDGER_COLUMNS,
+    OUTCOMES,
+    POINTS_KINDS,
+    find_card_data,
+    ledger_balance,
+    sha256_file,
+)
 
 from ._db import Database, DbTx, open_database
 
@@ -109,12 +118,8 @@ _PART_SIZE = 1024 * 1024
 SCHEMA_LOCK_KEY = 0x4E42_0001
 """PostgreSQL advisory-lock key held while creating tables (shared by every hub-side schema)."""
 
-EVENT_TYPES = frozenset({"decision", "response", "purchase", "points", "payment"})
-POINTS_KINDS = frozenset({"award", "redeem", "reverse", "expire"})
-OUTCOMES = frozenset({"accepted", "declined", "ignored"})
 _MAX_ID = 200
 _MAX_PAYLOAD = 256 * 1024
-_BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _IN_CHUNK = 400  # parameters per IN (…) list; far below both databases' limits
 
 
@@ -309,7 +314,6 @@ def _entry(row: Sequence[Any]) -> LedgerEntry:
     )
 
 
-_LEDGER_COLUMNS = "entry_id, customer_id, kind, points, reason, idempotency_key, created_at, expires_at, reverses"
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -546,7 +550,7 @@ class HubStore:
                              e.expires_at, e.reverses, device_id, seq,
                              None if shortfall is None else "over_redemption", shortfall or 0, now))
         tx.executemany(
-            f"INSERT INTO hub_ledger({_LEDGER_COLUMNS}, device_id, seq, flag, shortfall, received_at) "
+            f"INSERT INTO hub_ledger({LEDGER_COLUMNS}, device_id, seq, flag, shortfall, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
@@ -568,7 +572,7 @@ class HubStore:
             chunk = customers[start:start + _IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
             for row in tx.execute(
-                f"SELECT {_LEDGER_COLUMNS} FROM hub_ledger WHERE customer_id IN ({marks}) "
+                f"SELECT {LEDGER_COLUMNS} FROM hub_ledger WHERE customer_id IN ({marks}) "
                 "ORDER BY customer_id, created_at, received_at, seq, entry_id",
                 tuple(chunk),
             ):
@@ -653,8 +657,8 @@ class HubStore:
         Registering the same name and version again with identical bytes is a no-op; with
         different bytes it is an :class:`InputError`.
         """
-        if not isinstance(name, str) or not _BUNDLE_NAME.match(name):
-            raise InputError("bundle name must be 1-100 letters, digits, '.', '_' or '-'", field="name")
+        if not isinstance(name, str) or not BUNDLE_NAME_RE.match(name):
+            raise InputError("bundle name must be 1-64 letters, digits, '.', '_' or '-'", field="name")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise InputError("bundle version must be a positive integer", field="version")
         data = source if isinstance(source, bytes) else _read(Path(source))

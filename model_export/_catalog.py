@@ -18,7 +18,7 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -27,23 +27,24 @@ from typing import Any
 import cel
 import yaml
 from nbo.sdk import CatalogError
-from nbo.sdk.core import parse_iso
+from nbo.sdk.core import (
+    CATEGORIES,
+    CONDITION_VARIABLES,
+    DEFAULT_CHANNELS,
+    POLICY_EVENTS,
+    POLICY_SCOPES,
+    RULE_KINDS,
+    RULE_VARIABLES,
+    parse_iso,
+)
 
 __all__ = [
-    "CATEGORIES",
-    "DEFAULT_CHANNELS",
-    "RULE_KINDS",
     "ValidCatalog",
     "compile_catalog",
     "load_catalog_file",
     "validate_catalog",
 ]
 
-CATEGORIES = ("xsell", "upsell", "loyalty", "retention", "winback", "service")
-DEFAULT_CHANNELS = ("pos", "app", "web", "kiosk", "email", "callcenter")
-RULE_KINDS = ("business", "communication", "hygiene")
-POLICY_SCOPES = ("offer", "category", "all")
-POLICY_EVENTS = ("shown", "accepted", "declined")
 MAX_CATALOG_FILE_BYTES = 64 * 1024 * 1024
 
 _TOP_KEYS = ("name", "channels", "exploration", "new_customer_profile", "offers", "rules", "strategies",
@@ -56,8 +57,6 @@ _ASSIGNMENT_FIELDS = ("condition", "strategy")
 _POLICY_FIELDS = ("policy_id", "applies_to", "scope", "event", "max_count", "window_days", "channel",
                   "description")
 _EXPLORATION_FIELDS = ("epsilon",)
-_RULE_VARIABLES = frozenset({"customer", "offer", "context"})
-_CONDITION_VARIABLES = frozenset({"customer"})
 # CEL macros bind their own loop variable (`xs.exists(x, x > 1)`); variables() reports it too.
 _MACRO_VAR_RE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -185,7 +184,7 @@ def _timestamp(value: Any, *, end_of_day: bool) -> str:
     return moment.astimezone(UTC).strftime(_TS_FORMAT)
 
 
-def _cel_problem(expression: Any, allowed: frozenset[str]) -> str | None:
+def _cel_problem(expression: Any, allowed: Collection[str]) -> str | None:
     """Why a CEL expression is unacceptable, or ``None``."""
     if not isinstance(expression, str) or not expression.strip():
         return "must be a non-empty CEL expression string"
@@ -195,7 +194,7 @@ def _cel_problem(expression: Any, allowed: frozenset[str]) -> str | None:
         detail = " ".join(str(exc).split())
         return f"CEL does not compile: {detail[:200]}"
     variables = set(program.variables()) - set(_MACRO_VAR_RE.findall(expression))
-    unknown = sorted(variables - allowed)
+    unknown = sorted(variables - set(allowed))
     if unknown:
         return f"CEL may only reference {', '.join(sorted(allowed))}; it references {', '.join(unknown)}"
     return None
@@ -355,7 +354,7 @@ def _validate_rules(errors: _Errors, raw: Any, offer_ids: set[str]) -> list[dict
             errors.add(label, "kind", f"must be one of {', '.join(RULE_KINDS)}, got {_describe(kind)}")
         applies_to = _check_applies_to(errors, label, item.get("applies_to", "*"), offer_ids)
         expression = item.get("expression")
-        problem = _cel_problem(expression, _RULE_VARIABLES)
+        problem = _cel_problem(expression, RULE_VARIABLES)
         if problem:
             errors.add(label, "expression", problem)
         description = item.get("description", "")
@@ -413,7 +412,7 @@ def _validate_assignment(errors: _Errors, raw: Any, strategy_names: set[str]) ->
             continue
         _unknown_fields(errors, label, item, _ASSIGNMENT_FIELDS)
         condition = item.get("condition")
-        problem = _cel_problem(condition, _CONDITION_VARIABLES)
+        problem = _cel_problem(condition, CONDITION_VARIABLES)
         if problem:
             errors.add(label, "condition", problem)
         strategy = item.get("strategy")

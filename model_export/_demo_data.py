@@ -43,8 +43,9 @@ __all__ = ["DemoData", "demo_catalog", "generate_demo_data", "true_propensity"]
 START = datetime(2024, 1, 1, tzinfo=UTC)
 END = datetime(2025, 10, 31, 23, 59, 59, tzinfo=UTC)
 HISTORY_DAYS = 30
-CHANNELS = ("pos", "app", "web", "email", "kiosk", "callcenter")
-_CHANNEL_SHARE = (0.35, 0.25, 0.20, 0.10, 0.05, 0.05)
+# the demo shop's channels (the catalog's defaults) and the share of offer shows on each
+_CHANNEL_SHARE = {"pos": 0.35, "app": 0.25, "web": 0.20, "email": 0.10, "kiosk": 0.05, "callcenter": 0.05}
+CHANNELS = tuple(_CHANNEL_SHARE)
 SEGMENTS = ("mass", "value", "affluent", "student")
 _SEGMENT_SHARE = (0.55, 0.25, 0.12, 0.08)
 _SEGMENT_SPEND = {"mass": 35.0, "value": 55.0, "affluent": 120.0, "student": 20.0}
@@ -408,7 +409,7 @@ def generate_demo_data(out_dir: str | Path, *, customers: int = 2000, seed: int 
         preference = _LOG_POLICY_PREFERENCE.get(stage, {})
         for _ in range(int(rng.poisson(6.0))):
             decision_no += 1
-            channel = _pick(rng, CHANNELS, _CHANNEL_SHARE)
+            channel = _pick(rng, CHANNELS, tuple(_CHANNEL_SHARE.values()))
             moment = as_of + timedelta(seconds=float(rng.uniform(0, HISTORY_DAYS * 86400)))
             hour = int(rng.integers(9, 20)) if channel in ("pos", "kiosk", "callcenter") else int(rng.integers(0, 24))
             moment = moment.replace(hour=hour, microsecond=0)

@@ -39,6 +39,7 @@ from ._clock import Clock, to_datetime
 from ._errors import BundleError
 from ._keys import TrustedKey, load_public_key, parse_signature, trusted_key_map, verify_manifest_signature
 from ._types import BundleInfo
+from ._vocabulary import BUNDLE_NAME_RE
 
 __all__ = [
     "sha256_file",
@@ -72,7 +73,6 @@ _STAGING_PREFIX = ".staging-"
 _CHUNK = 1024 * 1024
 
 # Bundle names and model ids become directory and file names: keep them boring.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _ZIP_ERRORS: tuple[type[BaseException], ...] = (
@@ -114,7 +114,7 @@ class VerifiedBundle:
 
 def check_name(value: Any, *, what: str) -> str:
     """A bundle name or model id: 1–64 of ``A-Z a-z 0-9 . _ -``, not starting with a dot."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not BUNDLE_NAME_RE.match(value):
         raise BundleError(f"{what} must be 1-64 characters of letters, digits, '.', '_' or '-', got {value!r}")
     return value
 

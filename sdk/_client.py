@@ -24,6 +24,7 @@ from ._errors import BundleError, InputError, NotReadyError
 from ._runtime import LoadedBundle, load_bundle, stage_and_load
 from ._store import SQLiteStateStore
 from ._types import BundleInfo, Decision, LedgerEntry, PaymentRecord, SyncReport
+from ._vocabulary import DEFAULT_LIMIT
 
 __all__ = ["Client", "ClientConfig"]
 
@@ -183,7 +184,7 @@ class Client:
         channel: str,
         context: Mapping[str, Any] | None = None,
         profile: Mapping[str, Any] | None = None,
-        limit: int = 3,
+        limit: int = DEFAULT_LIMIT,
         explain: bool = False,
         dry_run: bool = False,
     ) -> Decision:

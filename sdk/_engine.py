@@ -23,11 +23,11 @@ from ._errors import BundleError, InputError
 from ._runtime import DecisionPlan, LoadedBundle
 from ._store import StateStore, Tx
 from ._types import BundleInfo, Decision, RankedOffer
+from ._vocabulary import MAX_LIMIT
 
-__all__ = ["MAX_LIMIT", "Request", "decide", "decide_many", "new_decision_id", "validate_mapping"]
+__all__ = ["Request", "decide", "decide_many", "new_decision_id", "validate_mapping"]
 
 CUSTOMER_ID_MAX = 128
-MAX_LIMIT = 100
 
 
 _PLAIN = frozenset({str, bool, int, type(None)})

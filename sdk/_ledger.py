@@ -46,16 +46,16 @@ from ._errors import InputError, LedgerError
 from ._records import (
     KEY_MAX,
     UnknownReferenceError,
-        check_id,
+    check_id,
     check_instant,
     check_int,
     check_text,
 )
 from ._store import StateStore, Tx
 from ._types import LedgerEntry
+from ._vocabulary import POINTS_KINDS
 
 __all__ = [
-    "KINDS",
     "POINTS_MAX",
     "REASON_MAX",
     "SCHEMA",
@@ -77,7 +77,6 @@ __all__ = [
 
 POINTS_MAX = 10**9
 REASON_MAX = 200
-KINDS = frozenset({"award", "redeem", "reverse", "expire"})
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS ledger_entries(
@@ -103,7 +102,7 @@ SCHEMA: tuple[str, ...] = (
 )
 
 _EXPIRE_KEY_PREFIX = "expire:"
-_COLUMNS = "entry_id, customer_id, kind, points, reason, idempotency_key, created_at, expires_at, reverses"
+LEDGER_COLUMNS = "entry_id, customer_id, kind, points, reason, idempotency_key, created_at, expires_at, reverses"
 
 
 # -- the pure core ------------------------------------------------------------------------------
@@ -247,7 +246,7 @@ def entry_from_payload(payload: Mapping[str, Any]) -> LedgerEntry:
     if not isinstance(payload, Mapping):
         raise InputError("points payload must be an object", field="payload")
     kind = payload.get("kind")
-    if kind not in KINDS:
+    if kind not in POINTS_KINDS:
         raise InputError("kind must be award, redeem, reverse or expire", field="kind")
     points = check_int(payload.get("points"), "points", minimum=-POINTS_MAX, maximum=POINTS_MAX)
     sign_ok = {"award": points > 0, "redeem": points < 0, "expire": points < 0, "reverse": points != 0}[kind]
@@ -335,7 +334,7 @@ def _first_result(tx: Tx, entry_id: str, call: tuple[Any, ...]) -> LedgerEntry |
     ``call`` is ``(kind, customer_id or reverses, signed points, reason, expires_at)`` —
     for a reverse, the customer and points are the target's, so they are not compared.
     """
-    rows = tx.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE entry_id = ?", (entry_id,))
+    rows = tx.execute(f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE entry_id = ?", (entry_id,))
     if not rows:
         return None
     first = _row_to_entry(rows[0])
@@ -351,7 +350,7 @@ def _first_result(tx: Tx, entry_id: str, call: tuple[Any, ...]) -> LedgerEntry |
 def _write(tx: Tx, entry: LedgerEntry) -> LedgerEntry:
     event = tx.append_event("points", entry_to_payload(entry))
     tx.execute(
-        f"INSERT INTO ledger_entries({_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO ledger_entries({LEDGER_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (entry.entry_id, entry.customer_id, entry.kind, entry.points, entry.reason, entry.idempotency_key,
          entry.created_at, entry.expires_at, entry.reverses, event.seq),
     )
@@ -366,7 +365,7 @@ def _opening(tx: Tx, customer_id: str) -> tuple[int, int]:
 def _window(tx: Tx, customer_id: str, as_of_seq: int) -> list[LedgerEntry]:
     """The customer's entries the central balance does not include yet, in write order."""
     rows = tx.execute(
-        f"SELECT {_COLUMNS} FROM ledger_entries WHERE customer_id = ? AND seq > ? ORDER BY seq",
+        f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = ? AND seq > ? ORDER BY seq",
         (customer_id, as_of_seq),
     )
     return [_row_to_entry(row) for row in rows]
@@ -446,7 +445,7 @@ def reverse(store: StateStore, entry_id: str, *, idempotency_key: str, reason: s
         first = _first_result(tx, new_id, ("reverse", entry_id, None, text, None))
         if first is not None:
             return first
-        rows = tx.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE entry_id = ?", (entry_id,))
+        rows = tx.execute(f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE entry_id = ?", (entry_id,))
         if not rows:
             raise UnknownReferenceError(f"unknown ledger entry {entry_id!r}", field="entry_id")
         target = _row_to_entry(rows[0])

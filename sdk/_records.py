@@ -30,6 +30,7 @@ from typing import Any
 from . import _measures
 from ._errors import InputError, NotFoundError
 from ._store import StateStore, Tx
+from ._vocabulary import EVENT_STATUSES, OUTCOMES
 
 __all__ = [
     "OUTCOMES",
@@ -43,7 +44,6 @@ __all__ = [
     "record_response",
 ]
 
-OUTCOMES = frozenset({"accepted", "declined", "ignored"})
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS responses(
@@ -312,7 +312,6 @@ def pending_events(store: StateStore) -> int:
     return int(count)
 
 
-EVENT_STATUSES = ("pending", "acked", "dead_lettered")
 
 
 def outbox_summary(store: StateStore) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import RuleError
+from ._vocabulary import RULE_VARIABLES
 
 
 def _load_cel() -> Any:
@@ -77,7 +78,6 @@ def _load_cel() -> Any:
 cel = _load_cel()
 
 __all__ = [
-    "VARIABLES",
     "References",
     "RuleFailure",
     "analyze",
@@ -88,7 +88,6 @@ __all__ = [
     "specialize",
 ]
 
-VARIABLES = ("customer", "offer", "context")
 
 Program = Any  # cel.Program; the stub is not precise enough to be worth importing
 
@@ -162,7 +161,7 @@ def analyze(expression: str) -> References:
     used: set[str] = set()
     fields: dict[str, set[str] | None] = {}
     for idx, (kind, text) in enumerate(toks):
-        if kind != "id" or text not in VARIABLES:
+        if kind != "id" or text not in RULE_VARIABLES:
             continue
         if idx > 0 and toks[idx - 1] == ("op", "."):
             continue  # a field called e.g. ``offer`` of something else

@@ -30,9 +30,9 @@ from ._bundle import BundleStore, StagedBundle
 from ._errors import BundleError, RuleError
 from ._measures import new_customer_profile
 from ._types import BundleInfo
+from ._vocabulary import DEFAULT_CHANNELS, POLICY_EVENTS, POLICY_SCOPES, RULE_KINDS
 
 __all__ = [
-    "DEFAULT_CHANNELS",
     "CandidateSet",
     "DecisionPlan",
     "LoadedBundle",
@@ -44,10 +44,6 @@ __all__ = [
     "stage_and_load",
 ]
 
-DEFAULT_CHANNELS = ("pos", "app", "web", "kiosk", "email", "callcenter")
-RULE_KINDS = frozenset({"business", "communication", "hygiene"})
-POLICY_SCOPES = frozenset({"offer", "category", "all"})
-POLICY_EVENTS = frozenset({"shown", "accepted", "declined", "ignored"})
 _DAY = 86_400.0
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from ._clock import Clock, SystemClock
 from ._errors import StateError
+from ._vocabulary import EVENT_TYPES
 
 __all__ = ["CORE_SCHEMA", "Event", "SQLiteStateStore", "StateStore", "Tx"]
 
@@ -131,7 +132,6 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
-EVENT_TYPES = frozenset({"decision", "response", "purchase", "points", "payment"})
 
 
 class _SQLiteTx:

@@ -39,8 +39,8 @@ from ._keys import (
     public_key_pem,
     sign_manifest,
 )
+from ._ledger import LEDGER_COLUMNS, award, ledger_balance, redeem
 from ._ledger import SCHEMA as LEDGER_SCHEMA
-from ._ledger import award, ledger_balance, redeem
 from ._measures import (
     LIFECYCLE_STAGES,
     LOYALTY_STAGES,
@@ -58,7 +58,6 @@ from ._records import check_id, record_response
 from ._runtime import LoadedBundle, load_bundle, stage_and_load
 from ._store import (
     CORE_SCHEMA,
-    EVENT_TYPES,
     Event,
     StateStore,
     Tx,
@@ -68,8 +67,39 @@ from ._store import (
     limit_wal,
 )
 from ._sync import SyncLoop, open_channel, sync
+from ._vocabulary import (
+    BUNDLE_NAME_RE,
+    CATEGORIES,
+    CONDITION_VARIABLES,
+    DEFAULT_CHANNELS,
+    DEFAULT_LIMIT,
+    EVENT_STATUSES,
+    EVENT_TYPES,
+    MAX_LIMIT,
+    OUTCOMES,
+    POINTS_KINDS,
+    POLICY_EVENTS,
+    POLICY_SCOPES,
+    RULE_KINDS,
+    RULE_VARIABLES,
+)
 
 __all__ = [
+    # the shared vocabulary: event types, outcomes, policy events, limits (one definition each)
+    "BUNDLE_NAME_RE",
+    "CATEGORIES",
+    "CONDITION_VARIABLES",
+    "DEFAULT_CHANNELS",
+    "DEFAULT_LIMIT",
+    "EVENT_STATUSES",
+    "EVENT_TYPES",
+    "MAX_LIMIT",
+    "OUTCOMES",
+    "POINTS_KINDS",
+    "POLICY_EVENTS",
+    "POLICY_SCOPES",
+    "RULE_KINDS",
+    "RULE_VARIABLES",
     # bundles: format, verification, staging
     "FORMAT",
     "MANIFEST",
@@ -109,6 +139,7 @@ __all__ = [
     "to_epoch",
     "update_measures",
     # records written against the state-store seam (terminal and hub alike)
+    "LEDGER_COLUMNS",
     "LEDGER_SCHEMA",
     "PAYMENT_SCHEMA",
     "RECORD_SCHEMA",
@@ -121,7 +152,6 @@ __all__ = [
     "redeem",
     # the state-store seam and the SQLite plumbing the hub shares
     "CORE_SCHEMA",
-    "EVENT_TYPES",
     "Event",
     "StateStore",
     "Tx",

@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 from nbo.sdk import BundleInfo
-from nbo.sdk.core import LoadedBundle, load_bundle
+from nbo.sdk.core import CATEGORIES, LoadedBundle, load_bundle
 
-CATEGORIES = ["xsell", "upsell", "loyalty", "retention", "winback", "service"]
 STAGES = ["new", "starter", "active", "declining", "inactive", "lost"]
 
 # Model inputs (contract names) in ONNX input order; string inputs listed in MODEL_STRINGS.

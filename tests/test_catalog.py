@@ -13,8 +13,8 @@ import pytest
 import yaml
 from bundle_fixtures import CATALOG_JSON, CATALOG_YAML, small_catalog
 from nbo.model_export import compile_catalog, load_catalog_file, validate_catalog
-from nbo.model_export._catalog import CATEGORIES, DEFAULT_CHANNELS
 from nbo.sdk import CatalogError
+from nbo.sdk.core import CATEGORIES, DEFAULT_CHANNELS
 
 MODELS = ["propensity"]
 
