@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -12,86 +13,140 @@ from typing import Any
 from nbo.model_export import format_table
 from nbo.sdk import BundleError, InputError
 
+from ._common import add_command, iso_time, positive_int
 from .decide import open_device
 
 
 def register(sub: Any) -> None:
-    bundle = sub.add_parser("bundle", help="build, verify and inspect signed bundles",
-                            description="Build, verify and inspect signed offer bundles (catalog + ONNX models).")
+    bundle = add_command(sub, "bundle", help="build, verify, inspect, install and roll back signed bundles",
+                         description="Build, verify and inspect signed offer bundles (catalog + ONNX models); "
+                         "install one on a device, or roll a device back.",
+                         examples=["nbo bundle build --catalog catalog.yaml --model propensity=model/propensity.onnx "
+                                   "--name retail --version 1 --key keys/signing.key --out retail-v1.zip",
+                                   "nbo bundle verify retail-v1.zip --trusted-key keys/signing.pub",
+                                   "nbo bundle inspect retail-v1.zip"])
     bsub = bundle.add_subparsers(dest="bundle_command", metavar="COMMAND")
-    bsub.required = True
 
-    build = bsub.add_parser(
-        "build",
+    build = add_command(
+        bsub, "build",
         help="validate a catalog, add models, sign, write the bundle zip",
-        description="Validate and compile a catalog (YAML or JSON), add ONNX models, sign the manifest "
-        "with an Ed25519 key and write one bundle zip.",
+        description="Validate and compile a catalog (YAML or JSON), type-check its rules, add ONNX models, "
+        "sign the manifest with an Ed25519 key and write one bundle zip.",
+        examples=["nbo bundle build --catalog catalog.yaml --model propensity=model/propensity.onnx \\\n"
+                  "      --name retail --version 2 --key keys/signing.key --out retail-v2.zip",
+                  "nbo bundle build --catalog catalog.yaml --name retail --version 3 --key keys/signing.key "
+                  "--out retail-v3.zip --expires-at 2027-01-31T00:00:00Z"],
     )
     build.add_argument("--catalog", required=True, metavar="FILE", help="catalog authoring file (.yaml or .json)")
     build.add_argument("--model", action="append", default=[], metavar="ID=PATH.onnx",
                        help="a propensity model and its id (repeatable); offers refer to it by model_id")
-    build.add_argument("--name", required=True, help="bundle name (letters, digits, '.', '_', '-')")
-    build.add_argument("--version", required=True, type=int, metavar="N",
+    build.add_argument("--name", required=True, metavar="NAME", help="bundle name (letters, digits, '.', '_', '-')")
+    build.add_argument("--version", required=True, type=positive_int, metavar="N",
                        help="bundle version, an integer >= 1, strictly increasing per name")
     build.add_argument("--key", required=True, metavar="KEYFILE", help="the private signing key (signing.key)")
     build.add_argument("--out", required=True, metavar="FILE.zip", help="where to write the bundle")
-    build.add_argument("--expires-at", metavar="ISO", help="optional expiry, e.g. 2027-01-31T00:00:00Z")
+    build.add_argument("--expires-at", metavar="ISO", type=iso_time,
+                       help="optional expiry, e.g. 2027-01-31T00:00:00Z")
     build.set_defaults(func=_build)
 
-    verify = bsub.add_parser(
-        "verify",
+    verify = add_command(
+        bsub, "verify",
         help="check a bundle's signature, hashes and limits",
         description="Verify a bundle as a device would (signature by a trusted key, every sha256, paths, "
         "size limits, expiry, min_sdk). Exit 0 and a summary when valid; one line and exit 1 when not.",
+        examples=["nbo bundle verify retail-v1.zip --trusted-key keys/signing.pub",
+                  "nbo bundle verify retail-v2.zip --trusted-key old.pub --trusted-key new.pub   # key rotation"],
     )
     verify.add_argument("bundle", metavar="FILE.zip", help="the bundle to verify")
     verify.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
                         help="a trusted public key file (signing.pub); repeatable")
     verify.set_defaults(func=_verify)
 
-    inspect = bsub.add_parser(
-        "inspect",
+    inspect = add_command(
+        bsub, "inspect",
         help="show a bundle's manifest, models, offers, rules, strategies and contact policies",
         description="Show what is inside a bundle as tables. Structure and hashes are checked; the "
         "signature is not (use `nbo bundle verify` for that).",
+        examples=["nbo bundle inspect retail-v1.zip", "nbo bundle inspect retail-v1.zip | less -S"],
     )
     inspect.add_argument("bundle", metavar="FILE.zip", help="the bundle to inspect")
     inspect.set_defaults(func=_inspect)
 
-    install = bsub.add_parser(
-        "install",
+    install = add_command(
+        bsub, "install",
         help="verify and install a bundle on a device's state directory",
         description="Install a bundle on a device the way sync does: verify (trusted key, hashes, "
         "rollback protection, min_sdk, expiry), load and warm its models, then switch atomically. "
-        "The previous bundle is kept for `nbo bundle rollback`.",
+        "The previous bundle is kept for `nbo bundle rollback`. A refused bundle leaves the state "
+        "directory as it was (a new one is not created).",
+        examples=["nbo bundle install retail-v1.zip --state pos-1 --device-id pos-1 --trusted-key keys/signing.pub",
+                  "nbo bundle install retail-v1.zip --state pos-1 --trusted-key keys/signing.pub --force"],
     )
     install.add_argument("bundle", metavar="FILE.zip", help="the bundle to install")
     install.add_argument("--state", required=True, metavar="DIR", help="the device state directory")
     install.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
                          help="a trusted public key file (signing.pub); repeatable")
-    install.add_argument("--device-id", help="the device id (required for a new state directory; "
+    install.add_argument("--device-id", metavar="ID", help="the device id (required for a new state directory; "
                          "default: the one recorded in it)")
     install.add_argument("--force", action="store_true",
                          help="install even if the version is not newer than the highest ever installed")
     install.set_defaults(func=_install)
 
-    rollback = bsub.add_parser(
-        "rollback",
+    rollback = add_command(
+        bsub, "rollback",
         help="switch a device back to its previous bundle",
         description="Switch the device back to the bundle that was active before the last install.",
+        examples=["nbo bundle rollback --state pos-1 --trusted-key keys/signing.pub"],
     )
     rollback.add_argument("--state", required=True, metavar="DIR", help="the device state directory")
     rollback.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
                           help="a trusted public key file (signing.pub); repeatable")
-    rollback.add_argument("--device-id", help="the device id (default: the one recorded in the state directory)")
+    rollback.add_argument("--device-id", metavar="ID", help="the device id (default: the one recorded in the state directory)")
     rollback.set_defaults(func=_rollback)
 
 
 def _install(args: argparse.Namespace) -> int:
-    with open_device(args, new_ok=True) as client:
-        info = client.install_bundle(args.bundle, force=args.force)
+    bundle = Path(args.bundle)
+    if not bundle.is_file():
+        raise InputError(f"{bundle}: bundle file not found" if not bundle.exists() else f"{bundle} is not a file",
+                         field="FILE.zip")
+    state_dir = Path(args.state)
+    undo = _undo_new_state(state_dir)
+    try:
+        with open_device(args, new_ok=True) as client:
+            info = client.install_bundle(bundle, force=args.force)
+    except BaseException:
+        undo()
+        raise
     print(f"installed {info.name} v{info.version} ({info.offer_count} offers) in {args.state}")
     return 0
+
+
+def _undo_new_state(state_dir: Path) -> Any:
+    """What removes a device state directory this install creates, should the install fail.
+
+    Nothing for an existing device (a refused bundle leaves its state as it was); for a new
+    one, the directories created on the way and the state files written into an existing
+    empty directory.
+    """
+    if (state_dir / "state.sqlite").exists():
+        return lambda: None
+    top = state_dir
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    existed = set(state_dir.iterdir()) if state_dir.is_dir() else None
+
+    def undo() -> None:
+        if existed is None:
+            shutil.rmtree(top, ignore_errors=True)  # the topmost directory this install created
+            return
+        for path in set(state_dir.iterdir()) - existed:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    return undo
 
 
 def _rollback(args: argparse.Namespace) -> int:

@@ -15,54 +15,66 @@ from pathlib import Path
 from typing import Any
 
 from nbo.model_export import format_table
-from nbo.sdk import ConfigError, InputError, StateError
+from nbo.sdk import StateError
+
+from ._common import UsageError, add_command, json_object, positive_int
 
 __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "decide",
+    parser = add_command(
+        sub, "decide",
         help="rank the offers for a customer from the installed bundle",
         description="Decide the next best offers for one customer on one channel from the bundle installed "
-        "in a device state directory, with no network. The decision is recorded in the outbox.",
+        "in a device state directory, with no network. The decision is recorded in the outbox (and counts "
+        "against the contact policies) unless --dry-run is given.",
+        examples=["nbo decide --state pos-1 --customer C000001 --channel pos --explain",
+                  "nbo decide --state pos-1 --customer C000002 --channel app --profile '{\"age\": 34}' --json",
+                  "nbo decide --state pos-1 --customer C000003 --channel pos --dry-run   # try, record nothing"],
     )
     parser.add_argument("--state", required=True, metavar="DIR", help="the device state directory")
     parser.add_argument("--customer", required=True, metavar="ID", help="the customer id")
-    parser.add_argument("--channel", required=True, help="the channel, e.g. pos, app, web, kiosk")
-    parser.add_argument("--limit", type=int, default=3, help="how many offers to return (default 3)")
-    parser.add_argument("--profile", metavar="JSON", help="profile fields overriding the stored profile, "
-                        "as a JSON object, e.g. '{\"age\": 34}'")
-    parser.add_argument("--context", metavar="JSON", help="request context as a JSON object, e.g. "
-                        "'{\"store\": \"S1\"}'")
+    parser.add_argument("--channel", required=True, metavar="CHANNEL", help="the channel, e.g. pos, app, web, kiosk")
+    parser.add_argument("--limit", type=positive_int, default=3, metavar="N",
+                        help="how many offers to return (default 3)")
+    parser.add_argument("--profile", metavar="JSON", type=json_object,
+                        help="profile fields overriding the stored profile, as a JSON object, e.g. '{\"age\": 34}'")
+    parser.add_argument("--context", metavar="JSON", type=json_object,
+                        help="request context as a JSON object, e.g. '{\"store\": \"S1\"}'")
     parser.add_argument("--explain", action="store_true", help="also show which rule excluded which offer")
     parser.add_argument("--json", action="store_true", help="print the decision as JSON")
-    parser.add_argument("--device-id", help="the device id (default: the one recorded in the state directory)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="decide without recording anything (no outbox event, no contact counted); "
+                        "opens the state directory read-only")
+    parser.add_argument("--device-id", metavar="ID",
+                        help="the device id (default: the one recorded in the state directory)")
     parser.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                         help="a trusted public key file (only needed to install; repeatable)")
     parser.set_defaults(func=run)
 
 
-def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{option} is not valid JSON: {exc}", field=option) from None
-    if not isinstance(value, dict):
-        raise InputError(f"{option} must be a JSON object", field=option)
-    return value
+def _not_a_device(state_dir: Path) -> str:
+    """Why ``state_dir`` is not a device state directory, and what to do."""
+    if not state_dir.exists():
+        return f"{state_dir} is not a device state directory: it does not exist (check --state)"
+    if not state_dir.is_dir():
+        return f"{state_dir} is not a device state directory: it is not a directory (check --state)"
+    if (state_dir / "hub.sqlite").exists() or (state_dir / "published").is_dir():
+        return f"{state_dir} is a gateway's state directory, not a device's (give the --state of a terminal)"
+    return (f"{state_dir} is not a device state directory (no state.sqlite): a device is created by installing "
+            "a bundle, `nbo bundle install FILE.zip --state DIR --device-id ID --trusted-key PUB`")
 
 
 def stored_device_id(state_dir: Path) -> str:
-    """The device id recorded in ``state_dir``'s state database."""
+    """The device id recorded in ``state_dir``'s state database (opened read-only)."""
     path = state_dir / "state.sqlite"
     if not path.is_file():
-        raise ConfigError(f"{state_dir} is not a device state directory (no state.sqlite); pass --device-id")
+        raise StateError(_not_a_device(state_dir))
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
         try:
+            conn.execute("PRAGMA query_only=ON")
             row = conn.execute("SELECT value FROM device_meta WHERE key = 'device_id'").fetchone()
         finally:
             conn.close()
@@ -71,30 +83,36 @@ def stored_device_id(state_dir: Path) -> str:
 
         raise StateError(f"cannot read {path}: {exc}{damaged_hint(exc)}") from exc
     if row is None:
-        raise ConfigError(f"{path} records no device id; pass --device-id")
+        raise StateError(f"{path} records no device id; pass --device-id")
     return str(row[0])
 
 
-def open_device(args: argparse.Namespace, *, new_ok: bool = False) -> Any:
+def open_device(args: argparse.Namespace, *, new_ok: bool = False, read_only: bool = False) -> Any:
     """A ``Client`` on ``args.state`` with ``args.device_id`` (or the recorded one) and ``args.trusted_key``.
 
-    ``new_ok``: the directory may be new, in which case ``--device-id`` is required.
+    ``new_ok``: the directory may be new, in which case ``--device-id`` is required; otherwise
+    it must be a device state directory already (nothing is created). ``read_only``: open it
+    for looking only.
     """
     from nbo.sdk import Client
 
     state_dir = Path(args.state)
-    if args.device_id is None and new_ok and not (state_dir / "state.sqlite").exists():
-        raise InputError(f"{state_dir} is a new state directory: pass --device-id", field="device_id")
+    exists = (state_dir / "state.sqlite").is_file()
+    if not exists and not new_ok:
+        raise StateError(_not_a_device(state_dir))
+    if not exists and args.device_id is None:
+        raise UsageError(f"{state_dir} is a new state directory: pass --device-id")
+    if not exists and state_dir.exists() and not state_dir.is_dir():
+        raise StateError(f"--state {state_dir} is not a directory")
     device_id = args.device_id or stored_device_id(state_dir)
-    return Client.open(state_dir, device_id=device_id, trusted_keys=[Path(p) for p in args.trusted_key])
+    keys = [Path(p) for p in getattr(args, "trusted_key", [])]
+    return Client.open(state_dir, device_id=device_id, trusted_keys=keys, read_only=read_only)
 
 
 def run(args: argparse.Namespace) -> int:
-    profile = _json_object(args.profile, "--profile")
-    context = _json_object(args.context, "--context")
-    with open_device(args) as client:
-        decision = client.decide(args.customer, channel=args.channel, context=context, profile=profile,
-                                 limit=args.limit, explain=args.explain)
+    with open_device(args, read_only=args.dry_run) as client:
+        decision = client.decide(args.customer, channel=args.channel, context=args.context, profile=args.profile,
+                                 limit=args.limit, explain=args.explain, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(asdict(decision), indent=2, allow_nan=False, default=str))
         return 0

@@ -14,6 +14,8 @@ from typing import Any
 
 from nbo.sdk import ConfigError
 
+from ._common import add_command, int_at_least, positive_int
+
 
 def _run(args: argparse.Namespace) -> int:
     from nbo.model_export import run_demo
@@ -31,14 +33,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "demo",
+    parser = add_command(
+        sub, "demo",
         help="run the whole loop (data, training, bundle, gateway, terminals, sync) in a temp dir",
-        description=__doc__,
+        description="The whole loop on one machine, in a temporary directory, in about a minute: sample data, "
+        "training and report, a signed bundle, a gateway with a SQLite hub, two offline POS terminals deciding "
+        "and recording, sync, a second bundle published and picked up, an app backend deciding over gRPC.",
+        examples=["nbo demo", "nbo demo --keep   # keep the directory and print its path",
+                  "nbo demo --dir demo --customers 300 --visits 10"],
     )
     parser.add_argument("--keep", action="store_true", help="keep the demo directory instead of deleting it")
-    parser.add_argument("--dir", help="run in this directory (kept) instead of a fresh temp dir")
-    parser.add_argument("--customers", type=int, default=1200, help="sample customers to generate (default 1200)")
-    parser.add_argument("--visits", type=int, default=40, help="customer visits at the terminals (default 40)")
-    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument("--dir", metavar="DIR", help="run in this directory (kept) instead of a fresh temp dir")
+    parser.add_argument("--customers", type=int_at_least(10), default=1200, metavar="N",
+                        help="sample customers to generate, at least 10 (default 1200)")
+    parser.add_argument("--visits", type=positive_int, default=40, metavar="N",
+                        help="customer visits at the terminals (default 40)")
+    parser.add_argument("--seed", type=int, default=7, metavar="N", help="random seed (default 7)")
     parser.set_defaults(func=_run)

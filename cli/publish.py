@@ -15,7 +15,10 @@ from typing import Any, TextIO
 
 from nbo.model_export import publish_bundle
 
+from ._common import TOKEN_ENV, add_command, add_token_options, positive_float, token_from
+
 __all__ = ["register"]
+
 
 class _ProgressBar:
     """A one-line progress bar on a terminal stream (plain percentages when not a TTY)."""
@@ -46,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     result = publish_bundle(
         args.file,
         args.hub,
-        token=args.token,
+        token=token_from(args),
         ca_file=args.ca_file,
         client_cert=args.client_cert,
         client_key=args.client_key,
@@ -60,17 +63,22 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``nbo publish`` to the CLI."""
-    parser = sub.add_parser(
-        "publish",
+    parser = add_command(
+        sub, "publish",
         help="upload a signed bundle to the gateway (it verifies, serves and switches to it)",
-        description="Upload a signed bundle zip to an nbo gateway with a publisher token.",
+        description="Upload a signed bundle zip to an nbo gateway with a publisher token (from --token-file, "
+        f"${TOKEN_ENV} or --token). The gateway verifies it against its own trusted keys before storing it.",
+        examples=["nbo publish retail-v2.zip --hub gateway.internal:50051 --token-file publisher.token "
+                  "--ca-file ca.pem",
+                  f"{TOKEN_ENV}=... nbo publish retail-v2.zip --hub 127.0.0.1:50051 --quiet"],
     )
     parser.add_argument("file", metavar="FILE.zip", help="the signed bundle zip (from `nbo bundle build`)")
     parser.add_argument("--hub", required=True, metavar="HOST:PORT", help="the gateway address")
-    parser.add_argument("--token", required=True, help="bearer token with role publisher")
-    parser.add_argument("--ca-file", help="CA certificate (PEM) to verify a TLS gateway")
-    parser.add_argument("--client-cert", help="client certificate (PEM) for mutual TLS")
-    parser.add_argument("--client-key", help="client private key (PEM) for mutual TLS")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up (default 300)")
+    add_token_options(parser, role="publisher")
+    parser.add_argument("--ca-file", metavar="PEM", help="CA certificate to verify a TLS gateway")
+    parser.add_argument("--client-cert", metavar="PEM", help="client certificate for mutual TLS")
+    parser.add_argument("--client-key", metavar="PEM", help="client private key for mutual TLS")
+    parser.add_argument("--timeout", type=positive_float, default=300.0, metavar="S",
+                        help="seconds before giving up (default 300)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)

@@ -8,16 +8,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._common import add_command, positive_float
+
 
 def register(sub: Any) -> None:
-    serve = sub.add_parser(
-        "serve",
+    serve = add_command(
+        sub, "serve",
         help="run the gRPC gateway (sync hub, decisions, publishing)",
-        description="Run the nbo.v1 gRPC gateway with a TOML configuration (docs/operations.md: [[tokens]], "
-        "[trust], [hub], [tls], [server], [metrics]). Flags override the file. Runs --processes serving "
+        description="Run the nbo.v1 gRPC gateway with a TOML configuration ([[tokens]], [trust], [hub], [tls], "
+        "[server], [metrics]; see docs/operations.md). Flags override the file. Runs --processes serving "
         "processes on one port under a supervisor that owns it (no other nbo serve can join the port) and "
         "restarts a process that dies. Stops gracefully on SIGTERM/SIGINT, letting in-flight calls finish "
         "within --grace seconds.",
+        examples=["nbo serve --state /var/lib/nbo --listen 0.0.0.0:50051 --config /etc/nbo/gateway.toml",
+                  "nbo serve --state gw --listen 127.0.0.1:0 --config gateway.toml --metrics-port 9100"],
     )
     serve.add_argument("--state", required=True, metavar="DIR", help="the gateway's state directory")
     serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
@@ -31,7 +35,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--processes", type=int, metavar="N",
                        help="serving processes sharing the port (overrides [server] processes; "
                        "default: the number of cores)")
-    serve.add_argument("--grace", type=float, default=10.0, metavar="S",
+    serve.add_argument("--grace", type=positive_float, default=10.0, metavar="S",
                        help="seconds in-flight calls get to finish on shutdown (default 10)")
     serve.set_defaults(func=_serve)
 

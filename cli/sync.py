@@ -6,49 +6,68 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from nbo.model_export import format_table
-from nbo.sdk import ConfigError
+from nbo.sdk import SyncError
 
+from ._common import (
+    TOKEN_ENV,
+    UsageError,
+    add_command,
+    add_token_options,
+    positive_float,
+    positive_int,
+    token_from,
+)
 from .decide import open_device
 
 
 def register(sub: Any) -> None:
-    sync = sub.add_parser(
-        "sync",
+    sync = add_command(
+        sub, "sync",
         help="push this device's outbox to a hub and pick up a newer bundle",
         description="Push pending outbox events to the hub in batches, mark them acknowledged, store the "
         "hub's points balances, and download, verify and install a newer bundle (resuming a cut "
         "download). With --forever: keep syncing every --interval seconds, retrying with backoff "
-        "(1 s doubling to 5 min, with jitter) while the hub is unreachable.",
+        "(1 s doubling to 5 min, with jitter) while the hub is unreachable. The device token comes from "
+        f"--token-file, ${TOKEN_ENV} or --token.",
+        examples=["nbo sync --state pos-1 --hub hub.internal:50051 --token-file /etc/nbo/device.token "
+                  "--trusted-key keys/signing.pub",
+                  f"{TOKEN_ENV}=... nbo sync --state pos-1 --hub hub.internal:50051 --ca-file ca.pem --forever"],
     )
     sync.add_argument("--state", required=True, metavar="DIR", help="the device's state directory")
     sync.add_argument("--hub", required=True, metavar="HOST:PORT", help="the gateway to sync with")
-    sync.add_argument("--token", required=True, help="this device's bearer token")
-    sync.add_argument("--device-id", help="the device id (default: the one recorded in the state directory)")
+    add_token_options(sync, role="device")
+    sync.add_argument("--device-id", metavar="ID",
+                      help="the device id (default: the one recorded in the state directory)")
     sync.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                       help="a trusted public key file for installing bundles (repeatable)")
     sync.add_argument("--ca-file", metavar="PEM", help="CA certificate of the hub (turns on TLS)")
     sync.add_argument("--client-cert", metavar="PEM", help="client certificate for mutual TLS")
     sync.add_argument("--client-key", metavar="PEM", help="client private key for mutual TLS")
-    sync.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per call (default 30)")
+    sync.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
+                      help="seconds per call (default 30)")
     sync.add_argument("--forever", action="store_true", help="keep syncing; never give up")
-    sync.add_argument("--interval", type=float, default=60.0, metavar="S",
+    sync.add_argument("--interval", type=positive_float, default=60.0, metavar="S",
                       help="with --forever: seconds between successful syncs (default 60)")
     sync.set_defaults(func=_sync)
 
-    events = sub.add_parser(
-        "events",
+    events = add_command(
+        sub, "events",
         help="show the outbox: pending, acknowledged and dead-lettered events",
-        description="Summarise this device's outbox by status and type, then list events (oldest first).",
+        description="Summarise this device's outbox by status and type, then list events (oldest first). "
+        "Opens the state directory read-only.",
+        examples=["nbo events --state pos-1", "nbo events --state pos-1 --status dead --limit 5",
+                  "nbo events --state pos-1 --status all --json"],
     )
     events.add_argument("--state", required=True, metavar="DIR", help="the device's state directory")
     events.add_argument("--status", choices=("pending", "acked", "dead", "all"), default="pending",
-                        help="which events to list (default pending)")
-    events.add_argument("--limit", type=int, default=20, help="how many events to list (default 20)")
-    events.add_argument("--device-id", help="the device id (default: the one recorded in the state directory)")
+                        metavar="pending|acked|dead|all", help="which events to list (default pending)")
+    events.add_argument("--limit", type=positive_int, default=20, metavar="N",
+                        help="how many events to list (default 20)")
+    events.add_argument("--device-id", metavar="ID",
+                        help="the device id (default: the one recorded in the state directory)")
     events.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     events.set_defaults(func=_events)
 
@@ -57,45 +76,52 @@ def _sync(args: argparse.Namespace) -> int:
     from nbo.sdk import core
 
     if (args.client_cert is None) != (args.client_key is None):
-        raise ConfigError("--client-cert and --client-key must be given together")
+        raise UsageError("--client-cert and --client-key must be given together")
+    token = token_from(args)
     options = {"ca_file": args.ca_file, "client_cert": args.client_cert, "client_key": args.client_key,
                "timeout": args.timeout}
     with open_device(args) as client:
         if args.forever:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-            loop = core.SyncLoop(client, args.hub, args.token, interval=args.interval, options=options,
-                                  on_report=_print_report)
+            loop = core.SyncLoop(client, args.hub, token, interval=args.interval, options=options,
+                                  on_report=lambda report: _print_report(report, client))
             try:
                 loop.run_forever()
             except KeyboardInterrupt:
                 loop.stop()
             return 0
-        report = core.sync(client, args.hub, token=args.token, **options)
-        _print_report(report)
+        try:
+            report = core.sync(client, args.hub, token=token, **options)
+        except SyncError as exc:
+            if getattr(exc, "code", None) in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise SyncError(f"{exc}; `nbo sync --forever` keeps retrying with backoff") from exc
+            raise
+        _print_report(report, client)
         return 1 if report.errors else 0
 
 
-def _print_report(report: Any) -> None:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _print_report(report: Any, client: Any) -> None:
     bundle = (f"{report.bundle_installed.name} v{report.bundle_installed.version}"
               if report.bundle_installed else "none")
-    print(f"pushed {report.pushed} events; hub acknowledged through seq {report.acked_through}; "
-          f"dead-lettered {report.dead_lettered}; balances updated {report.balances_updated}; "
-          f"bundle installed: {bundle}", flush=True)
+    if report.pushed:
+        head = (f"pushed {_plural(report.pushed, 'event')}; hub acknowledged through seq {report.acked_through}; "
+                f"dead-lettered {report.dead_lettered}")
+    else:
+        head = f"nothing to push, hub holds through seq {client.acked_through()}"
+    print(f"{head}; balances updated {report.balances_updated}; bundle installed: {bundle}", flush=True)
     for error in report.errors:
         print(f"warning: {error}", file=sys.stderr, flush=True)
 
 
 def _events(args: argparse.Namespace) -> int:
-    from nbo.sdk import Client
 
-    from .decide import stored_device_id
-
-    if args.limit < 1:
-        raise ConfigError("--limit must be at least 1")
-    state_dir = Path(args.state)
-    device_id = args.device_id or stored_device_id(state_dir)
     status = "dead_lettered" if args.status == "dead" else args.status
-    with Client.open(state_dir, device_id=device_id, trusted_keys=[]) as client:
+    with open_device(args, read_only=True) as client:
+        device_id = client.device_id
         summary = client.outbox_summary()
         listed = client.outbox_events(status=status, limit=args.limit)
     if args.json:

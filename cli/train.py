@@ -12,6 +12,8 @@ from typing import Any
 
 from nbo.sdk import ConfigError
 
+from ._common import add_command, int_at_least
+
 
 def _train_function(name: str) -> Any:
     """``nbo.model_export.<name>``; its module loads scikit-learn, so only when a command runs."""
@@ -21,16 +23,6 @@ def _train_function(name: str) -> Any:
         raise ConfigError(
             f"this command needs the training extras (pip install 'nbo-edge[train]'): {exc}"
         ) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return value
 
 
 def _demo_data(args: argparse.Namespace) -> int:
@@ -60,33 +52,39 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    demo = sub.add_parser(
-        "demo-data", help="write realistic sample customers, transactions, catalog and offer history",
+    demo = add_command(
+        sub, "demo-data", help="write realistic sample customers, transactions, catalog and offer history",
         description="Write customers.csv, transactions.csv, catalog.yaml and history.csv (deterministic per seed).",
+        examples=["nbo demo-data --out data", "nbo demo-data --out data --customers 200 --seed 1"],
     )
-    demo.add_argument("--out", required=True, help="directory to write into (created if missing)")
-    demo.add_argument("--customers", type=_positive_int, default=2000, help="number of customers (default 2000)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--out", required=True, metavar="DIR", help="directory to write into (created if missing)")
+    demo.add_argument("--customers", type=int_at_least(10), default=2000, metavar="N",
+                      help="number of customers, at least 10 (default 2000)")
+    demo.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     demo.set_defaults(func=_demo_data)
 
-    train = sub.add_parser(
-        "train", help="train a calibrated propensity model and export it to ONNX",
+    train = add_command(
+        sub, "train", help="train a calibrated propensity model and export it to ONNX",
         description="Train on a demo-data style directory; write propensity.onnx, metrics.json, "
-                    "holdout.csv and report.html into --out.",
+                    "holdout.csv and report.html into --out (checked writable before training starts).",
+        examples=["nbo train --data data --out model", "nbo train --data data --out model --model logreg --quiet"],
     )
-    train.add_argument("--data", required=True, help="directory with customers.csv, transactions.csv, "
-                                                     "catalog.yaml, history.csv")
-    train.add_argument("--out", required=True, help="model directory to write")
-    train.add_argument("--model", choices=("gbt", "logreg"), default="gbt", help="model kind (default gbt)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the customer split and the model (default 0)")
-    train.add_argument("--features", help="comma-separated model inputs (customer__X, offer__X, context__X); "
-                                          "default: the 20 documented in docs/training.md")
+    train.add_argument("--data", required=True, metavar="DIR",
+                       help="directory with customers.csv, transactions.csv, catalog.yaml, history.csv")
+    train.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
+    train.add_argument("--model", choices=("gbt", "logreg"), default="gbt", metavar="gbt|logreg",
+                       help="model kind (default gbt)")
+    train.add_argument("--seed", type=int, default=0, metavar="N",
+                       help="seed of the customer split and the model (default 0)")
+    train.add_argument("--features", metavar="LIST", help="comma-separated model inputs (customer__X, offer__X, "
+                                                          "context__X); default: the 20 documented in docs/training.md")
     train.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     train.set_defaults(func=_train)
 
-    report = sub.add_parser(
-        "report", help="regenerate the evaluation report of a model directory",
+    report = add_command(
+        sub, "report", help="regenerate the evaluation report of a model directory",
         description="Rewrite MODEL_DIR/report.html from MODEL_DIR/metrics.json and holdout.csv.",
+        examples=["nbo report model"],
     )
     report.add_argument("model_dir", metavar="MODEL_DIR", help="directory written by `nbo train`")
     report.set_defaults(func=_report)

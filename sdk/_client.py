@@ -57,6 +57,7 @@ class Client:
         trusted_keys: Iterable[bytes | str | os.PathLike[str]],
         clock: Clock | None = None,
         config: ClientConfig | None = None,
+        read_only: bool = False,
     ) -> None:
         if not isinstance(device_id, str) or not device_id or len(device_id) > _DEVICE_ID_MAX:
             raise InputError(f"device_id must be a non-empty string of at most {_DEVICE_ID_MAX} characters",
@@ -65,12 +66,14 @@ class Client:
         self.device_id = device_id
         self.clock: Clock = clock or SystemClock()
         self.config = config or ClientConfig()
-        state_dir.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            state_dir.mkdir(parents=True, exist_ok=True)
         self._store = SQLiteStateStore(
             state_dir / "state.sqlite",
             device_id=device_id,
             clock=self.clock,
             schemas=(_ledger.SCHEMA, _payments.SCHEMA, _records.SCHEMA),
+            read_only=read_only,
         )
         self._install_lock = threading.Lock()
         self._active: LoadedBundle | None = None
@@ -101,13 +104,17 @@ class Client:
         trusted_keys: Iterable[bytes | str | os.PathLike[str]],
         clock: Clock | None = None,
         config: ClientConfig | None = None,
+        read_only: bool = False,
     ) -> Client:
         """Open (creating if needed) the device state in ``state_dir``.
 
         ``trusted_keys`` are the contents of ``signing.pub`` files, or paths to them; only
-        bundles signed by one of them are installed.
+        bundles signed by one of them are installed. ``read_only=True`` opens an existing
+        state directory for looking only: nothing is created or written (``StateError`` if
+        it is not a device state directory); decide with ``dry_run=True`` on such a client.
         """
-        return cls(Path(state_dir), device_id=device_id, trusted_keys=trusted_keys, clock=clock, config=config)
+        return cls(Path(state_dir), device_id=device_id, trusted_keys=trusted_keys, clock=clock, config=config,
+                   read_only=read_only)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -179,8 +186,13 @@ class Client:
         profile: Mapping[str, Any] | None = None,
         limit: int = DEFAULT_LIMIT,
         explain: bool = False,
+        dry_run: bool = False,
     ) -> Decision:
-        """Rank the offers for ``customer_id`` on ``channel`` now, from the active bundle."""
+        """Rank the offers for ``customer_id`` on ``channel`` now, from the active bundle.
+
+        The decision is recorded (an outbox event, a contact counted by the contact policies)
+        unless ``dry_run``: then it is only computed, e.g. for an analyst trying a customer.
+        """
         return _engine.decide(
             self._require_bundle(),
             self._store,
@@ -190,6 +202,7 @@ class Client:
             profile=profile,
             limit=limit,
             explain=explain,
+            record=not dry_run,
         )
 
     # -- after the offer -------------------------------------------------------------------
@@ -273,6 +286,12 @@ class Client:
     def pending_events(self) -> int:
         """Events in the outbox not yet acknowledged by the hub."""
         return _records.pending_events(self._store)
+
+    def acked_through(self) -> int:
+        """The highest outbox seq the hub has acknowledged (0 before the first acknowledgement)."""
+        with self._store.read() as tx:
+            rows = tx.execute("SELECT MAX(seq) FROM outbox WHERE acked = 1")
+        return int(rows[0][0] or 0) if rows else 0
 
     def outbox_summary(self) -> dict[str, Any]:
         """Outbox counts: ``pending``/``acked``/``dead_lettered`` in total and ``by_type``."""

@@ -159,9 +159,11 @@ def decide(
     profile: Mapping[str, Any] | None,
     limit: int,
     explain: bool,
+    record: bool = True,
 ) -> Decision:
-    """Rank ``bundle``'s offers for ``customer_id`` on ``channel`` and record the decision."""
-    (outcome,) = decide_many(bundle, store, [Request(customer_id, channel, context, profile, limit, explain)])
+    """Rank ``bundle``'s offers for ``customer_id`` on ``channel`` and record the decision (unless not ``record``)."""
+    (outcome,) = decide_many(bundle, store, [Request(customer_id, channel, context, profile, limit, explain)],
+                             record=record)
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
@@ -175,14 +177,16 @@ class _Item(NamedTuple):
     decision_id: str
 
 
-def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Request]) -> list[Decision | Exception]:
+def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Request], *,
+                record: bool = True) -> list[Decision | Exception]:
     """Decide several requests in one transaction: the decision, or the error, of each, in order.
 
     Exactly what :func:`decide` does for each request, with the state read and written for
     all of them at once and one model run per model (:func:`._policy.propensities_many`).
     Requests for the same customer are decided one after the other (each sees the contacts of
     the one before), in arrival order. A request that fails (bad input, a model error) fails
-    alone; an error of the store fails them all (nothing is written).
+    alone; an error of the store fails them all (nothing is written). ``record=False`` (a dry
+    run) reads the state in a read view and writes nothing.
     """
     plan = bundle.plan
     if plan is None:
@@ -204,14 +208,15 @@ def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Requ
             rounds.append([])
         rounds[k].append(item)
     if rounds:
-        with store.transaction() as tx:
+        with store.transaction() if record else store.read() as tx:
             for items in rounds:
-                _decide_round(bundle, plan, tx, items, results)
+                _decide_round(bundle, plan, tx, items, results, record=record)
     return [r if r is not None else BundleError("no decision was made") for r in results]
 
 
 def _decide_round(
-    bundle: LoadedBundle, plan: DecisionPlan, tx: Tx, items: Sequence[_Item], results: list[Decision | Exception | None]
+    bundle: LoadedBundle, plan: DecisionPlan, tx: Tx, items: Sequence[_Item], results: list[Decision | Exception | None],
+    *, record: bool = True,
 ) -> None:
     """Decide ``items`` (one per customer) in ``tx``; each result goes to its position."""
     now = tx.now
@@ -259,13 +264,14 @@ def _decide_round(
             if isinstance(prop, Exception):
                 raise prop
             outcome = _policy.rank(plan, selection, prop, limit=item.request.limit, seed=item.decision_id)
-            decision, record = _assemble(bundle.info, plan, item, outcome, now)
+            decision, row = _assemble(bundle.info, plan, item, outcome, now)
         except Exception as exc:
             results[item.position] = exc
             continue
-        records.append(record)
+        records.append(row)
         results[item.position] = decision
-    _contacts.record_decisions(tx, records)
+    if record:
+        _contacts.record_decisions(tx, records)
 
 
 def _assemble(

@@ -305,7 +305,7 @@ def _update_profile_after_purchase(tx: Tx, customer_id: str, *, ts: float, amoun
 
 def pending_events(store: StateStore) -> int:
     """Outbox events not yet acknowledged by the hub (dead-lettered ones excluded)."""
-    with store.transaction() as tx:
+    with store.read() as tx:
         (count,) = tx.execute(
             "SELECT COUNT(*) FROM outbox o WHERE o.acked = 0 "
             "AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = o.seq)")[0]
@@ -322,7 +322,7 @@ def outbox_summary(store: StateStore) -> dict[str, Any]:
     """
     summary: dict[str, Any] = {status: 0 for status in EVENT_STATUSES}
     by_type: dict[str, dict[str, int]] = {}
-    with store.transaction() as tx:
+    with store.read() as tx:
         rows = tx.execute(
             "SELECT o.type, CASE WHEN o.acked <> 0 THEN 'acked' "
             "WHEN EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = o.seq) THEN 'dead_lettered' "
@@ -367,7 +367,7 @@ def list_events(store: StateStore, *, status: str = "pending", limit: int = 50) 
         sql += " WHERE status = ?"
         params = (status,)
     sql += " ORDER BY seq LIMIT ?"
-    with store.transaction() as tx:
+    with store.read() as tx:
         rows = tx.execute(sql, (*params, limit))
     events = []
     for seq, event_id, event_type, created_at, payload, row_status, reason in rows:

@@ -125,6 +125,10 @@ class StateStore(Protocol):
         """
         ...
 
+    def read(self) -> Any:
+        """Context manager yielding a :class:`Tx` for reading only (nothing is committed)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -209,12 +213,18 @@ class SQLiteStateStore:
         device_id: str,
         clock: Clock | None = None,
         schemas: Sequence[Sequence[str]] = (),
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self.device_id = device_id
         self.clock: Clock = clock or SystemClock()
         self._lock = threading.RLock()
         self._sync_full = False
+        self.read_only = read_only
+        if read_only:
+            self._conn = _open_for_reading(self.path, device_id)
+            self._checkpointer: WalCheckpointer | None = None
+            return
         try:
             self._conn = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
@@ -256,6 +266,8 @@ class SQLiteStateStore:
 
     @contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[_SQLiteTx]:
+        if self.read_only:
+            raise StateError(f"state database {self.path} is open read-only; open it without read_only to change it")
         with self._lock:
             if durable != self._sync_full:
                 self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -276,9 +288,42 @@ class SQLiteStateStore:
                 raise StateError(f"state database {self.path}: {exc}{damaged_hint(exc)}") from exc
 
     def close(self) -> None:
-        self._checkpointer.stop()  # first, so that closing the main connection checkpoints last
+        if self._checkpointer is not None:
+            self._checkpointer.stop()  # first, so that closing the main connection checkpoints last
         with self._lock:
             self._conn.close()
+
+
+def _open_for_reading(path: Path, device_id: str) -> sqlite3.Connection:
+    """A connection that cannot write to an existing device state database (``read_only=True``).
+
+    ``query_only`` on a read-write connection rather than ``mode=ro``: SQLite removes the
+    ``-wal`` and ``-shm`` files a WAL reader needs when its last connection closes, so the
+    directory is left exactly as it was; a read-only connection would leave them behind. Where
+    the file or directory is not writable, ``mode=ro`` is the fallback.
+    """
+    if not path.is_file():
+        raise StateError(f"{path.parent} is not a device state directory (no {path.name})")
+    try:
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=30.0)
+        except sqlite3.OperationalError:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=30.0)
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            row = conn.execute("SELECT value FROM device_meta WHERE key = 'device_id'").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"cannot read state database {path}: {exc}{damaged_hint(exc)}") from exc
+    if row is None or row[0] != device_id:
+        conn.close()
+        owner = "records no device id" if row is None else f"belongs to device {row[0]!r}, not {device_id!r}"
+        raise StateError(f"state database {path} {owner}")
+    return conn
 
 
 _CHECKPOINT_WAIT_MS = 1000

@@ -140,8 +140,7 @@ def _sync_error(exc: grpc.RpcError, what: str) -> SyncError:
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     hint = _PERMANENT.get(code) if isinstance(code, grpc.StatusCode) else None
     if code in _TRANSIENT:
-        hint = ("events stay queued; check the hub address and that it is running, then sync again "
-                "(`nbo sync --forever` retries with backoff)")
+        hint = "events stay queued; check the hub address and that it is running, then sync again"
     message = f"{what} failed: {name}: {details}" + (f" ({hint})" if hint else "")
     error = SyncError(message)
     error.code = name  # type: ignore[attr-defined]

@@ -158,13 +158,14 @@ def test_build_refuses_a_model_with_badly_named_inputs(tmp_path, capsys, keys):
     assert_one_line_error(err, "input 'frequency' must be named customer__X")
 
 
-def test_build_rejects_version_zero_and_bad_expiry(tmp_path, capsys, keys, model):
-    code, _, err = build(capsys, keys, model, tmp_path / "b.zip", version="0")
-    assert code == 1
-    assert_one_line_error(err, "version must be an integer >= 1")
-    code, _, err = build(capsys, keys, model, tmp_path / "b.zip", "--expires-at", "tomorrow")
-    assert code == 1
-    assert_one_line_error(err, "expires_at")
+def test_build_rejects_version_zero_and_bad_expiry_as_usage_errors(tmp_path, capsys, keys, model):
+    for extra, fragment in ((("--version", "0"), "argument --version: must be at least 1, got 0"),
+                            (("--expires-at", "tomorrow"), "argument --expires-at: not an ISO-8601 time")):
+        with pytest.raises(SystemExit) as info:
+            build(capsys, keys, model, tmp_path / "b.zip", *extra)
+        assert info.value.code == 2
+        assert_one_line_error(capsys.readouterr().err, fragment)
+    assert not (tmp_path / "b.zip").exists()
 
 
 @pytest.mark.parametrize("argv", [
@@ -202,7 +203,7 @@ def test_bundle_install_and_rollback_on_a_device(tmp_path, capsys, keys, model):
     state = str(tmp_path / "pos-9")
 
     code, _, err = run(capsys, "bundle", "install", str(v1), "--state", state, "--trusted-key", pub)
-    assert code == 1
+    assert code == 2
     assert_one_line_error(err, "--device-id")
 
     code, out, _ = run(capsys, "bundle", "install", str(v1), "--state", state, "--device-id", "pos-9",
@@ -212,7 +213,8 @@ def test_bundle_install_and_rollback_on_a_device(tmp_path, capsys, keys, model):
     assert code == 0 and "installed small v2" in out
     code, _, err = run(capsys, "bundle", "install", str(v1), "--state", state, "--trusted-key", pub)
     assert code == 1
-    assert_one_line_error(err, "rollback protection")
+    assert_one_line_error(err, "rollback protection", "use --force")
+    assert "force=True" not in err
     code, out, _ = run(capsys, "bundle", "rollback", "--state", state, "--trusted-key", pub)
     assert code == 0 and "rolled back to small v1" in out
 

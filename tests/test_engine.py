@@ -783,7 +783,7 @@ def test_cli_decide_table_explain_json_and_errors(tmp_path: Path, capsys: pytest
     )
     state = tmp_path / "state"
     assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "pos"]) == 1
-    assert "no state.sqlite" in capsys.readouterr().err
+    assert "is not a device state directory" in capsys.readouterr().err
     with Client.open(state, device_id="pos-7", trusted_keys=[pub]) as client:
         with pytest.raises(NotReadyError):
             client.decide("C1", channel="pos")
@@ -808,8 +808,10 @@ def test_cli_decide_table_explain_json_and_errors(tmp_path: Path, capsys: pytest
     assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "fax"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: unknown channel 'fax'") and len(err.strip().splitlines()) == 1
-    assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "pos", "--profile", "[1]"]) == 1
-    assert "--profile must be a JSON object" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # a malformed flag value is a usage error: exit 2
+        main(["decide", "--state", str(state), "--customer", "C1", "--channel", "pos", "--profile", "[1]"])
+    assert usage.value.code == 2
+    assert "argument --profile: must be a JSON object" in capsys.readouterr().err
 
 
 def test_wal_is_checkpointed_in_the_background_not_by_decisions(engine: Engine, store: SQLiteStateStore) -> None:
