@@ -1,6 +1,6 @@
 """``Client.decide`` latency against its baselines, and the footprint of an embedding process.
 
-DESIGN §10 targets, measured side by side in one run (ratios are what count on a shared
+bench/RESULTS.md targets, measured side by side in one run (ratios are what count on a shared
 machine): with 200 candidate offers, 10 rules, 2 contact policies and one 100-tree
 gradient-boosting model,
 
@@ -259,7 +259,7 @@ def main(argv: list[str]) -> int:
           f"{', '.join(foot['models'])})")
     print(f"  resident memory       {rss_mb:8.1f} MB   (target <= 120 MB; peak {foot['hwm_kb'] / 1024:.1f} MB)")
     print(f"  install + switch      {foot['install_s'] * 1e3:8.1f} ms   (verify, extract, load, warm; "
-          "DESIGN target < 300 ms)")
+          "target < 300 ms, bench/RESULTS.md)")
     print(f"  heavy modules loaded  {', '.join(foot['heavy']) or 'none'}")
     if foot["import_s"] > TARGETS["import_s"]:
         missed.append(f"import nbo.sdk takes {foot['import_s']:.2f} s (target <= 1 s)")

@@ -1,6 +1,6 @@
 """Durable ``award_points`` per second vs raw SQLite WAL ``synchronous=FULL`` single-row commits.
 
-DESIGN §10 target: the SDK's fsync'd award reaches at least 50 % of what bare SQLite can
+bench/RESULTS.md target: the SDK's fsync'd award reaches at least 50 % of what bare SQLite can
 commit, one row per transaction, with ``journal_mode=WAL`` and ``synchronous=FULL`` on the
 same disk, measured in the same run (so the ratio, not the absolute figure, is what counts).
 

@@ -1,6 +1,6 @@
 """Sync ingest: events per second from a terminal's outbox into the hub over loopback.
 
-DESIGN §10 target: ≥ 20,000 events/s, SQLite hub. The hub runs as a real ``nbo serve``
+bench/RESULTS.md target: ≥ 20,000 events/s, SQLite hub. The hub runs as a real ``nbo serve``
 process (SQLite hub store, synchronous=FULL); this process is the terminal: it fills its
 outbox with a realistic mix (decision, response, points, payment events — the points ones go
 into the hub's authoritative ledger), then times ``Client.sync`` pushing it all in large

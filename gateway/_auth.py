@@ -1,4 +1,4 @@
-"""Bearer-token authentication and role checks for every RPC (DESIGN §8).
+"""Bearer-token authentication and role checks for every RPC (docs/operations.md).
 
 The client sends ``authorization: Bearer <token>`` metadata. The token is hashed with SHA-256
 and compared against every configured digest with :func:`hmac.compare_digest` — no early exit,

@@ -1,4 +1,4 @@
-"""The gateway's TOML configuration (DESIGN §8, contract).
+"""The gateway's TOML configuration (docs/operations.md, contract).
 
 ::
 

@@ -2,7 +2,7 @@
 
 Each method converts the request, calls one SDK function (``sdk._engine.decide``,
 ``sdk._records``, ``sdk._ledger``, ``sdk._payments``) over the hub-backed state store, and
-converts the answer. Errors follow DESIGN §8 and the proto comments (:func:`status_for`):
+converts the answer. Errors follow docs/operations.md and the proto comments (:func:`status_for`):
 ``InputError`` → INVALID_ARGUMENT naming the field, unknown ids → NOT_FOUND, no bundle or a
 refused ledger operation → FAILED_PRECONDITION; anything unexpected → INTERNAL with a generic
 message (logged by type, never with request values, so no card data reaches a log).

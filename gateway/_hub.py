@@ -1,4 +1,4 @@
-"""The hub store: where every terminal's events land exactly once (DESIGN §7, §8).
+"""The hub store: where every terminal's events land exactly once (docs/sync.md, docs/operations.md).
 
 - **Event store** ``hub_events``, keyed by ``(device_id, seq)``. A retried event (same key, same
   ``event_id``) is a no-op; the same key with another ``event_id`` is a conflict and nothing of

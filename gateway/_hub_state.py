@@ -1,4 +1,4 @@
-"""The hub-backed state store (DESIGN §8): the SDK's domain code, run over the hub database.
+"""The hub-backed state store (docs/operations.md): the SDK's domain code, run over the hub database.
 
 The gateway decides, records responses, runs the ledger and writes payment records with the
 very same ``sdk._engine`` / ``sdk._records`` / ``sdk._ledger`` / ``sdk._payments`` functions a

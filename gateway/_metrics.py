@@ -1,4 +1,4 @@
-"""Prometheus metrics of one gateway process (DESIGN §8 operations).
+"""Prometheus metrics of one gateway process (docs/operations.md operations).
 
 Every metric lives in a registry owned by one :class:`GatewayMetrics` (not the library's
 global one), so several servers can run in one process — tests do. The HTTP endpoint is the

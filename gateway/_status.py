@@ -1,4 +1,4 @@
-"""``NboError`` → gRPC status, one table for every servicer (DESIGN §8).
+"""``NboError`` → gRPC status, one table for every servicer (docs/operations.md).
 
 Servicers wrap their one call into the domain in :func:`rpc_errors`; an error becomes a
 status with a one-line message naming the field, never ``UNKNOWN`` with a stack trace.
@@ -36,7 +36,7 @@ _MAX_DETAIL = 400
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status code and message for an exception (DESIGN §8, proto conventions)."""
+    """The gRPC status code and message for an exception (docs/operations.md, proto conventions)."""
     if isinstance(exc, EventConflictError):
         return grpc.StatusCode.ALREADY_EXISTS, _detail(exc)
     if isinstance(exc, NboError):

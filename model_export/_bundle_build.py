@@ -134,7 +134,7 @@ def model_signature(model_id: str, path: Path) -> tuple[list[dict[str, str]], st
         if not spec["name"].startswith(INPUT_PREFIXES) or spec["name"] in INPUT_PREFIXES:
             raise ModelError(
                 f"model {model_id!r} ({path}): input {spec['name']!r} must be named customer__X, offer__X or "
-                "context__X (DESIGN §5)"
+                "context__X (docs/training.md)"
             )
         if spec["type"] not in ("float", "string"):
             raise ModelError(

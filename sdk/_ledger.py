@@ -1,4 +1,4 @@
-"""The loyalty ledger: append-only award / redeem / reverse / expire entries (DESIGN §6).
+"""The loyalty ledger: append-only award / redeem / reverse / expire entries (docs/ledger.md).
 
 Two layers:
 

@@ -1,4 +1,4 @@
-"""Payment-linked records: a token, an amount, a currency — never card data (DESIGN §6, §11).
+"""Payment-linked records: a token, an amount, a currency — never card data (docs/ledger.md).
 
 Before anything touches the database, every string argument (and, recursively, every key and
 value of any mapping or list handed to :func:`refuse_card_data`) is scanned for

@@ -484,7 +484,7 @@ def select(
     now: float,
     explain: bool,
 ) -> Selection:
-    """Stages 1–4 of DESIGN §2: candidates, rules, contact policies, strategy."""
+    """Stages 1–4 of docs/decisions.md: candidates, rules, contact policies, strategy."""
     excluded: list[tuple[int, int, int, Exclusion]] = []
     start = candidate_set(plan, channel, now)
     alive = start.mask
@@ -611,7 +611,7 @@ def run_pipeline(
     explain: bool,
     seed: str,
 ) -> Outcome:
-    """Decide: every stage of DESIGN §2 in order. Pure given its arguments (``seed`` drives ε)."""
+    """Decide: every stage of docs/decisions.md in order. Pure given its arguments (``seed`` drives ε)."""
     selection = select(plan, customer=customer, context=context, channel=channel, history=history, now=now,
                        explain=explain)
     prop = propensities(plan, selection.pool, customer, context)

@@ -1,4 +1,4 @@
-"""Responses, purchases, and the device's view of its outbox (DESIGN §6).
+"""Responses, purchases, and the device's view of its outbox (docs/ledger.md).
 
 Everything here is written once against the :class:`~nbo.sdk._store.Tx` seam with portable
 SQL, so a hub-backed store runs the same code. Each state change and the event describing it
@@ -11,7 +11,7 @@ Decisions taken here (documented in ``docs/ledger.md``):
   is an :class:`InputError` on ``outcome`` — the first answer stands.
 * An unknown decision, or an offer that decision did not show, raises an error that is both
   an :class:`InputError` (the issue's contract: fix your arguments) and a
-  :class:`NotFoundError` (DESIGN §8: unknown ids map to ``NOT_FOUND``).
+  :class:`NotFoundError` (docs/operations.md: unknown ids map to ``NOT_FOUND``).
 * A purchase's idempotency key makes a retried call a no-op; the same key with different
   arguments is an :class:`InputError` on ``idempotency_key``.
 * Decision-log compaction never creates a ``seq`` gap: acknowledged decision events are

@@ -5,7 +5,7 @@ do not load never becomes active. A :class:`LoadedBundle` is immutable once buil
 grabs one reference and uses only it, which is what makes the switch atomic for callers.
 
 Everything a decision can compute once per bundle is computed here into a
-:class:`DecisionPlan` (DESIGN §10, §12): offers as numpy columns (value, lever, category
+:class:`DecisionPlan` (bench/RESULTS.md): offers as numpy columns (value, lever, category
 index, validity window as epoch seconds, a channel mask per known channel), each model's
 offer input columns (so a decision only row-selects them and broadcasts the customer and
 context columns), rules compiled and classified — offer-only rules already evaluated,

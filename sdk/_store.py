@@ -86,7 +86,7 @@ DEVICE_SCHEMA: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One outbox / event-log entry (DESIGN §6)."""
+    """One outbox / event-log entry (docs/ledger.md)."""
 
     event_id: str
     device_id: str

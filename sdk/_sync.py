@@ -1,4 +1,4 @@
-"""The sync client: push the outbox to the hub, learn balances, fetch newer bundles (DESIGN §7).
+"""The sync client: push the outbox to the hub, learn balances, fetch newer bundles (docs/sync.md).
 
 One :func:`sync` call:
 

@@ -18,7 +18,7 @@ DATA = Path(__file__).parent / "data"
 CATALOG_YAML = DATA / "catalog_small.yaml"
 CATALOG_JSON = DATA / "catalog_small.json"
 
-# Inputs named per the contract (DESIGN §5): source prefix + raw feature name.
+# Inputs named per the contract (docs/training.md): source prefix + raw feature name.
 DEFAULT_INPUTS: tuple[tuple[str, str], ...] = (
     ("customer__frequency", "float"),
     ("customer__lifecycle_stage", "string"),

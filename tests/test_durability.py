@@ -1,4 +1,4 @@
-"""Issue 5 item 1 / DESIGN §6: every state change commits with its outbox event in ONE SQLite
+"""Issue 5 item 1 / docs/ledger.md: every state change commits with its outbox event in ONE SQLite
 transaction, and money and points writes commit with ``synchronous=FULL`` (fsync'd) before
 the call returns.
 
@@ -156,7 +156,7 @@ def test_a_response_and_its_event_commit_together(client: Client) -> None:
     assert {"outbox", "contact_history"} <= txns[0].writes, txns[0].writes
 
 
-# -- the gateway's hub-backed store (DESIGN §8): app-channel money and points --------------------
+# -- the gateway's hub-backed store (docs/operations.md): app-channel money and points --------------------
 
 
 def test_gateway_money_and_points_commit_fsynced_with_their_hub_event(tmp_path: Path) -> None:

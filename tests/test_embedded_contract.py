@@ -1,4 +1,4 @@
-"""DESIGN §5/§10 contract of the embedded path, checked on a real installed bundle.
+"""docs/training.md and bench/RESULTS.md contract of the embedded path, checked on a real installed bundle.
 
 - ONNX sessions run with ``intra_op_num_threads=1`` (and inter-op 1) and thread spinning off:
   a terminal shares its cores with the POS application, and a spinning pool burns them.

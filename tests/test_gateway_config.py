@@ -1,4 +1,4 @@
-"""The gateway TOML configuration (DESIGN §8): valid files load, every mistake is a ConfigError."""
+"""The gateway TOML configuration (docs/operations.md): valid files load, every mistake is a ConfigError."""
 
 from __future__ import annotations
 

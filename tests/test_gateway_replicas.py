@@ -1,4 +1,4 @@
-"""Two `nbo serve` processes sharing one PostgreSQL hub (the scale-out path of DESIGN §8).
+"""Two `nbo serve` processes sharing one PostgreSQL hub (the scale-out path of docs/operations.md).
 
 Each test runs in its own PostgreSQL schema (selected through the URL's
 ``options=-csearch_path=…``) and drops it afterwards. Terminals (real SDK clients) sync to

@@ -1,4 +1,4 @@
-"""The loyalty ledger on a real device state database (DESIGN §6): FIFO lots, lazy expiry,
+"""The loyalty ledger on a real device state database (docs/ledger.md): FIFO lots, lazy expiry,
 exact reversal, idempotency, offline balance over the central one, crash safety."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The same ledger, payment, purchase and response code over every state store (STYLE §5):
+"""The same ledger, payment, purchase and response code over every state store:
 the device's SQLite store, and the gateway's hub-backed store on SQLite and PostgreSQL
 (``NBO_TEST_POSTGRES``; skipped without it unless ``NBO_REQUIRE_POSTGRES=1``)."""
 

@@ -1,4 +1,4 @@
-"""Property tests of the loyalty ledger (STYLE §8, issue 5 item 5).
+"""Property tests of the loyalty ledger.
 
 A hypothesis state machine drives a real device state database with random awards (with and
 without expiry), redemptions, reversals, replays of earlier calls, bad inputs, clock moves

@@ -1,4 +1,4 @@
-"""Payment-linked records (DESIGN §6, §11): tokens only, exact amounts, ISO 4217 — and card
+"""Payment-linked records (docs/ledger.md): tokens only, exact amounts, ISO 4217 — and card
 data refused before it can reach the disk or a log."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ MODULES = [
     for suffix in ("_pb2", "_pb2_grpc")
 ]
 
-# DESIGN §8: exactly these RPCs, no more, no fewer.
+# docs/operations.md: exactly these RPCs, no more, no fewer.
 CONTRACT = {
     "DecisionService": {
         "Decide",

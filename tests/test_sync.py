@@ -322,7 +322,7 @@ def test_push_rpc_errors(gateway: GatewayServer) -> None:
 
 
 def test_push_answer_carries_balances_latest_bundle_and_rejections(gateway: GatewayServer) -> None:
-    """DESIGN §7 on the wire: acked_through, the authoritative balances of the batch's customers,
+    """docs/sync.md on the wire: acked_through, the authoritative balances of the batch's customers,
     the latest bundle, and the events refused as invalid (with their reason)."""
     s = stub(gateway)
 

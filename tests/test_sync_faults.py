@@ -1,4 +1,4 @@
-"""Sync under faults, with real processes and real sockets (issue 5, item 4; DESIGN §11).
+"""Sync under faults, with real processes and real sockets (issue 5, item 4; docs/operations.md).
 
 - a terminal process SIGKILLed at random points during sync, 20 times in a row, then synced to
   completion: the hub holds every event exactly once and the balances match;

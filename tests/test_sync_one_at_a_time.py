@@ -1,4 +1,4 @@
-"""DESIGN §7 "one sync in flight", across processes: two `nbo sync` processes started at the same
+"""docs/sync.md "one sync in flight", across processes: two `nbo sync` processes started at the same
 moment on one state directory push each event once between them (the second waits for the
 first's file lock, then finds nothing to push). Without the lock both would read the same
 pending events and send them: the hub would dedupe them, but the pushed counts would add up
