@@ -86,11 +86,11 @@ def exploring_bundle(tmp_path_factory: pytest.TempPathFactory) -> LoadedBundle:
 
 
 def _run(plan: DecisionPlan, profile: dict[str, Any], channel: str, history: list[Any], limit: int,
-         hour: int, seed: str = "s") -> Outcome:
+         hour: int, seed: str = "s", explain: bool = True) -> Outcome:
     customer = {**plan.default_profile, **profile}
     context = {"channel": channel, "hour": hour, "weekday": 2}
     return run_pipeline(plan, customer=customer, context=context, channel=channel, history=history, now=NOW,
-                        limit=limit, explain=True, seed=seed)
+                        limit=limit, explain=explain, seed=seed)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -101,7 +101,11 @@ def test_ranking_invariants_with_a_model(model_bundle: LoadedBundle, data: st.Da
     plan = model_bundle.plan
     assert plan is not None
     history = data.draw(histories(plan.offer_ids))
-    check_invariants(plan, _run(plan, profile, channel, history, limit, hour), limit)
+    explained = _run(plan, profile, channel, history, limit, hour)
+    check_invariants(plan, explained, limit)
+    # without an explanation (mixed rules then applied in rank order only): the same answer
+    quiet = _run(plan, profile, channel, history, limit, hour, explain=False)
+    assert quiet.shown == explained.shown and quiet.strategy == explained.strategy and quiet.excluded == ()
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
