@@ -55,6 +55,7 @@ from ._payments import SCHEMA as PAYMENT_SCHEMA
 from ._payments import find_card_data, record_payment
 from ._records import SCHEMA as RECORD_SCHEMA
 from ._records import check_id, record_response
+from ._rules import MAX_EXPRESSION_CHARS, compile_expression
 from ._runtime import LoadedBundle, load_bundle, stage_and_load
 from ._store import (
     CORE_SCHEMA,
@@ -129,6 +130,9 @@ __all__ = [
     "load_bundle",
     "stage_and_load",
     "validate_mapping",
+    # CEL: the one boundary to the extension (length cap, panics as RuleError)
+    "MAX_EXPRESSION_CHARS",
+    "compile_expression",
     # customer measures (the very code training runs)
     "LIFECYCLE_STAGES",
     "LOYALTY_STAGES",
