@@ -53,6 +53,7 @@ from ._measures import (
 )
 from ._payments import SCHEMA as PAYMENT_SCHEMA
 from ._payments import find_card_data, record_payment
+from ._policy import inclusion_runs, rank_probability, slot_probability
 from ._records import SCHEMA as RECORD_SCHEMA
 from ._records import check_id, record_response
 from ._runtime import LoadedBundle, load_bundle, stage_and_load
@@ -129,6 +130,10 @@ __all__ = [
     "load_bundle",
     "stage_and_load",
     "validate_mapping",
+    # the deciding policy's probabilities (the decision event's eligible set; off-policy evaluation)
+    "inclusion_runs",
+    "rank_probability",
+    "slot_probability",
     # customer measures (the very code training runs)
     "LIFECYCLE_STAGES",
     "LOYALTY_STAGES",
