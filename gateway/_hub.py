@@ -844,10 +844,17 @@ def _parse(event: IncomingEvent) -> tuple[str, Any, str | None]:
     if not isinstance(event.type, str) or event.type not in EVENT_TYPES:
         return text, payload, f"unknown event type {str(event.type)[:40]!r}"
     free_text = _FREE_TEXT.get(event.type, ())
+    if event.type == "decision" and isinstance(payload, Mapping) and isinstance(payload.get("inputs"), Mapping):
+        # The models' raw customer/context values (docs/learning.md): a device refuses card data
+        # in them before deciding; here only their strings can hold any.
+        free_text = tuple(f"inputs.{k}" for k, v in payload["inputs"].items() if isinstance(v, str | list))
+        payload_fields: Mapping[str, Any] = {f"inputs.{k}": v for k, v in payload["inputs"].items()}
+    else:
+        payload_fields = payload if isinstance(payload, Mapping) else {}
     if free_text and isinstance(payload, Mapping):
         # Defence in depth (devices refuse card data first): the fields a person types into. Ids
         # the device generates (uuid4) are not scanned: their digit runs can pass a Luhn check.
-        hit = find_card_data({f"payload.{k}": payload.get(k) for k in free_text}, "")
+        hit = find_card_data({f"payload.{k}": payload_fields.get(k) for k in free_text}, "")
         if hit is not None:
             # Never stored, not even as a rejected event: the payload is replaced, the field named.
             return _REDACTED, None, (f"{hit} looks like card data (a card number or sensitive "

@@ -103,3 +103,14 @@ def test_a_port_taken_by_another_server_fails_with_one_line(tmp_path: Path) -> N
     text = serve_log(tmp_path / "state").read_text()
     assert f"port {port}" in text and "Traceback" not in text
     assert len([line for line in text.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_a_config_with_the_removed_decision_worker_switch_is_refused_with_one_line(tmp_path: Path) -> None:
+    _, config = bench_setup(tmp_path / "setup", catalog="small")
+    config.write_text(config.read_text() + "\n[decisions]\nworker_process = true\n")
+    proc = start_serve_process(tmp_path / "state", config, port=free_port())
+    assert proc.wait(timeout=60) != 0
+    text = serve_log(tmp_path / "state").read_text()
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in text
+    assert "worker_process was removed" in errors[0] and "[server] processes" in errors[0]
