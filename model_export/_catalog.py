@@ -24,9 +24,8 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-import cel
 import yaml
-from nbo.sdk import CatalogError
+from nbo.sdk import CatalogError, RuleError
 from nbo.sdk.core import (
     CATEGORIES,
     CONDITION_VARIABLES,
@@ -35,6 +34,7 @@ from nbo.sdk.core import (
     POLICY_SCOPES,
     RULE_KINDS,
     RULE_VARIABLES,
+    compile_expression,
     parse_iso,
 )
 
@@ -206,10 +206,10 @@ def _cel_problem(expression: Any, allowed: Collection[str]) -> str | None:
     if not isinstance(expression, str) or not expression.strip():
         return "must be a non-empty CEL expression string"
     try:
-        program = cel.compile(expression)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        detail = " ".join(str(exc).split())
-        return f"CEL does not compile: {detail[:200]}"
+        # the SDK's CEL boundary: the length cap, and the parser's panics as RuleError
+        program = compile_expression(expression, what="CEL")
+    except RuleError as exc:
+        return str(exc).removeprefix("CEL: ").replace("does not compile", "CEL does not compile", 1)
     variables = set(program.variables()) - set(_MACRO_VAR_RE.findall(expression))
     unknown = sorted(variables - set(allowed))
     if unknown:

@@ -56,6 +56,7 @@ from ._payments import find_card_data, record_payment
 from ._policy import inclusion_runs, rank_probability, slot_probability
 from ._records import SCHEMA as RECORD_SCHEMA
 from ._records import check_id, record_response
+from ._rules import MAX_EXPRESSION_CHARS, compile_expression
 from ._runtime import LoadedBundle, load_bundle, stage_and_load
 from ._store import (
     CORE_SCHEMA,
@@ -130,6 +131,9 @@ __all__ = [
     "load_bundle",
     "stage_and_load",
     "validate_mapping",
+    # CEL: the one boundary to the extension (length cap, panics as RuleError)
+    "MAX_EXPRESSION_CHARS",
+    "compile_expression",
     # the deciding policy's probabilities (the decision event's eligible set; off-policy evaluation)
     "inclusion_runs",
     "rank_probability",
