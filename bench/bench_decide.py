@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,6 +116,16 @@ def measure(n_offers: int, rounds: int, workdir: Path, key: Path, pub: Path) -> 
                 onnx_s += o_round
                 sklearn_s += s_round
         del decision
+        # what the log keeps per decision: the outbox payload of the decision event (shown offers,
+        # the models' raw inputs, the eligible set with its probabilities)
+        with client._store.read() as tx:  # noqa: SLF001  - a benchmark reads the outbox as stored
+            sizes = [len(row[0].encode()) for row in tx.execute(
+                "SELECT payload FROM outbox WHERE type = 'decision' ORDER BY seq DESC LIMIT 2000")]
+            parts = [json.loads(row[0]) for row in tx.execute(
+                "SELECT payload FROM outbox WHERE type = 'decision' ORDER BY seq DESC LIMIT 200")]
+        event_bytes = statistics.median(sizes)
+        eligible_bytes = statistics.median(len(json.dumps(p["eligible"], separators=(",", ":"))) for p in parts)
+        inputs_bytes = statistics.median(len(json.dumps(p["inputs"], separators=(",", ":"))) for p in parts)
         # how many candidates reach the model on a typical decision
         customer = {**plan.default_profile, **profiles[1]}
         from nbo.sdk._policy import run_pipeline
@@ -138,6 +149,9 @@ def measure(n_offers: int, rounds: int, workdir: Path, key: Path, pub: Path) -> 
         "n_decide": len(decide_s),
         "n_sklearn": len(sklearn_s),
         "eligible": candidates[0],
+        "event_bytes": event_bytes,
+        "eligible_bytes": eligible_bytes,
+        "inputs_bytes": inputs_bytes,
     }
 
 
@@ -228,6 +242,10 @@ def main(argv: list[str]) -> int:
         print(f"{r['offers']:>7} {r['eligible']:>8} {r['decide_p50'] * 1e3:>9.3f}ms {r['decide_p99'] * 1e3:>9.3f}ms "
               f"{r['onnx_p50'] * 1e3:>7.3f}ms {r['onnx_p99'] * 1e3:>7.3f}ms {r['sklearn_p50'] * 1e3:>10.3f}ms "
               f"{vs_sk:>10.2f} {vs_onnx:>7.2f}")
+    print()
+    print("decision event (outbox payload, median): " + "; ".join(
+        f"{r['offers']} offers {r['event_bytes']:,.0f} B (eligible set {r['eligible_bytes']:,.0f} B, "
+        f"inputs {r['inputs_bytes']:,.0f} B)" for r in results))
     print()
     print("the same calls in CPU time of the calling thread (excludes time the scheduler gave to others)")
     header2 = f"{'offers':>7} {'decide p50':>11} {'decide p99':>11} {'onnx p50':>9} {'onnx p99':>9} {'÷ onnx':>7}"

@@ -43,7 +43,17 @@ _OUTCOME_CODES = {v: k for k, v in _OUTCOME_NAMES.items()}
 # -- conversions --------------------------------------------------------------------------------
 
 
-def _value(value: struct_pb2.Value) -> Any:
+MAX_STRUCT_DEPTH = 8
+"""Deepest nesting of ``Struct``/list values accepted in ``context`` and ``profile``.
+
+The decision core takes flat mappings (scalars and lists of strings), so any nesting is
+refused later with the field's name; this bound only keeps the conversion itself cheap and
+the refusal clean. Deeper than protobuf's own decoder limit (about 33 levels) the request
+does not decode at all and is refused by ``gateway/_decode_guard.py``.
+"""
+
+
+def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
@@ -57,16 +67,27 @@ def _value(value: struct_pb2.Value) -> Any:
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
+    if kind in ("struct_value", "list_value") and depth >= MAX_STRUCT_DEPTH:
+        raise InputError(f"{field} is nested more than {MAX_STRUCT_DEPTH} levels deep", field=field)
     if kind == "struct_value":
-        return struct_to_dict(value.struct_value)
+        return _struct(value.struct_value, field, depth + 1)
     if kind == "list_value":
-        return [_value(v) for v in value.list_value.values]
+        return [_value(v, field, depth + 1) for v in value.list_value.values]
     return None  # null_value, or unset
 
 
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A ``google.protobuf.Struct`` as a plain dict (whole-number doubles as ints, NaN kept)."""
-    return {key: _value(value) for key, value in struct.fields.items()}
+def _struct(struct: struct_pb2.Struct, field: str, depth: int) -> dict[str, Any]:
+    # Field paths name the top-level key only: deeper keys are the caller's data.
+    return {key: _value(value, field if depth else f"{field}.{key}", depth) for key, value in struct.fields.items()}
+
+
+def struct_to_dict(struct: struct_pb2.Struct, field: str = "struct") -> dict[str, Any]:
+    """A ``google.protobuf.Struct`` as a plain dict (whole-number doubles as ints, NaN kept).
+
+    ``InputError`` naming ``field`` (and its top-level key) when a value is nested more than
+    :data:`MAX_STRUCT_DEPTH` levels deep.
+    """
+    return _struct(struct, field, 0)
 
 
 def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
@@ -184,8 +205,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             customer_id = core.check_id(request.customer_id, "customer_id")
             # Checked here, before the request is queued: a bad value is refused naming its
             # field, deciding nothing.
-            ctx = validate_mapping(struct_to_dict(request.context), "context") if request.HasField("context") else None
-            profile = (validate_mapping(struct_to_dict(request.profile), "profile")
+            ctx = validate_mapping(struct_to_dict(request.context, "context"), "context") if request.HasField("context") else None
+            profile = (validate_mapping(struct_to_dict(request.profile, "profile"), "profile")
                        if request.HasField("profile") else None)
             bundle = self._engine.require()  # one reference for the whole call: hot swaps are invisible
             args = DecideArgs(bundle, Request(customer_id, request.channel, ctx, profile, limit, request.explain))

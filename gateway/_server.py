@@ -38,6 +38,7 @@ from ._auth import Authenticator, AuthInterceptor
 from ._config import GatewayConfig
 from ._decide_batch import DecideBatcher, decide_batch
 from ._decision_service import DecisionServicer
+from ._decode_guard import DecodeGuard
 from ._engine_host import EngineHost
 from ._hub import HubStore
 from ._hub_state import HubStateStore
@@ -214,8 +215,9 @@ def create_server(
         closers.insert(0, decider.close)  # drain queued decisions before the hub store closes
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbo-rpc"),
-            # Metrics outermost, so refused (unauthenticated) calls are counted too.
-            interceptors=[MetricsInterceptor(metrics), AuthInterceptor(auth)],
+            # Metrics outermost, so refused (unauthenticated) calls are counted too; the decode
+            # guard innermost, so its deserializer is the one every outer wrapper copies.
+            interceptors=[MetricsInterceptor(metrics), AuthInterceptor(auth), DecodeGuard()],
             options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)],
             maximum_concurrent_rpcs=max_workers * 8,
         )

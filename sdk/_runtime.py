@@ -186,6 +186,9 @@ class DecisionPlan:
     """``strategy_weights`` as tuples of Python floats."""
     offer_models: tuple[int, ...] = field(init=False, repr=False, compare=False)
     """``model_index`` as a tuple of Python ints."""
+    logged_inputs: tuple[tuple[str, str, str], ...] = field(init=False, repr=False, compare=False)
+    """(input name, source, field) of every ``customer__*`` and ``context__*`` input of any of
+    the bundle's models, once each, sorted by name: what a decision event records."""
 
     def __post_init__(self) -> None:
         terms = tuple(zip(self.value.tolist(), self.lever.tolist(), self.mandatory.tolist(),
@@ -194,6 +197,9 @@ class DecisionPlan:
         object.__setattr__(self, "strategy_weight_lists",
                            {k: tuple(v.tolist()) for k, v in self.strategy_weights.items()})
         object.__setattr__(self, "offer_models", tuple(self.model_index.tolist()))
+        logged = {inp.name: (inp.name, inp.source, inp.field)
+                  for model in self.models for inp in model.inputs if inp.source != "offer"}
+        object.__setattr__(self, "logged_inputs", tuple(logged[name] for name in sorted(logged)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,8 +53,10 @@ from ._measures import (
 )
 from ._payments import SCHEMA as PAYMENT_SCHEMA
 from ._payments import find_card_data, record_payment
+from ._policy import inclusion_runs, rank_probability, slot_probability
 from ._records import SCHEMA as RECORD_SCHEMA
 from ._records import check_id, record_response
+from ._rules import MAX_EXPRESSION_CHARS, compile_expression
 from ._runtime import LoadedBundle, load_bundle, stage_and_load
 from ._store import (
     CORE_SCHEMA,
@@ -65,6 +67,7 @@ from ._store import (
     damaged_hint,
     insert_rows,
     limit_wal,
+    read_sync_marker,
 )
 from ._sync import SyncLoop, open_channel, sync
 from ._vocabulary import (
@@ -129,6 +132,13 @@ __all__ = [
     "load_bundle",
     "stage_and_load",
     "validate_mapping",
+    # CEL: the one boundary to the extension (length cap, panics as RuleError)
+    "MAX_EXPRESSION_CHARS",
+    "compile_expression",
+    # the deciding policy's probabilities (the decision event's eligible set; off-policy evaluation)
+    "inclusion_runs",
+    "rank_probability",
+    "slot_probability",
     # customer measures (the very code training runs)
     "LIFECYCLE_STAGES",
     "LOYALTY_STAGES",
@@ -157,6 +167,7 @@ __all__ = [
     "Tx",
     "WalCheckpointer",
     "damaged_hint",
+    "read_sync_marker",
     "insert_rows",
     "limit_wal",
     # sync and the gRPC channel options shared with the publish client

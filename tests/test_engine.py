@@ -537,7 +537,11 @@ def test_decision_is_recorded_with_contact_history_and_outbox_event(engine: Engi
     payload = json.loads(payload_text)
     assert kind == "decision"
     assert set(payload) == {"decision_id", "customer_id", "channel", "bundle_name", "bundle_version", "strategy",
-                            "offers"}
+                            "offers", "inputs", "eligible"}
+    # no model: no inputs; all three offers were in play, the policy (no exploration) shows the first two
+    assert payload["inputs"] == {}
+    assert payload["eligible"] == {"offers": ["A", "B", "C"], "p": [[1.0, 2], [0.0, 1]], "mandatory": 0,
+                                   "epsilon": 0.0}
     assert payload["decision_id"] == d.decision_id and payload["bundle_version"] == 1
     assert [o["offer_id"] for o in payload["offers"]] == ["A", "B"]
     first = payload["offers"][0]
