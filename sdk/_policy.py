@@ -148,50 +148,17 @@ def _eval_candidate(
         return False, str(exc)
 
 
-class _RuleInputs(NamedTuple):
-    """What evaluating a mixed rule on a candidate needs, prepared once per decision."""
-
-    cel_ctx: Any
-    cel_error: str | None
-    customer_proj: Mapping[str, Any]
-    context_proj: Mapping[str, Any]
-    memo: dict[int, tuple[bool, str | None]]
-    """Offers with the same projection share one specialised program: its verdict, by program."""
-
-
-def _candidate_verdict(plan: DecisionPlan, rule: RulePlan, i: int, inputs: _RuleInputs) -> tuple[bool, str | None]:
-    """(passed, failure message) of the mixed rule ``rule`` on offer ``i``."""
-    program = rule.specialized[i]
-    cel_ctx = inputs.cel_ctx
-    if program is None or cel_ctx is None:
-        return _eval_candidate(plan, rule, i, program, cel_ctx, inputs.cel_error, inputs.customer_proj,
-                               inputs.context_proj)
-    # the hot path: one prepared-context execution, no wrapper calls
-    key = id(program)
-    verdict = inputs.memo.get(key)
-    if verdict is None:
-        try:
-            result = program.execute(cel_ctx)
-        except Exception:  # let evaluate() word the failure
-            result = None
-        verdict = (True, None) if result is True else (
-            (False, None) if result is False else
-            _eval_candidate(plan, rule, i, program, cel_ctx, inputs.cel_error, inputs.customer_proj,
-                            inputs.context_proj))
-        inputs.memo[key] = verdict
-    return verdict
-
-
 def _apply_rules(
     plan: DecisionPlan,
     start: CandidateSet,
-    inputs: _RuleInputs,
-    candidate_rules: Sequence[RulePlan],
+    cel_ctx: Any,
+    cel_ctx_error: str | None,
+    customer_proj: Mapping[str, Any],
+    context_proj: Mapping[str, Any],
     explain: bool,
     excluded: list[tuple[int, int, int, Exclusion]],
 ) -> np.ndarray:
-    """Apply the offer-only and decision rules, then ``candidate_rules`` (mixed); return the
-    surviving mask. ``excluded`` gets (offer, stage, order, why)."""
+    """Apply every rule kind; return the surviving mask. ``excluded`` gets (offer, stage, order, why)."""
     candidates = start.mask
     if explain and plan.static_exclusions:
         for i in np.flatnonzero(candidates & ~plan.static_ok).tolist():
@@ -199,13 +166,12 @@ def _apply_rules(
                 excluded.append((i, 0, rule_index, _exclusion(plan, i, plan.rules[rule_index], message)))
     alive = start.static_alive  # read-only: every step below makes a new mask
 
-    cel_ctx = inputs.cel_ctx
     for rule in start.decision_rules:  # only those that apply to some candidate
         failure: str | None = None
         ok: bool
         try:
             if cel_ctx is None:
-                raise _rules.RuleFailure(inputs.cel_error or "no data")
+                raise _rules.RuleFailure(cel_ctx_error or "no data")
             ok = _rules.evaluate(rule.program, cel_ctx)
         except _rules.RuleFailure as exc:
             ok, failure = False, str(exc)
@@ -214,24 +180,32 @@ def _apply_rules(
                 for i in np.flatnonzero(candidates & rule.applies).tolist():
                     excluded.append((i, 0, rule.index, _exclusion(plan, i, rule, failure)))
             alive = alive & ~rule.applies
-    return _apply_candidate_rules(plan, candidate_rules, alive, inputs, explain, excluded)
 
-
-def _apply_candidate_rules(
-    plan: DecisionPlan,
-    candidate_rules: Sequence[RulePlan],
-    alive: np.ndarray,
-    inputs: _RuleInputs,
-    explain: bool,
-    excluded: list[tuple[int, int, int, Exclusion]],
-) -> np.ndarray:
-    for rule in candidate_rules:
+    # Offers with the same projection share one specialised program: evaluate it once.
+    memo: dict[int, tuple[bool, str | None]] = {}
+    for rule in start.candidate_rules:
         targets = np.flatnonzero(alive & rule.applies)
         if len(targets) == 0:
             continue
         alive = alive.copy()
+        specialized = rule.specialized
         for i in targets.tolist():
-            verdict = _candidate_verdict(plan, rule, i, inputs)
+            program = specialized[i]
+            if program is not None and cel_ctx is not None:
+                # the hot path: one prepared-context execution, no wrapper calls
+                key = id(program)
+                verdict = memo.get(key)
+                if verdict is None:
+                    try:
+                        result = program.execute(cel_ctx)
+                    except Exception:  # let evaluate() word the failure
+                        result = None
+                    verdict = (True, None) if result is True else (
+                        (False, None) if result is False else
+                        _eval_candidate(plan, rule, i, program, cel_ctx, cel_ctx_error, customer_proj, context_proj))
+                    memo[key] = verdict
+            else:
+                verdict = _eval_candidate(plan, rule, i, program, cel_ctx, cel_ctx_error, customer_proj, context_proj)
             if not verdict[0]:
                 alive[i] = False
                 if explain:
@@ -552,18 +526,6 @@ class Selection:
     strategy: str
     weights_by_category: np.ndarray | None
     excluded: list[tuple[int, int, int, Exclusion]]
-    deferred: _Deferred | None = None
-    """Mixed rules left for :func:`rank` to apply to the best-scored offers only (see :func:`select`)."""
-
-
-class _Deferred(NamedTuple):
-    rules: tuple[RulePlan, ...]
-    """The mixed rules not yet applied to ``pool`` (in rule order)."""
-    inputs: _RuleInputs
-    alive: np.ndarray
-    """Every other stage's survivors (fallback offers included)."""
-    customer: Mapping[str, Any]
-    context: Mapping[str, Any]
 
 
 def select(
@@ -576,15 +538,7 @@ def select(
     now: float,
     explain: bool,
 ) -> Selection:
-    """Stages 1–4 of docs/decisions.md: candidates, rules, contact policies, strategy.
-
-    Without exploration and without an explanation, only the offers that make the answer
-    need the mixed (per-candidate) rules: they are then left to :func:`rank`, which applies
-    them in score order until it has ``limit`` offers — the same answer as applying them to
-    every candidate first, for a few evaluations instead of one per candidate. Exploration
-    needs the exact number of eligible offers, an explanation every exclusion: both apply
-    every rule here.
-    """
+    """Stages 1–4 of docs/decisions.md: candidates, rules, contact policies, strategy."""
     excluded: list[tuple[int, int, int, Exclusion]] = []
     start = candidate_set(plan, channel, now)
     alive = start.mask
@@ -600,30 +554,19 @@ def select(
             cel_ctx = _rules.new_context({"customer": customer_proj, "context": context_proj})
         except _rules.RuleFailure as exc:
             cel_error = str(exc)
-    inputs = _RuleInputs(cel_ctx, cel_error, customer_proj, context_proj, {})
 
-    defer = bool(start.candidate_rules) and not explain and plan.epsilon <= 0.0
     if start.any:
-        alive = _apply_rules(plan, start, inputs, () if defer else start.candidate_rules, explain, excluded)
+        alive = _apply_rules(plan, start, cel_ctx, cel_error, customer_proj, context_proj, explain, excluded)
     if plan.policies and alive.any():
         # also with no history: a cap of 0 holds for a customer who has none
         alive = _apply_policies(plan, alive, history, now, channel, explain, excluded)
 
     strategy = choose_strategy(plan, cel_ctx)
-    weights = plan.strategy_weights.get(strategy)
     rows = np.flatnonzero(alive)
     normal = rows[~plan.fallback[rows]]
-    if defer and len(normal):
-        pending = tuple(r for r in start.candidate_rules if r.applies[normal].any())
-        if pending:
-            return Selection(pool=normal, strategy=strategy, weights_by_category=weights, excluded=excluded,
-                             deferred=_Deferred(pending, inputs, alive, customer, context))
-    if defer:  # nothing to gain: apply them now
-        alive = _apply_candidate_rules(plan, start.candidate_rules, alive, inputs, False, excluded)
-        rows = np.flatnonzero(alive)
-        normal = rows[~plan.fallback[rows]]
     pool = normal if len(normal) else rows  # fallback offers only when nothing else is left
-    return Selection(pool=pool, strategy=strategy, weights_by_category=weights, excluded=excluded)
+    return Selection(pool=pool, strategy=strategy, weights_by_category=plan.strategy_weights.get(strategy),
+                     excluded=excluded)
 
 
 def _rank_few(
@@ -660,37 +603,8 @@ def _rank_few(
     return order, mandatory_count, rows, props, weights, scores
 
 
-def _rank_deferred(plan: DecisionPlan, selection: Selection, deferred: _Deferred, prop: np.ndarray, *,
-                   limit: int, seed: str) -> Outcome:
-    """:func:`rank` of a selection whose mixed rules are still to apply (no exploration, no
-    explanation): walk the offers in rank order, keep those that pass, stop at ``limit``."""
-    pool = selection.pool
-    weight = (np.ones(len(pool), dtype=np.float64) if selection.weights_by_category is None
-              else selection.weights_by_category[plan.category_index[pool]])
-    score = prop * plan.value[pool] * weight * plan.lever[pool]
-    rules, inputs = deferred.rules, deferred.inputs
-    shown: list[Shown] = []
-    for pos in _ordered(plan, pool, score).tolist():
-        row = int(pool[pos])
-        if all(not rule.applies[row] or _candidate_verdict(plan, rule, row, inputs)[0] for rule in rules):
-            shown.append(Shown(row, float(prop[pos]), float(weight[pos]), float(score[pos]), 1.0))
-            if len(shown) == limit:
-                break
-    if not shown:
-        # Every offer in play failed a mixed rule: the fallback offers are the answer, scored now.
-        alive = _apply_candidate_rules(plan, rules, deferred.alive, inputs, False, [])
-        rows = np.flatnonzero(alive)
-        eager = Selection(pool=rows, strategy=selection.strategy, weights_by_category=selection.weights_by_category,
-                          excluded=selection.excluded)
-        return rank(plan, eager, propensities(plan, rows, deferred.customer, deferred.context), limit=limit,
-                    seed=seed)
-    return Outcome(shown=tuple(shown), strategy=selection.strategy, excluded=(), explored=False)
-
-
 def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: int, seed: str) -> Outcome:
     """Stage 5: score (propensity × value × weight × lever), order, explore, cut to ``limit``."""
-    if selection.deferred is not None:
-        return _rank_deferred(plan, selection, selection.deferred, prop, limit=limit, seed=seed)
     pool = selection.pool
     few = _rank_few(plan, selection, prop) if len(pool) <= _FEW_ROWS else None
     if few is not None:

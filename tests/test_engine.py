@@ -236,10 +236,9 @@ MIXED_RULES = [
 ]
 
 
-def test_mixed_rules_left_to_ranking_give_the_answer_of_applying_them_first(engine: Engine) -> None:
-    # Without an explanation (and without exploration) mixed rules are applied only to the
-    # best-scored offers, in rank order, until the answer is full: the offers, scores and
-    # order must be those of applying them to every candidate (what explain=True does).
+def test_mixed_rules_decide_the_same_with_and_without_an_explanation(engine: Engine) -> None:
+    # explain only adds the exclusions: the offers, scores and order are the same, on
+    # customers whose mixed rules remove the best offers, most offers, or all but the fallback.
     offers = [offer(f"O{i}", "xsell" if i % 2 else "loyalty", 100 - i, attributes={"min_age": 18 + i % 3 * 10})
               for i in range(12)]
     offers.append(offer("FB", "service", 1, fallback=True, attributes={"min_age": 0}))

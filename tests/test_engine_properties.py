@@ -103,9 +103,10 @@ def test_ranking_invariants_with_a_model(model_bundle: LoadedBundle, data: st.Da
     history = data.draw(histories(plan.offer_ids))
     explained = _run(plan, profile, channel, history, limit, hour)
     check_invariants(plan, explained, limit)
-    # without an explanation (mixed rules then applied in rank order only): the same answer
+    # without an explanation: the same answer, and the same offers in play
     quiet = _run(plan, profile, channel, history, limit, hour, explain=False)
     assert quiet.shown == explained.shown and quiet.strategy == explained.strategy and quiet.excluded == ()
+    assert quiet.eligible == explained.eligible
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
