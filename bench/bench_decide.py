@@ -5,7 +5,7 @@ machine): with 200 candidate offers, 10 rules, 2 contact policies and one 100-tr
 gradient-boosting model,
 
 * decide p50 ≤ 1.0 × scikit-learn ``predict_proba`` of the same model on the same 200 rows,
-* decide p50 ≤ 4 × the bare onnxruntime call on those rows,
+* decide p50 ≤ 2 × the bare onnxruntime call on those rows,
 * decide p99 ≤ 2 ms;
 
 repeated at 1,000 offers (growth no worse than linear). Then a fresh process imports
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,7 +52,7 @@ from engine_fixtures import (  # noqa: E402  (the fixtures live with the tests)
 from nbo.sdk import Client  # noqa: E402
 from nbo.sdk._policy import model_feeds  # noqa: E402
 
-TARGETS = {"vs_sklearn": 1.0, "vs_onnx": 4.0, "p99_ms": 2.0, "rss_mb": 120.0, "import_s": 1.0}
+TARGETS = {"vs_sklearn": 1.0, "vs_onnx": 2.0, "p99_ms": 2.0, "rss_mb": 120.0, "import_s": 1.0}
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -115,6 +116,16 @@ def measure(n_offers: int, rounds: int, workdir: Path, key: Path, pub: Path) -> 
                 onnx_s += o_round
                 sklearn_s += s_round
         del decision
+        # what the log keeps per decision: the outbox payload of the decision event (shown offers,
+        # the models' raw inputs, the eligible set with its probabilities)
+        with client._store.read() as tx:  # noqa: SLF001  - a benchmark reads the outbox as stored
+            sizes = [len(row[0].encode()) for row in tx.execute(
+                "SELECT payload FROM outbox WHERE type = 'decision' ORDER BY seq DESC LIMIT 2000")]
+            parts = [json.loads(row[0]) for row in tx.execute(
+                "SELECT payload FROM outbox WHERE type = 'decision' ORDER BY seq DESC LIMIT 200")]
+        event_bytes = statistics.median(sizes)
+        eligible_bytes = statistics.median(len(json.dumps(p["eligible"], separators=(",", ":"))) for p in parts)
+        inputs_bytes = statistics.median(len(json.dumps(p["inputs"], separators=(",", ":"))) for p in parts)
         # how many candidates reach the model on a typical decision
         customer = {**plan.default_profile, **profiles[1]}
         from nbo.sdk._policy import run_pipeline
@@ -138,6 +149,9 @@ def measure(n_offers: int, rounds: int, workdir: Path, key: Path, pub: Path) -> 
         "n_decide": len(decide_s),
         "n_sklearn": len(sklearn_s),
         "eligible": candidates[0],
+        "event_bytes": event_bytes,
+        "eligible_bytes": eligible_bytes,
+        "inputs_bytes": inputs_bytes,
     }
 
 
@@ -229,6 +243,10 @@ def main(argv: list[str]) -> int:
               f"{r['onnx_p50'] * 1e3:>7.3f}ms {r['onnx_p99'] * 1e3:>7.3f}ms {r['sklearn_p50'] * 1e3:>10.3f}ms "
               f"{vs_sk:>10.2f} {vs_onnx:>7.2f}")
     print()
+    print("decision event (outbox payload, median): " + "; ".join(
+        f"{r['offers']} offers {r['event_bytes']:,.0f} B (eligible set {r['eligible_bytes']:,.0f} B, "
+        f"inputs {r['inputs_bytes']:,.0f} B)" for r in results))
+    print()
     print("the same calls in CPU time of the calling thread (excludes time the scheduler gave to others)")
     header2 = f"{'offers':>7} {'decide p50':>11} {'decide p99':>11} {'onnx p50':>9} {'onnx p99':>9} {'÷ onnx':>7}"
     print(header2)
@@ -242,7 +260,7 @@ def main(argv: list[str]) -> int:
     if base["vs_sklearn"] > TARGETS["vs_sklearn"]:
         missed.append(f"decide p50 is {base['vs_sklearn']:.2f}x scikit-learn (target <= 1.0)")
     if base["vs_onnx"] > TARGETS["vs_onnx"]:
-        missed.append(f"decide p50 is {base['vs_onnx']:.2f}x bare onnxruntime (target <= 4.0)")
+        missed.append(f"decide p50 is {base['vs_onnx']:.2f}x bare onnxruntime (target <= 2.0)")
     if base["decide_p99"] * 1e3 > TARGETS["p99_ms"]:
         missed.append(f"decide p99 is {base['decide_p99'] * 1e3:.2f} ms at 200 offers (target <= 2 ms)")
     growth = results[1]["decide_p50"] / base["decide_p50"]

@@ -126,13 +126,11 @@ def run_clients(threads: int, seconds: float, make_call: Callable[[int], Callabl
 class Gateway:
     """``nbo serve --processes N`` in a process of its own, with a bundle published."""
 
-    def __init__(self, base: Path, catalog: str, processes: int, extra_config: str = "") -> None:
+    def __init__(self, base: Path, catalog: str, processes: int) -> None:
         from gateway_helpers import bench_setup
 
         self.base = base
         bundle, config = bench_setup(base, catalog=catalog)
-        if extra_config:
-            config.write_text(config.read_text() + "\n" + extra_config)
         self.state = base / "state"
         self.log = base / "serve.log"
         with self.log.open("wb") as log:
@@ -272,14 +270,10 @@ def main(argv: Sequence[str]) -> int:
                         help="Check/Decide alternations per round (each side gets SECONDS / SLICES at a time)")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="serving processes of the gateway (nbo serve --processes; default: cores)")
-    parser.add_argument("--decision-worker", choices=("on", "off"),
-                        help="set [decisions] worker_process (default: the gateway's own default)")
     parser.add_argument("--only", choices=[s.name for s in SCENARIOS], action="append",
                         help="run only this scenario (repeatable)")
     args = parser.parse_args(argv)
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
-    extra = ("" if args.decision_worker is None else
-             f"[decisions]\nworker_process = {'true' if args.decision_worker == 'on' else 'false'}\n")
 
     results: dict[str, dict[str, Any]] = {}
     broken_policies = 0
@@ -287,7 +281,7 @@ def main(argv: Sequence[str]) -> int:
         for catalog in dict.fromkeys(s.catalog for s in scenarios):
             base = Path(tmp) / catalog
             base.mkdir()
-            gateway = Gateway(base, catalog, args.processes, extra)
+            gateway = Gateway(base, catalog, args.processes)
             try:
                 for scenario in (s for s in scenarios if s.catalog == catalog):
                     results[scenario.name] = measure_scenario(gateway, scenario, args)

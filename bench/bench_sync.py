@@ -29,6 +29,7 @@ from pathlib import Path
 from nbo.sdk import Client, ClientConfig
 
 TARGET = 20_000.0
+ELIGIBLE = [f"OF{k:05d}" for k in range(200) if k % 3][:126]
 
 
 def fill_outbox(client: Client, n: int, rng: random.Random) -> None:
@@ -42,9 +43,15 @@ def fill_outbox(client: Client, n: int, rng: random.Random) -> None:
                 tx.append_event("decision", {
                     "decision_id": decision_id, "customer_id": customer, "channel": "pos",
                     "bundle_name": "retail", "bundle_version": 3, "strategy": "develop",
-                    "offers": [{"offer_id": f"O{k}", "category": "xsell", "rank": k, "propensity": 0.12,
+                    "offers": [{"offer_id": f"OF{k:05d}", "category": "xsell", "rank": k, "propensity": 0.12,
                                 "value": 40.0, "weight": 1.2, "lever": 1.0, "score": 5.76,
                                 "selection_probability": 1.0} for k in range(3)],
+                    # what bench_decide's 200-offer catalog logs: 8 raw inputs, 126 offers in play
+                    "inputs": {"context__channel": "pos", "context__hour": 14, "customer__frequency": 5,
+                               "customer__lifecycle_stage": "active", "customer__monetary": 312.4587,
+                               "customer__recency_days": 23.817, "context__weekday": 2, "customer__age": 41},
+                    "eligible": {"offers": ELIGIBLE, "p": [[1.0, 2], [0.9996, 1], [0.0004, 123]],
+                                 "mandatory": 0, "epsilon": 0.05},
                 })
             elif roll < 7:
                 tx.append_event("response", {"decision_id": str(uuid.uuid4()), "offer_id": "O1",

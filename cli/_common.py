@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import tempfile
 import textwrap
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ __all__ = [
     "TOKEN_ENV",
     "UsageError",
     "add_command",
+    "check_writable_directory",
     "add_token_options",
     "cli_message",
     "int_at_least",
@@ -92,7 +94,8 @@ def add_command(sub: Any, name: str, *, help: str, description: str, examples: S
 # -- errors in the CLI's words --------------------------------------------------------------
 
 # Library parameter (an InputError's ``field``) -> the flag that sets it on the command line.
-_PARAMETER_FLAGS = {"trusted_keys": "--trusted-key", "device_id": "--device-id", "expires_at": "--expires-at"}
+_PARAMETER_FLAGS = {"trusted_keys": "--trusted-key", "device_id": "--device-id", "expires_at": "--expires-at",
+                    "out_dir": "--out"}
 # What the library advises a caller of its API, and what that is on the command line.
 _LIBRARY_ADVICE = (
     ("use force=True", "use --force"),
@@ -165,6 +168,31 @@ def iso_time(text: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- paths ----------------------------------------------------------------------------------
+
+
+def check_writable_directory(path: str | os.PathLike[str], *, flag: str, what: str) -> None:
+    """Refuse (``ConfigError`` naming ``flag``) a directory that cannot be created or written.
+
+    Creates nothing: probes ``path`` when it exists, else the nearest existing directory
+    above it, with a temporary file that is gone again when this returns (root passes any
+    permission check, so writing is the only honest test).
+    """
+    target = Path(path)
+    probe = next((d for d in (target, *target.absolute().parents) if d.exists()), None)
+    reason = None
+    if probe is None or not probe.is_dir():
+        reason = f"{probe} is not a directory"
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError as exc:
+            reason = f"cannot write in {probe}: {exc.strerror or exc}"
+    if reason is not None:
+        raise ConfigError(f"{flag} {target}: unusable as {what} ({reason})")
 
 
 # -- tokens ---------------------------------------------------------------------------------

@@ -114,10 +114,14 @@ def _install(args: argparse.Namespace) -> int:
     undo = _undo_new_state(state_dir)
     try:
         with open_device(args, new_ok=True) as client:
+            before = client.bundle
             info = client.install_bundle(bundle, force=args.force)
     except BaseException:
         undo()
         raise
+    if info == before:
+        print(f"{info.name} v{info.version} is already the active bundle in {args.state}; nothing to install")
+        return 0
     print(f"installed {info.name} v{info.version} ({info.offer_count} offers) in {args.state}")
     return 0
 

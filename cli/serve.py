@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import add_command, positive_float
+from ._common import add_command, check_writable_directory, positive_float
 
 
 def register(sub: Any) -> None:
@@ -50,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         client_ca=Path(args.client_ca) if args.client_ca else None,
         metrics_port=args.metrics_port,
     )
+    check_writable_directory(args.state, flag="--state", what="the gateway's state directory")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
 

@@ -20,8 +20,10 @@ def kiosk(bundle: Path, public_key: Path, state_dir: Path) -> None:
     """Open, install, decide — the whole integration (a restart keeps the installed bundle)."""
     with Client.open(state_dir, device_id="kiosk-1", trusted_keys=[public_key]) as client:
         try:
-            info = client.install_bundle(bundle)
-            print(f"installed bundle {info.name} v{info.version} ({info.offer_count} offers)")
+            before = client.bundle
+            info = client.install_bundle(bundle)  # the bundle that is active already: nothing to do
+            print(f"keeping bundle {info.name} v{info.version}: already installed" if info == before
+                  else f"installed bundle {info.name} v{info.version} ({info.offer_count} offers)")
         except BundleError as exc:  # refused (tampered, untrusted, not newer): the active bundle keeps serving
             if client.bundle is None:
                 raise

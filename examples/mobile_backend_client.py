@@ -30,6 +30,10 @@ DEFAULT_PROTO_DIR = Path(__file__).resolve().parent.parent / "proto"
 PROTO_FILES = ("nbo/v1/common.proto", "nbo/v1/decision.proto", "nbo/v1/sync.proto", "nbo/v1/publish.proto")
 
 
+class _Refused(Exception):
+    """A call the gateway refused (or answered with nothing to go on): reported in one line."""
+
+
 def generate_stubs(proto_dir: Path, out_dir: Path) -> None:
     """Compile the nbo.v1 protos (plus the well-known types grpc_tools ships) into ``out_dir``."""
     from grpc_tools import protoc
@@ -82,33 +86,40 @@ def main(argv: list[str] | None = None) -> int:
         api = pb_grpc.DecisionServiceStub(channel)
         run = uuid.uuid4().hex[:8]  # fresh idempotency keys per run
 
+        def call(method: str, request: Any) -> Any:
+            try:
+                return getattr(api, method)(request, metadata=auth, timeout=10)
+            except grpc.RpcError as exc:  # one line saying which call and what the gateway answered
+                raise _Refused(f"{method} on {args.target}: {exc.code().name}: {exc.details()}") from None
+
         context = struct_pb2.Struct()
         context.update({"store": "web-shop", "basket_value": 41.5})
         profile = struct_pb2.Struct()
         profile.update({"age": 34, "lifecycle_stage": "active", "frequency": 6, "monetary": 812.4})
-        decision = api.Decide(pb.DecideRequest(customer_id=args.customer, channel=args.channel, context=context,
-                                               profile=profile, limit=3, explain=True), metadata=auth, timeout=10)
+        decision = call("Decide", pb.DecideRequest(customer_id=args.customer, channel=args.channel, context=context,
+                                                   profile=profile, limit=3, explain=True))
         print(f"decision {decision.decision_id} from bundle {decision.bundle_name} v{decision.bundle_version}")
         for offer in decision.offers:
             print(f"  {offer.rank}. {offer.offer_id:<20} score={offer.score:10.4f} "
                   f"propensity={offer.propensity:.3f} value={offer.value:g}")
         for excluded in decision.excluded:
             print(f"  excluded {excluded.offer_id} by {excluded.kind} rule {excluded.rule_id}")
+        if not decision.offers:
+            raise _Refused(f"Decide on {args.target}: no offer for customer {args.customer} on channel "
+                           f"{args.channel} (the catalog has no fallback offer for it)")
         top = decision.offers[0]
 
-        api.RecordResponse(pb.RecordResponseRequest(decision_id=decision.decision_id, offer_id=top.offer_id,
-                                                    outcome=pb.OUTCOME_ACCEPTED), metadata=auth, timeout=10)
-        award = api.AwardPoints(pb.AwardPointsRequest(customer_id=args.customer, points=100,
-                                                      idempotency_key=f"award-{run}", reason="welcome bonus"),
-                                metadata=auth, timeout=10)
-        redeem = api.RedeemPoints(pb.RedeemPointsRequest(customer_id=args.customer, points=30,
-                                                         idempotency_key=f"redeem-{run}", reason="coffee"),
-                                  metadata=auth, timeout=10)
-        balance = api.GetBalance(pb.GetBalanceRequest(customer_id=args.customer), metadata=auth, timeout=10)
-        payment = api.RecordPayment(pb.RecordPaymentRequest(
+        call("RecordResponse", pb.RecordResponseRequest(decision_id=decision.decision_id, offer_id=top.offer_id,
+                                                        outcome=pb.OUTCOME_ACCEPTED))
+        award = call("AwardPoints", pb.AwardPointsRequest(customer_id=args.customer, points=100,
+                                                          idempotency_key=f"award-{run}", reason="welcome bonus"))
+        redeem = call("RedeemPoints", pb.RedeemPointsRequest(customer_id=args.customer, points=30,
+                                                             idempotency_key=f"redeem-{run}", reason="coffee"))
+        balance = call("GetBalance", pb.GetBalanceRequest(customer_id=args.customer))
+        payment = call("RecordPayment", pb.RecordPaymentRequest(
             customer_id=args.customer, payment_token=f"tok_{run}", amount="19.99", currency="EUR",
             idempotency_key=f"pay-{run}", store_id="web-shop", decision_id=decision.decision_id,
-            offer_id=top.offer_id), metadata=auth, timeout=10)
+            offer_id=top.offer_id))
         try:
             api.RedeemPoints(pb.RedeemPointsRequest(customer_id=args.customer, points=10**9,
                                                     idempotency_key=f"too-much-{run}", reason="too much"),
@@ -134,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{payment.payment.currency}")
         print("RESULT " + json.dumps(result))
         return 0
+    except _Refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(stub_dir, ignore_errors=True)
 

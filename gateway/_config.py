@@ -49,7 +49,7 @@ from nbo.sdk.core import id_problem
 __all__ = ["ROLES", "GatewayConfig", "TokenSpec", "load_config", "parse_config"]
 
 ROLES = frozenset({"app", "device", "publisher"})
-_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "server", "metrics", "decisions"})
+_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "server", "metrics"})
 _TOKEN_KEYS = frozenset({"token", "token_sha256", "role", "device_id"})
 RESERVED_DEVICE_ID = "app"
 """The hub event log's device id for events the gateway writes itself (DecisionService)."""
@@ -58,7 +58,6 @@ _HUB_KEYS = frozenset({"db"})
 _TLS_KEYS = frozenset({"cert", "key", "client_ca"})
 _SERVER_KEYS = frozenset({"processes"})
 _METRICS_KEYS = frozenset({"port", "addr"})
-_DECISIONS_KEYS = frozenset({"worker_process"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,8 +88,6 @@ class GatewayConfig:
     metrics_port: int | None = None
     """Port of the Prometheus ``/metrics`` endpoint; ``None`` = no endpoint."""
     metrics_addr: str = "127.0.0.1"
-    decision_worker: bool = True
-    """Decide in a worker process of its own (``[decisions] worker_process``), on another core."""
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -144,6 +141,9 @@ def parse_config(
     """Validate an already-parsed configuration mapping."""
     where = str(source) if source is not None else "config"
     base = Path(base_dir)
+    if "decisions" in data:  # the removed decision worker's table: say what replaced it
+        raise ConfigError(f"{where}: [decisions] worker_process was removed; every serving process now "
+                          "decides in-process — use [server] processes (or nbo serve --processes N) for more cores")
     _unknown(data, _TOP_LEVEL, where, prefix="")
 
     tokens = _parse_tokens(data.get("tokens", []), where)
@@ -190,12 +190,6 @@ def parse_config(
     if not isinstance(metrics_addr, str) or not metrics_addr:
         raise ConfigError(f"{where}: metrics.addr must be a host address")
 
-    decisions = _table(data, "decisions", where)
-    _unknown(decisions, _DECISIONS_KEYS, where, prefix="decisions.")
-    worker = decisions.get("worker_process", True)
-    if not isinstance(worker, bool):
-        raise ConfigError(f"{where}: decisions.worker_process must be true or false")
-
     return GatewayConfig(
         tokens=tokens,
         trusted_keys=trusted,
@@ -206,7 +200,6 @@ def parse_config(
         processes=processes,
         metrics_port=metrics_port,
         metrics_addr=metrics_addr,
-        decision_worker=worker,
         source=source,
     )
 

@@ -7,12 +7,9 @@ queued on that lock, costs more CPU than the decisions themselves. So requests a
 batches by :func:`decide_batch`: **one** hub transaction, the state read and written for all
 of them at once and one model run per model (``nbo.sdk.core.decide_many``), one commit.
 
-Two deciders feed it (both implement :class:`Decider`):
-
-- the decision worker process (``gateway/_decider_process.py``, the default), which takes
-  every request already on its socket as one batch, on a core of its own;
-- :class:`DecideBatcher`, a decider thread in this process taking every queued request as one
-  batch (``[decisions] worker_process = false``, and gateways built with an injected clock).
+:class:`DecideBatcher` feeds it: a decider thread in the serving process takes every queued
+request as one batch. A gateway uses more cores by running more serving processes
+(``nbo serve --processes N``), each with its own batcher.
 
 What a caller can rely on:
 
@@ -37,14 +34,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import TypeAlias
 
 from nbo.sdk import Decision, NboError, StateError
 from nbo.sdk.core import LoadedBundle, Request, decide_many
 
 from ._hub_state import HubStateStore
 
-__all__ = ["DecideArgs", "DecideBatcher", "Decider", "EncodedDecision", "Expired", "Outcome", "Runner", "decide_batch"]
+__all__ = ["DecideArgs", "DecideBatcher", "Expired", "Outcome", "Runner", "decide_batch"]
 
 log = logging.getLogger("nbo.gateway.decide")
 
@@ -67,16 +64,7 @@ class DecideArgs:
         return self.request.customer_id
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedDecision:
-    """A decision already serialized as the ``DecideResponse`` wire message (from the worker)."""
-
-    bundle: str
-    """``name:version`` of the bundle that decided."""
-    data: bytes
-
-
-Outcome: TypeAlias = Decision | EncodedDecision | Exception
+Outcome: TypeAlias = Decision | Exception
 Runner: TypeAlias = Callable[[Sequence[DecideArgs]], Sequence[Outcome]]
 """Decides a batch: one outcome (the decision, or the exception it raised) per request."""
 
@@ -100,15 +88,6 @@ def decide_batch(state: HubStateStore, batch: Sequence[DecideArgs]) -> list[Deci
     return [o if o is not None else StateError("no decision was made") for o in outcomes]
 
 
-class Decider(Protocol):
-    """What ``Decide`` hands its request to: :class:`DecideBatcher` or the decision worker."""
-
-    def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = ...,
-               deadline: float | None = None) -> Decision | EncodedDecision: ...
-
-    def close(self) -> None: ...
-
-
 class _Job:
     __slots__ = ("args", "deadline", "done", "is_active", "outcome")
 
@@ -121,30 +100,25 @@ class _Job:
 
 
 class DecideBatcher:
-    """Decider threads handing the queued requests, a batch at a time, to ``runner``.
+    """A decider thread handing the queued requests, a batch at a time, to ``runner``.
 
-    One thread for a runner that decides in this process (a second one would only wait for
-    the hub's writer lock); two for the worker process, so that the next batch is already on
-    its way while the worker decides the current one.
+    One thread: the runner decides in this process, and a second thread would only wait for
+    the hub's writer lock.
     """
 
-    def __init__(self, runner: Runner, *, max_batch: int = 32, threads: int = 1,
-                 on_close: Callable[[], None] | None = None) -> None:
-        if max_batch < 1 or threads < 1:
-            raise ValueError("max_batch and threads must be at least 1")
+    def __init__(self, runner: Runner, *, max_batch: int = 32) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self._runner = runner
         self._max_batch = max_batch
-        self._on_close = on_close
         self._queue: deque[_Job] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._closed = False
-        self._threads = [threading.Thread(target=self._run, name=f"nbo-decider-{n}", daemon=True)
-                         for n in range(threads)]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._run, name="nbo-decider", daemon=True)
+        self._thread.start()
 
     def submit(self, args: DecideArgs, *, is_active: Callable[[], bool] = lambda: True,
-               deadline: float | None = None) -> Decision | EncodedDecision:
+               deadline: float | None = None) -> Decision:
         """Decide ``args`` in the next batch; the decision, or its exception re-raised here.
 
         The request is skipped (:class:`Expired`) if, when its batch is taken, ``is_active()``
@@ -157,7 +131,7 @@ class DecideBatcher:
             self._queue.append(job)
             self._ready.notify()
         job.done.wait()
-        if isinstance(job.outcome, Decision | EncodedDecision):
+        if isinstance(job.outcome, Decision):
             return job.outcome
         if isinstance(job.outcome, BaseException):
             raise job.outcome
@@ -169,14 +143,11 @@ class DecideBatcher:
             return len(self._queue)
 
     def close(self) -> None:
-        """Finish what is queued, stop the decider threads, then close the runner."""
+        """Finish what is queued, then stop the decider thread."""
         with self._ready:
             self._closed = True
             self._ready.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=60)
-        if self._on_close is not None:
-            self._on_close()
+        self._thread.join(timeout=60)
 
     # -- the decider thread ---------------------------------------------------------------
 

@@ -22,13 +22,13 @@ from nbo.sdk import Decision, InputError, LedgerEntry, PaymentRecord, core
 from nbo.sdk.core import DEFAULT_LIMIT, MAX_LIMIT, Request, validate_mapping
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 
-from ._decide_batch import DecideArgs, Decider, EncodedDecision
+from ._decide_batch import DecideArgs, DecideBatcher
 from ._engine_host import EngineHost
 from ._hub_state import HubStateStore
 from ._metrics import GatewayMetrics
 from ._status import abort_with, rpc_errors, status_for
 
-__all__ = ["DecisionServicer", "abort_with", "add_to_server", "decision_pb", "rpc_errors", "status_for", "struct_to_dict"]
+__all__ = ["DecisionServicer", "abort_with", "decision_pb", "rpc_errors", "status_for", "struct_to_dict"]
 
 log = logging.getLogger("nbo.gateway")
 
@@ -43,7 +43,17 @@ _OUTCOME_CODES = {v: k for k, v in _OUTCOME_NAMES.items()}
 # -- conversions --------------------------------------------------------------------------------
 
 
-def _value(value: struct_pb2.Value) -> Any:
+MAX_STRUCT_DEPTH = 8
+"""Deepest nesting of ``Struct``/list values accepted in ``context`` and ``profile``.
+
+The decision core takes flat mappings (scalars and lists of strings), so any nesting is
+refused later with the field's name; this bound only keeps the conversion itself cheap and
+the refusal clean. Deeper than protobuf's own decoder limit (about 33 levels) the request
+does not decode at all and is refused by ``gateway/_decode_guard.py``.
+"""
+
+
+def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
@@ -57,16 +67,27 @@ def _value(value: struct_pb2.Value) -> Any:
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
+    if kind in ("struct_value", "list_value") and depth >= MAX_STRUCT_DEPTH:
+        raise InputError(f"{field} is nested more than {MAX_STRUCT_DEPTH} levels deep", field=field)
     if kind == "struct_value":
-        return struct_to_dict(value.struct_value)
+        return _struct(value.struct_value, field, depth + 1)
     if kind == "list_value":
-        return [_value(v) for v in value.list_value.values]
+        return [_value(v, field, depth + 1) for v in value.list_value.values]
     return None  # null_value, or unset
 
 
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A ``google.protobuf.Struct`` as a plain dict (whole-number doubles as ints, NaN kept)."""
-    return {key: _value(value) for key, value in struct.fields.items()}
+def _struct(struct: struct_pb2.Struct, field: str, depth: int) -> dict[str, Any]:
+    # Field paths name the top-level key only: deeper keys are the caller's data.
+    return {key: _value(value, field if depth else f"{field}.{key}", depth) for key, value in struct.fields.items()}
+
+
+def struct_to_dict(struct: struct_pb2.Struct, field: str = "struct") -> dict[str, Any]:
+    """A ``google.protobuf.Struct`` as a plain dict (whole-number doubles as ints, NaN kept).
+
+    ``InputError`` naming ``field`` (and its top-level key) when a value is nested more than
+    :data:`MAX_STRUCT_DEPTH` levels deep.
+    """
+    return _struct(struct, field, 0)
 
 
 def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
@@ -166,7 +187,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     """Decide, record, run the ledger and payment records over the hub-backed state store."""
 
     def __init__(
-        self, *, engine: EngineHost, state: HubStateStore, decider: Decider, metrics: GatewayMetrics | None = None
+        self, *, engine: EngineHost, state: HubStateStore, decider: DecideBatcher, metrics: GatewayMetrics | None = None
     ) -> None:
         self._engine = engine
         self._state = state
@@ -175,31 +196,27 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
 
     def Decide(
         self, request: decision_pb2.DecideRequest, context: grpc.ServicerContext
-    ) -> decision_pb2.DecideResponse | bytes:
-        """A ``DecideResponse``, or its wire bytes as the decision worker produced them."""
+    ) -> decision_pb2.DecideResponse:
         started = time.perf_counter()
         with rpc_errors(context, "Decide"):
             limit = request.limit if request.HasField("limit") else DEFAULT_LIMIT
             if not 1 <= limit <= MAX_LIMIT:
                 raise InputError(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
             customer_id = core.check_id(request.customer_id, "customer_id")
-            # Checked here, before the request is queued (and crosses to the decision worker as
-            # JSON, which has no NaN): a bad value is refused naming its field, deciding nothing.
-            ctx = validate_mapping(struct_to_dict(request.context), "context") if request.HasField("context") else None
-            profile = (validate_mapping(struct_to_dict(request.profile), "profile")
+            # Checked here, before the request is queued: a bad value is refused naming its
+            # field, deciding nothing.
+            ctx = validate_mapping(struct_to_dict(request.context, "context"), "context") if request.HasField("context") else None
+            profile = (validate_mapping(struct_to_dict(request.profile, "profile"), "profile")
                        if request.HasField("profile") else None)
             bundle = self._engine.require()  # one reference for the whole call: hot swaps are invisible
             args = DecideArgs(bundle, Request(customer_id, request.channel, ctx, profile, limit, request.explain))
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.time() + remaining
             decided = self._decider.submit(args, is_active=context.is_active, deadline=deadline)
-            if isinstance(decided, EncodedDecision):  # serialized by the decision worker
-                bundle_label, response = decided.bundle, decided.data
-            else:
-                bundle_label = f"{decided.bundle_name}:{decided.bundle_version}"
-                response = decision_pb(decided)
+            response = decision_pb(decided)
         if self._metrics is not None:
-            self._metrics.record_decide(bundle_label, time.perf_counter() - started)
+            self._metrics.record_decide(f"{decided.bundle_name}:{decided.bundle_version}",
+                                        time.perf_counter() - started)
         return response
 
     def RecordResponse(
@@ -273,34 +290,3 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 offer_id=_optional(request, "offer_id"),
             )
         return decision_pb2.RecordPaymentResponse(payment=_payment_pb(record))
-
-
-def _serialize_decide(response: decision_pb2.DecideResponse | bytes) -> bytes:
-    return response if isinstance(response, bytes) else response.SerializeToString()
-
-
-class _Handlers:
-    """Catches the generated method table instead of registering it."""
-
-    table: dict[str, grpc.RpcMethodHandler]
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass
-
-    def add_registered_method_handlers(self, service: str, table: dict[str, grpc.RpcMethodHandler]) -> None:
-        self.table = dict(table)
-
-
-def add_to_server(servicer: DecisionServicer, server: Any) -> None:
-    """Register the servicer on a server: the generated method table, except that ``Decide``
-    also accepts a response already serialized (by the decision worker)."""
-    caught = _Handlers()
-    decision_pb2_grpc.add_DecisionServiceServicer_to_server(servicer, caught)
-    caught.table["Decide"] = grpc.unary_unary_rpc_method_handler(
-        servicer.Decide,
-        request_deserializer=decision_pb2.DecideRequest.FromString,
-        response_serializer=_serialize_decide,
-    )
-    service = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, caught.table),))
-    server.add_registered_method_handlers(service, caught.table)

@@ -32,14 +32,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nbo.sdk import Clock, ConfigError
-from nbo.v1 import decision_pb2, publish_pb2, publish_pb2_grpc, sync_pb2, sync_pb2_grpc
+from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2, publish_pb2_grpc, sync_pb2, sync_pb2_grpc
 
 from ._auth import Authenticator, AuthInterceptor
 from ._config import GatewayConfig
-from ._decide_batch import DecideBatcher, Decider, decide_batch
-from ._decider_process import DecisionProcess
+from ._decide_batch import DecideBatcher, decide_batch
 from ._decision_service import DecisionServicer
-from ._decision_service import add_to_server as add_decision_service
+from ._decode_guard import DecodeGuard
 from ._engine_host import EngineHost
 from ._hub import HubStore
 from ._hub_state import HubStateStore
@@ -79,10 +78,10 @@ class GatewayServer:
         self.hub = hub
         self.health = health_servicer
         self._closers = closers
-        # Set by create_server: the gateway's engine, its decider (the decision worker process
-        # or the in-process batcher), its metrics and the /metrics port.
+        # Set by create_server: the gateway's engine, its decider (the batcher), its metrics
+        # and the /metrics port.
         self.engine: EngineHost | None = None
-        self.decider: Decider | None = None
+        self.decider: DecideBatcher | None = None
         self.metrics: GatewayMetrics | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
@@ -182,7 +181,6 @@ def create_server(
     clock: Clock | None = None,
     hub_schema: str | None = None,
     bundle_poll_seconds: float = 5.0,
-    decision_worker: bool | None = None,
     reuse_port: bool = False,
     engine_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[GatewayServer, int]:
@@ -196,8 +194,6 @@ def create_server(
     processes of one ``nbo serve`` (``gateway/_supervisor.py`` owns the port and keeps every
     other server off it); otherwise the bind is exclusive and a taken port is an error.
     ``engine_dir``: where the engine keeps its bundles (default ``STATE/engine-bundles``).
-    ``decision_worker`` overrides ``config.decision_worker`` (decide in a worker process); by
-    default a gateway with an injected ``clock``, which cannot cross processes, decides in-process.
     """
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
@@ -215,21 +211,13 @@ def create_server(
         )
         hub_state = HubStateStore(hub, clock=clock, on_events=lambda events: metrics.record_app_event(len(events)))
         closers.append(hub_state.close)
-        if decision_worker and clock is not None:
-            raise ConfigError("a decision worker process cannot share an injected clock")
-        # An injected clock (tests) cannot cross processes: such a gateway decides in-process.
-        use_worker = (config.decision_worker and clock is None) if decision_worker is None else decision_worker
-        decider: Decider
-        if use_worker:
-            decider = DecisionProcess(hub_db=config.hub_db, state_dir=state, hub_schema=hub_schema,
-                                      on_events=metrics.record_app_event)
-        else:
-            decider = DecideBatcher(lambda batch: decide_batch(hub_state, batch))
+        decider = DecideBatcher(lambda batch: decide_batch(hub_state, batch))
         closers.insert(0, decider.close)  # drain queued decisions before the hub store closes
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbo-rpc"),
-            # Metrics outermost, so refused (unauthenticated) calls are counted too.
-            interceptors=[MetricsInterceptor(metrics), AuthInterceptor(auth)],
+            # Metrics outermost, so refused (unauthenticated) calls are counted too; the decode
+            # guard innermost, so its deserializer is the one every outer wrapper copies.
+            interceptors=[MetricsInterceptor(metrics), AuthInterceptor(auth), DecodeGuard()],
             options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)],
             maximum_concurrent_rpcs=max_workers * 8,
         )
@@ -242,7 +230,8 @@ def create_server(
             publish_pb2.DESCRIPTOR.services_by_name["PublishService"].full_name,
         ]
         sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(hub, auth), server)
-        add_decision_service(DecisionServicer(engine=engine, state=hub_state, decider=decider, metrics=metrics), server)
+        decision_pb2_grpc.add_DecisionServiceServicer_to_server(
+            DecisionServicer(engine=engine, state=hub_state, decider=decider, metrics=metrics), server)
         publish_pb2_grpc.add_PublishServiceServicer_to_server(
             PublishServicer(engine=engine, hub=hub, spool_dir=state / "publish-spool"), server
         )

@@ -142,7 +142,6 @@ class _ChildSpec:
     listen: str
     grace: float
     log_level: int
-    decision_worker: bool | None
 
 
 def _child_main(spec: _ChildSpec, conn: Connection) -> None:
@@ -158,7 +157,7 @@ def _child_main(spec: _ChildSpec, conn: Connection) -> None:
     try:
         server, _ = create_server(spec.config, state_dir=state, listen=spec.listen, reuse_port=True,
                                   engine_dir=state / f"engine-bundles-p{spec.index}",
-                                  bundle_poll_seconds=BUNDLE_POLL_SECONDS, decision_worker=spec.decision_worker)
+                                  bundle_poll_seconds=BUNDLE_POLL_SECONDS)
         server.start()
     except Exception as exc:  # NboError or not: the supervisor prints one line and exits
         conn.send(("error", str(exc) if str(exc) else type(exc).__name__))
@@ -240,9 +239,7 @@ def serve(
 
         def start(child: _Child) -> None:
             parent_conn, child_conn = context.Pipe(duplex=False)
-            # With several serving processes each decides in-process; one alone may keep its worker.
-            spec = _ChildSpec(child.index, child_config, str(state), guard.listen, grace, log.getEffectiveLevel(),
-                              False if processes > 1 else None)
+            spec = _ChildSpec(child.index, child_config, str(state), guard.listen, grace, log.getEffectiveLevel())
             process = context.Process(target=_child_main, args=(spec, child_conn), name=f"nbo-serve-p{child.index}",
                                       daemon=False)
             process.start()

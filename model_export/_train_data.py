@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 from nbo.sdk import InputError
-from nbo.sdk.core import derive_features, to_epoch
+from nbo.sdk.core import derive_features, to_epoch, update_measures
 
 __all__ = ["DEFAULT_FEATURES", "TrainingData", "TrainResult", "load_training_data", "train_from_directory"]
 
@@ -73,11 +75,55 @@ class TrainingData:
     as_of: float
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def _read_csv(path: Path, lines: list[int] | None = None) -> list[dict[str, str]]:
+    """The rows of ``path``; a row with fewer or more fields than the header is an error naming it.
+
+    ``lines``, when given, receives each row's (last) line number in the file.
+    """
     if not path.is_file():
         raise InputError(f"{path}: file not found", field=path.name)
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    rows: list[dict[str, str]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            for number, row in enumerate(reader, start=1):
+                if None in row:  # more fields than the header names
+                    raise InputError(f"{path.name} row {number} (line {reader.line_num}): "
+                                     f"{len(reader.fieldnames or ()) + len(row[None])} fields, the header has "
+                                     f"{len(reader.fieldnames or ())}", field=path.name)
+                short = [column for column, value in row.items() if value is None]
+                if short:
+                    raise InputError(f"{path.name} row {number} (line {reader.line_num}): no value for "
+                                     f"{short[0]!r} ({len(row) - len(short)} fields, the header has {len(row)})",
+                                     field=short[0])
+                rows.append(row)
+                if lines is not None:
+                    lines.append(reader.line_num)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", field=path.name) from None
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable CSV file: {exc}", field=path.name) from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}", field=path.name) from None
+    return rows
+
+
+def _measures(transactions: list[dict[str, str]], path: Path, lines: Sequence[int],
+              profiles: Mapping[str, Mapping[str, Any]]) -> tuple[float, dict[str, dict[str, Any]]]:
+    """The snapshot time and every customer's measures; a bad transaction is an error naming its row."""
+    try:
+        as_of = max(to_epoch(t["timestamp"], field="timestamp") for t in transactions)
+        return as_of, derive_features(transactions, as_of=as_of, profiles=profiles)
+    except InputError as exc:
+        # Find the row with the measures' own parsing (only on this failure path, so the
+        # rules stay the SDK's and a good file pays nothing).
+        for number, record in enumerate(transactions, start=1):
+            try:
+                update_measures(None, [record], as_of=to_epoch(record["timestamp"], field="timestamp"))
+            except InputError as row_exc:
+                raise InputError(f"{path.name} row {number} (line {lines[number - 1]}): {row_exc}",
+                                 field=row_exc.field) from None
+        raise InputError(f"{path.name}: {exc}", field=exc.field) from None
 
 
 def _profile_value(column: str, text: str) -> Any:
@@ -116,7 +162,8 @@ def load_training_data(data_dir: str | Path, *, features: Sequence[str] = DEFAUL
     customers_path, tx_path = root / "customers.csv", root / "transactions.csv"
     catalog_path, history_path = root / "catalog.yaml", root / "history.csv"
     customers = _read_csv(customers_path)
-    transactions = _read_csv(tx_path)
+    tx_lines: list[int] = []
+    transactions = _read_csv(tx_path, tx_lines)
     history = _read_csv(history_path)
     if not customers or not transactions or not history:
         empty = next(p for p, r in ((customers_path, customers), (tx_path, transactions), (history_path, history)) if not r)
@@ -139,8 +186,7 @@ def load_training_data(data_dir: str | Path, *, features: Sequence[str] = DEFAUL
         row["customer_id"]: {k: _profile_value(k, v) for k, v in row.items() if k != "customer_id"}
         for row in customers
     }
-    as_of = max(to_epoch(t["timestamp"]) for t in transactions)
-    measures = derive_features(transactions, as_of=as_of, profiles=profiles)
+    as_of, measures = _measures(transactions, tx_path, tx_lines, profiles)
 
     rows: list[dict[str, Any]] = []
     labels: list[int] = []
@@ -215,20 +261,50 @@ def train_from_directory(
     ``features`` defaults to :data:`DEFAULT_FEATURES` (with their known string columns);
     with your own list, string columns are inferred from the values.
     """
+    started = time.monotonic()
+    chosen = tuple(features) if features is not None else DEFAULT_FEATURES
+    out = Path(out_dir)
+    created = _writable_directory(out)  # before training: a bad --out must not cost the training time
+    try:
+        return _train_into(data_dir, out, chosen, features is None, model=model, seed=seed,
+                           progress=progress, started=started)
+    except BaseException:
+        if created is not None:  # a failed run leaves nothing it created
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _writable_directory(out: Path) -> Path | None:
+    """Create ``out`` if missing and check a file can be written in it.
+
+    Returns the outermost directory this created (``None`` if ``out`` existed), for the
+    caller to remove when the run fails.
+    """
+    missing = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        if missing and missing[-1].exists():
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise InputError(f"out_dir {out}: cannot write the model directory here: {exc.strerror or exc}",
+                         field="out_dir") from None
+    return missing[-1] if missing else None
+
+
+def _train_into(data_dir: str | Path, out: Path, chosen: tuple[str, ...], default_features: bool, *,
+                model: str, seed: int, progress: bool, started: float) -> TrainResult:
     from ._report import truth_comparison, write_report
     from ._train import _progress, train_propensity
 
-    started = time.monotonic()
-    chosen = tuple(features) if features is not None else DEFAULT_FEATURES
     data = load_training_data(data_dir, features=chosen)
     _progress(progress, f"{len(data.rows)} shown offers, {len(set(data.customer_ids))} customers")
     trained = train_propensity(
         data.rows, data.labels, features=chosen,
-        categorical=DEFAULT_CATEGORICAL if features is None else None,
+        categorical=DEFAULT_CATEGORICAL if default_features else None,
         model=model, groups=data.customer_ids, seed=seed, progress=progress,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
     export_started = time.monotonic()
     diff = trained.export_onnx(model_path)

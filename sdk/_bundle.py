@@ -584,6 +584,25 @@ class BundleStore:
 
     # -- install -------------------------------------------------------------------------
 
+    def is_active_copy(self, path: Path) -> bool:
+        """Whether the zip at ``path`` holds exactly the active bundle (the same manifest bytes).
+
+        Installing it again then changes nothing, so it is not an error (a provisioning script
+        run twice). Only the manifest is read; any doubt (unreadable, no manifest) is ``False``
+        and the full verification of an install reports it.
+        """
+        entry = self._read_state().get("active")
+        if entry is None:
+            return False
+        try:
+            with zipfile.ZipFile(path) as zf:
+                manifest_bytes = _read_member(zf, zf.getinfo(MANIFEST), MAX_MANIFEST_BYTES)
+        except (KeyError, BundleError):
+            return False
+        except _ZIP_ERRORS:  # OSError among them
+            return False
+        return hashlib.sha256(manifest_bytes).hexdigest() == entry["manifest_sha256"]
+
     def _check_version(self, manifest: Mapping[str, Any], *, force: bool) -> None:
         if force:
             return

@@ -138,10 +138,15 @@ class Client:
         """Verify and install a bundle, then switch to it atomically.
 
         Refuses (``BundleError``) a bad signature or hash, an untrusted key, a version lower
-        than the highest ever installed (unless ``force``), or a ``min_sdk`` newer than this
-        SDK. On any failure the active bundle keeps serving, untouched.
+        than the highest ever installed, or the same version built again (unless ``force``), or
+        a ``min_sdk`` newer than this SDK. On any failure the active bundle keeps serving,
+        untouched. The very bundle that is active already (the same manifest) installs
+        nothing and returns its info: running the same install twice is not an error.
         """
         with self._install_lock:
+            active = self._active
+            if not force and active is not None and self._bundles.is_active_copy(Path(path)):
+                return active.info
             staged, loaded = stage_and_load(self._bundles, Path(path), force=force)
             info = self._bundles.commit(staged)
             self._active = replace(loaded, info=info)

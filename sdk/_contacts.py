@@ -103,7 +103,9 @@ class DecisionRecord(NamedTuple):
     ``rank``, ``propensity``, ``value``, ``weight``, ``lever``, ``score`` and
     ``selection_probability`` (the event payload contract), numbers finite or None (JSON has
     no NaN/Infinity; the caller records a non-finite score part as None). They become the
-    event's payload as they are.
+    event's payload as they are, and so do ``inputs`` (the models' raw customer and context
+    values, by input name) and ``eligible`` (the offers in play with their probabilities),
+    when given (docs/learning.md).
     """
 
     decision_id: str
@@ -113,6 +115,8 @@ class DecisionRecord(NamedTuple):
     bundle_version: int
     strategy: str
     offers: Sequence[Mapping[str, Any]]
+    inputs: Mapping[str, Any] | None = None
+    eligible: Mapping[str, Any] | None = None
 
 
 def record_decisions(tx: Tx, records: Sequence[DecisionRecord]) -> None:
@@ -135,15 +139,21 @@ def record_decisions(tx: Tx, records: Sequence[DecisionRecord]) -> None:
         [(r.customer_id, offer["offer_id"], offer["category"], r.channel, now, r.decision_id)
          for r in records for offer in r.offers],
     )
-    tx.append_events("decision", [
-        {
-            "decision_id": r.decision_id,
-            "customer_id": r.customer_id,
-            "channel": r.channel,
-            "bundle_name": r.bundle_name,
-            "bundle_version": r.bundle_version,
-            "strategy": r.strategy,
-            "offers": r.offers,
-        }
-        for r in records
-    ])
+    tx.append_events("decision", [_payload(r) for r in records])
+
+
+def _payload(r: DecisionRecord) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "decision_id": r.decision_id,
+        "customer_id": r.customer_id,
+        "channel": r.channel,
+        "bundle_name": r.bundle_name,
+        "bundle_version": r.bundle_version,
+        "strategy": r.strategy,
+        "offers": r.offers,
+    }
+    if r.inputs is not None:
+        payload["inputs"] = r.inputs
+    if r.eligible is not None:
+        payload["eligible"] = r.eligible
+    return payload

@@ -19,7 +19,7 @@ from math import isfinite
 from typing import Any, NamedTuple
 
 from . import _contacts, _ledger, _measures, _policy
-from ._carddata import find_card_data, is_card_data, payment_data_error
+from ._carddata import find_card_data, is_card_data, payment_data_error, refuse_card_data
 from ._errors import BundleError, InputError
 from ._records import check_id
 from ._runtime import DecisionPlan, LoadedBundle
@@ -261,12 +261,12 @@ def _decide_round(
         ready.append((item, customer, context, selection))
     scored = _policy.propensities_many(plan, [(sel.pool, customer, context) for _, customer, context, sel in ready])
     records: list[_contacts.DecisionRecord] = []
-    for (item, _, _, selection), prop in zip(ready, scored, strict=True):
+    for (item, customer, context, selection), prop in zip(ready, scored, strict=True):
         try:
             if isinstance(prop, Exception):
                 raise prop
             outcome = _policy.rank(plan, selection, prop, limit=item.request.limit, seed=item.decision_id)
-            decision, row = _assemble(bundle.info, plan, item, outcome, now)
+            decision, row = _assemble(bundle.info, plan, item, outcome, now, customer, context)
         except Exception as exc:
             results[item.position] = exc
             continue
@@ -276,8 +276,41 @@ def _decide_round(
         _contacts.record_decisions(tx, records)
 
 
+def _logged_inputs(plan: DecisionPlan, customer: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw ``customer__*``/``context__*`` values the bundle's models read, JSON-clean, by
+    input name; ``PaymentDataError`` (naming ``customer.X``/``context.X``) when one looks like
+    card data — it would be written to the event log."""
+    inputs: dict[str, Any] = {}
+    suspects: dict[str, Any] = {}
+    for name, source, field in plan.logged_inputs:
+        value = (customer if source == "customer" else context).get(field)
+        if isinstance(value, float) and not isfinite(value):
+            value = None
+        elif isinstance(value, str | list | tuple):
+            suspects[f"{source}.{field}"] = value
+        inputs[name] = value
+    if suspects:
+        refuse_card_data(suspects)
+    return inputs
+
+
+def _eligible(plan: DecisionPlan, outcome: _policy.Outcome, limit: int) -> dict[str, Any]:
+    """The decision event's ``eligible``: every offer in play in the policy's order, with the
+    probability that the deciding policy shows it (run-length encoded, docs/learning.md)."""
+    ids = plan.offer_ids
+    eligible = outcome.eligible
+    return {
+        "offers": [ids[i] for i in eligible],
+        "p": _policy.inclusion_runs(mandatory=outcome.mandatory, eligible=len(eligible), epsilon=plan.epsilon,
+                                    limit=limit),
+        "mandatory": outcome.mandatory,
+        "epsilon": plan.epsilon,
+    }
+
+
 def _assemble(
-    info: BundleInfo, plan: DecisionPlan, item: _Item, outcome: _policy.Outcome, now: float
+    info: BundleInfo, plan: DecisionPlan, item: _Item, outcome: _policy.Outcome, now: float,
+    customer: Mapping[str, Any], context: Mapping[str, Any],
 ) -> tuple[Decision, _contacts.DecisionRecord]:
     """The caller's :class:`Decision` and what is recorded of it (JSON-clean offers)."""
     request = item.request
@@ -314,5 +347,6 @@ def _assemble(
         created_at=now,
     )
     record = _contacts.DecisionRecord(item.decision_id, request.customer_id, request.channel, info.name,
-                                      info.version, strategy, recorded)
+                                      info.version, strategy, recorded, _logged_inputs(plan, customer, context),
+                                      _eligible(plan, outcome, request.limit))
     return decision, record

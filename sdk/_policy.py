@@ -35,9 +35,11 @@ __all__ = [
     "candidate_set",
     "clamp_probabilities",
     "explore",
+    "inclusion_runs",
     "model_feeds",
     "policy_blocked",
     "rank_probability",
+    "slot_probability",
     "propensities_many",
     "rank",
     "run_pipeline",
@@ -68,6 +70,11 @@ class Outcome:
     strategy: str
     excluded: tuple[Exclusion, ...]
     explored: bool
+    eligible: tuple[int, ...] = ()
+    """Every offer that was in play (after rules and contact policies), by index, in the
+    policy's order before exploration: mandatory first, then by score."""
+    mandatory: int = 0
+    """How many of ``eligible`` (its head) are mandatory."""
 
 
 # -- stage 1: candidates -----------------------------------------------------------------
@@ -181,6 +188,18 @@ def _apply_rules(
         if len(targets) == 0:
             continue
         alive = alive.copy()
+        member = rule.membership
+        if member is not None and cel_ctx is not None:
+            listed = customer_proj.get(member.customer_field)
+            if type(listed) is list and all(type(v) is str for v in listed):
+                # CEL's `in` on a list of strings is string equality: a set lookup, same verdicts
+                listed_set, constants, negated = set(listed), member.constants, member.negated
+                for i in targets.tolist():
+                    if (constants[i] in listed_set) == negated:
+                        alive[i] = False
+                        if explain:
+                            excluded.append((i, 0, rule.index, _exclusion(plan, i, rule, None)))
+                continue
         specialized = rule.specialized
         for i in targets.tolist():
             program = specialized[i]
@@ -445,6 +464,53 @@ def rank_probability(i: int, r: int, k: int, epsilon: float) -> float:
     return p
 
 
+def slot_probability(index: int, position: int, *, mandatory: int, eligible: int, epsilon: float) -> float:
+    """P(the ``index``-th offer of a decision's eligible list is shown at ``position``), 1-based.
+
+    The eligible list is in the policy's order (``mandatory`` mandatory offers first, which
+    always hold their places, then the others by score); among the others the exploration of
+    :func:`rank_probability` applies.
+    """
+    if index <= mandatory or position <= mandatory:
+        return 1.0 if index == position else 0.0
+    return rank_probability(index - mandatory, position - mandatory, eligible - mandatory, epsilon)
+
+
+def inclusion_runs(*, mandatory: int, eligible: int, epsilon: float, limit: int) -> list[list[float]]:
+    """P(shown at all, in any of the ``limit`` places) of each offer of the eligible list, in
+    its order, run-length encoded as ``[probability, count]`` pairs (counts add up to
+    ``eligible``): a decision over 200 offers has at most four distinct values, so the event
+    stays small. Equal to the sum of :func:`slot_probability` over the shown places (tested)."""
+    runs: list[list[float]] = []
+
+    def add(p: float, n: int) -> None:
+        if n <= 0:
+            return
+        if runs and runs[-1][0] == p:
+            runs[-1][1] += n
+        else:
+            runs.append([p, n])
+
+    shown_mandatory = min(mandatory, limit)
+    add(1.0, shown_mandatory)
+    add(0.0, mandatory - shown_mandatory)
+    k = eligible - mandatory
+    slots = limit - shown_mandatory
+    if k <= 0:
+        return runs
+    if slots <= 0:
+        add(0.0, k)
+    elif k <= 1 or epsilon <= 0.0 or slots >= k:
+        add(1.0, min(slots, k))
+        add(0.0, k - min(slots, k))
+    else:
+        m = k - 1
+        add(1.0, slots - 1)
+        add(1.0 - epsilon * (k - slots) / m, 1)
+        add(epsilon / m, k - slots)
+    return [[p, int(n)] for p, n in runs]
+
+
 def explore(k: int, epsilon: float, rng: random.Random) -> int | None:
     """The 0-based position of the offer to promote to the top, or None (no exploration)."""
     if k <= 1 or epsilon <= 0.0:
@@ -596,6 +662,8 @@ def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: i
         strategy=selection.strategy,
         excluded=tuple(e[3] for e in excluded),
         explored=promoted is not None,
+        eligible=tuple([rows[pos] for pos in order]),
+        mandatory=mandatory_count,
     )
 
 

@@ -21,6 +21,14 @@ So the engine
 A rule that fails at run time (missing field, wrong type, non-boolean result) does not
 crash anything: :func:`evaluate` raises :class:`RuleFailure`, which the engine turns into an
 exclusion "rule failed: …".
+
+This module is the only boundary to the ``cel`` extension, and nothing the extension raises
+crosses it unconverted. The Rust parser *panics* on some input — a syntax error past column
+65,535 raises ``PanicException``, a ``BaseException`` that ``except Exception`` does not
+catch — and it overflows its stack (the process dies) on a few tens of thousands of chained
+operators. So every call here also catches the panic (:class:`RuleError` when compiling,
+:class:`RuleFailure` when evaluating), and :func:`compile_expression` refuses an expression
+longer than :data:`MAX_EXPRESSION_CHARS` before the parser sees it.
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ def _load_cel() -> Any:
 cel = _load_cel()
 
 __all__ = [
+    "MAX_EXPRESSION_CHARS",
     "References",
     "RuleFailure",
     "analyze",
@@ -92,8 +101,28 @@ __all__ = [
 Program = Any  # cel.Program; the stub is not precise enough to be worth importing
 
 
+MAX_EXPRESSION_CHARS = 8192
+"""Longest rule or strategy condition accepted, in characters (bundle build and install).
+
+Far below both failure points of the parser (a panic past column 65,535, a stack overflow
+near 30,000 chained operators); real rules are a line or two.
+"""
+
+_MAX_DETAIL = 240
+
+
 class RuleFailure(Exception):
     """A rule or condition could not be evaluated on this data (internal; becomes an exclusion)."""
+
+
+def _is_panic(exc: BaseException) -> bool:
+    """A Rust panic surfaced by the ``cel`` extension (pyo3's ``PanicException``)."""
+    return type(exc).__name__ == "PanicException"
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,13 +266,25 @@ def project(obj: Mapping[str, Any], fields: frozenset[str] | None) -> dict[str, 
 
 
 def compile_expression(expression: str, *, what: str) -> Program:
-    """Compile a CEL expression, or raise :class:`RuleError` naming ``what`` it belongs to."""
+    """Compile a CEL expression, or raise :class:`RuleError` naming ``what`` it belongs to.
+
+    Refuses an expression longer than :data:`MAX_EXPRESSION_CHARS` without parsing it.
+    """
     if not isinstance(expression, str) or not expression.strip():
         raise RuleError(f"{what}: expression is empty")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise RuleError(f"{what}: {len(expression)} characters long; at most {MAX_EXPRESSION_CHARS} are allowed")
+    return _compile(expression, what=what)
+
+
+def _compile(expression: str, *, what: str) -> Program:
+    """``cel.compile`` with everything it raises, a parser panic included, as :class:`RuleError`."""
     try:
         return cel.compile(expression)
-    except Exception as exc:  # the cel module raises ValueError and friends
-        raise RuleError(f"{what}: does not compile: {exc}") from exc
+    except BaseException as exc:  # ValueError and friends, or the parser's PanicException
+        if not isinstance(exc, Exception) and not _is_panic(exc):
+            raise  # KeyboardInterrupt, SystemExit: not the parser's doing
+        raise RuleError(f"{what}: does not compile: {_short(exc)}") from None
 
 
 def cel_literal(value: Any) -> str:
@@ -281,8 +322,8 @@ def specialize(expression: str, offer: Mapping[str, Any]) -> Program | None:
     comprehensions) intact, unlike textual substitution would.
     """
     try:
-        return cel.compile(f"[{cel_literal(offer)}].all(offer, ({expression}))")
-    except Exception:  # odd data (lone surrogates, huge nesting): fall back to dict evaluation
+        return _compile(f"[{cel_literal(offer)}].all(offer, ({expression}))", what="specialised rule")
+    except (RuleError, TypeError):  # odd data (lone surrogates, huge nesting): fall back to dict evaluation
         return None
 
 
@@ -292,8 +333,10 @@ def evaluate(program: Program, context: Any) -> bool:
         result = program.execute(context)
     except KeyError as exc:
         raise RuleFailure(f"missing field {exc}") from None
-    except Exception as exc:  # TypeError (no overload), ZeroDivisionError, RuntimeError, …
-        message = str(exc).split(". ")[0]
+    except BaseException as exc:  # TypeError (no overload), ZeroDivisionError, RuntimeError, a panic
+        if not isinstance(exc, Exception) and not _is_panic(exc):
+            raise
+        message = _short(exc).split(". ")[0]
         raise RuleFailure(message or type(exc).__name__) from None
     if result is True or result is False:
         return result
@@ -304,5 +347,7 @@ def new_context(variables: Mapping[str, Any]) -> Any:
     """A prepared evaluation context; reuse it for every program of one decision."""
     try:
         return cel.Context(dict(variables))
-    except Exception as exc:  # a value CEL cannot represent
-        raise RuleFailure(f"cannot convert data for CEL: {exc}") from None
+    except BaseException as exc:  # a value CEL cannot represent (or a panic converting it)
+        if not isinstance(exc, Exception) and not _is_panic(exc):
+            raise
+        raise RuleFailure(f"cannot convert data for CEL: {_short(exc)}") from None

@@ -54,8 +54,10 @@ from ._measures import (
 )
 from ._payments import CURRENCY_MINOR_UNITS, record_payment
 from ._payments import SCHEMA as PAYMENT_SCHEMA
+from ._policy import inclusion_runs, rank_probability, slot_probability
 from ._records import SCHEMA as RECORD_SCHEMA
 from ._records import check_decimal, check_id, check_int, check_text, id_problem, record_response
+from ._rules import MAX_EXPRESSION_CHARS, compile_expression
 from ._runtime import LoadedBundle, load_bundle, stage_and_load
 from ._store import (
     CORE_SCHEMA,
@@ -66,6 +68,7 @@ from ._store import (
     damaged_hint,
     insert_rows,
     limit_wal,
+    read_sync_marker,
 )
 from ._sync import SyncLoop, open_channel, sync
 from ._vocabulary import (
@@ -146,6 +149,13 @@ __all__ = [
     "load_bundle",
     "stage_and_load",
     "validate_mapping",
+    # CEL: the one boundary to the extension (length cap, panics as RuleError)
+    "MAX_EXPRESSION_CHARS",
+    "compile_expression",
+    # the deciding policy's probabilities (the decision event's eligible set; off-policy evaluation)
+    "inclusion_runs",
+    "rank_probability",
+    "slot_probability",
     # customer measures (the very code training runs)
     "LIFECYCLE_STAGES",
     "LOYALTY_STAGES",
@@ -181,6 +191,7 @@ __all__ = [
     "Tx",
     "WalCheckpointer",
     "damaged_hint",
+    "read_sync_marker",
     "insert_rows",
     "limit_wal",
     # sync and the gRPC channel options shared with the publish client

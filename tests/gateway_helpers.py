@@ -203,8 +203,8 @@ class BundleKit:
 
 
 class DecideCalls:
-    """Requests submitted to a decider (``DecideBatcher`` or ``DecisionProcess``) from threads
-    of their own; each one's decision or exception collected by name."""
+    """Requests submitted to a ``DecideBatcher`` from threads of their own; each one's decision
+    or exception collected by name."""
 
     def __init__(self, decider: Any) -> None:
         self.decider = decider

@@ -133,7 +133,10 @@ TAMPER_CASES: dict[str, Callable[[Env, Path], Path]] = {
     "signature removed": lambda env, tmp: rewrite_zip(env.v3, tmp / "bad.zip", remove=["manifest.sig"]),
     "untrusted key": _untrusted,
     "older version": lambda env, tmp: env.v1,
-    "same version again": lambda env, tmp: env.v2,
+    # the same version built again (another created_at): a different bundle under a used version
+    "same version again": lambda env, tmp: make_bundle(tmp / "rebuilt", key=env.key, version=2,
+                                                        models={"propensity": env.model},
+                                                        created_at="2026-02-01T00:00:00Z"),
     "truncated zip": _truncated,
     "../ path entry": lambda env, tmp: rewrite_zip(env.v3, tmp / "bad.zip", add={"../../escape.txt": b"x"}),
     "absolute path entry": lambda env, tmp: rewrite_zip(env.v3, tmp / "bad.zip", add={"/tmp/escape.txt": b"x"}),
@@ -216,6 +219,26 @@ def test_install_survives_reopening_the_state_dir(env, tmp_path):
     clock.advance(3600)
     with Client.open(tmp_path / "state", device_id="pos-1", trusted_keys=[str(env.pub)], clock=clock) as again:
         assert again.bundle == info
+
+
+def test_installing_the_active_bundle_again_changes_nothing(env, tmp_path):
+    # A provisioning script (or the README's first snippet) run twice: the second install of
+    # the very bundle that is active is not an error and touches nothing.
+    clock = ManualClock(1_700_000_000)
+    state = tmp_path / "state"
+    with open_client(state, env, clock) as client:
+        first = client.install_bundle(env.v2)
+        directory = client._require_bundle().directory
+    pointer = (state / "bundles" / "active.json").read_bytes()
+    clock.advance(60)
+    copy = tmp_path / "copy-of-v2.zip"
+    shutil.copy(env.v2, copy)  # where it comes from does not matter, what it holds does
+    with open_client(state, env, clock) as client:
+        assert client.install_bundle(copy) == first
+        assert client._require_bundle().directory == directory
+        with pytest.raises(NotReadyError):  # v2 did not become its own "previous"
+            client.rollback()
+    assert (state / "bundles" / "active.json").read_bytes() == pointer  # installed_at and previous unchanged
 
 
 def test_rollback_goes_back_one_step(env, tmp_path):

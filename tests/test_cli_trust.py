@@ -306,7 +306,11 @@ def test_a_library_error_is_worded_for_the_command_line(kit: Kit, tmp_path: Path
     pub = str(kit.pub)
     assert nbo("bundle", "install", str(kit.bundle), "--state", str(device), "--device-id", "pos-7",
                "--trusted-key", pub).returncode == 0
-    again = nbo("bundle", "install", str(kit.bundle), "--state", str(device), "--trusted-key", pub)
+    same = nbo("bundle", "install", str(kit.bundle), "--state", str(device), "--trusted-key", pub)
+    assert same.returncode == 0 and "already the active bundle" in same.stdout, same.stderr
+    rebuilt = make_bundle(tmp_path / "rebuilt", key=kit.key, catalog=policy_catalog(max_shows=1),
+                          created_at="2026-03-01T00:00:00Z")  # the same version, built again
+    again = nbo("bundle", "install", str(rebuilt), "--state", str(device), "--trusted-key", pub)
     line = one_error_line(again, "--force")
     assert "force=True" not in line
     nokey = nbo("bundle", "verify", str(kit.bundle), "--trusted-key", str(tmp_path / "nope.pub"))

@@ -116,3 +116,12 @@ def test_overrides_take_precedence(tmp_path: Path) -> None:
         cfg.with_overrides(client_ca=Path("ca"))
     with pytest.raises(ConfigError):
         cfg.with_overrides(hub_db="oracle://x")
+
+
+def test_the_removed_decision_worker_switch_is_refused_pointing_at_processes(tmp_path: Path) -> None:
+    for value in ("true", "false"):
+        with pytest.raises(ConfigError) as caught:
+            load_config(write(tmp_path, f"[decisions]\nworker_process = {value}\n"))
+        message = str(caught.value)
+        assert "\n" not in message and "gateway.toml" in message
+        assert "worker_process was removed" in message and "[server] processes" in message

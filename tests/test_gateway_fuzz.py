@@ -180,8 +180,8 @@ def test_malformed_messages_get_a_status(gw: Gateway, method: str, raw: bytes) -
         code = grpc.StatusCode.OK
     except grpc.RpcError as exc:
         code = exc.code()
-    # Bytes that do not parse are refused by gRPC itself (INTERNAL "deserializing"); bytes that
-    # happen to parse are an ordinary request. Never UNKNOWN.
+    # Bytes that do not parse are refused INVALID_ARGUMENT (gateway/_decode_guard.py); bytes
+    # that happen to parse are an ordinary request. Never UNKNOWN.
     assert code is not grpc.StatusCode.UNKNOWN
     if code is not grpc.StatusCode.OK:
         assert snapshot(gw) == before

@@ -19,11 +19,14 @@ from typing import Any
 
 import grpc
 import pytest
+from bundle_fixtures import small_catalog
+from careless_bundles import recatalog
 from gateway_helpers import APP, DEVICE, Gateway
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nbo.sdk import Client, InputError, ManualClock, PaymentDataError
+from nbo.model_export import validate_catalog
+from nbo.sdk import BundleError, CatalogError, Client, InputError, ManualClock, PaymentDataError
 from nbo.sdk.core import check_id, find_card_data, is_card_data
 from nbo.v1 import decision_pb2, sync_pb2
 
@@ -375,3 +378,29 @@ def test_a_refusal_is_an_input_error_naming_the_field() -> None:
     with pytest.raises(InputError) as info:
         check_id("cvv is 123", "offer_id")
     assert isinstance(info.value, PaymentDataError) and info.value.field == "offer_id"
+
+
+# -- offer ids: they go into every decision event ------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["4111-1111-1111-1111", "offer cvv 123", "gold\r", "gold\u200b"])
+def test_the_catalog_build_refuses_offer_ids_that_are_card_data_or_break_the_id_rule(bad: str) -> None:
+    catalog = small_catalog()
+    catalog["offers"][0]["offer_id"] = bad
+    with pytest.raises(CatalogError) as info:
+        validate_catalog(catalog)
+    assert "offers[0]" in str(info.value) and "offer_id" in str(info.value)
+    assert bad not in str(info.value)
+
+
+def test_a_device_refuses_a_bundle_whose_offer_id_is_card_data(tmp_path: Path, device_bundle: tuple[Path, Path],
+                                                                  kit: Any) -> None:
+    """A careless builder (not ``nbo bundle build``) signed it: the device refuses it at install."""
+    careless = recatalog(kit.v1, tmp_path / "careless.zip", key=kit.key, mutate=lambda db: db.execute(
+        "UPDATE offers SET offer_id = '4111 1111 1111 1111' WHERE rowid = (SELECT MIN(rowid) FROM offers)"))
+    with Client.open(tmp_path / "state", device_id="pos-1", trusted_keys=[kit.pub.read_bytes()]) as client:
+        with pytest.raises(BundleError) as info:
+            client.install_bundle(careless)
+        assert "offer_id looks like card data" in str(info.value) and "4111" not in str(info.value)
+        assert client.bundle is None
+    assert b"4111 1111 1111 1111" not in _blob(tmp_path / "state")

@@ -1,0 +1,148 @@
+"""What used to end in a traceback or an "unexpected …" line now says, in one line, where to look.
+
+Each case is one a user met: a short row in ``customers.csv``, a bad amount in
+``transactions.csv``, ``nbo train --out`` and ``nbo serve --state`` pointed where nothing can
+be written, ``examples/mobile_backend_client.py`` against a gateway that has no bundle yet,
+and the README's first POS snippet run a second time. The commands run as real processes
+(the ``nbo`` entry point, the example script, the README's own snippet) on real files and a
+real gateway on 127.0.0.1:0.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from gateway_helpers import APP_TOKEN, NBO_CLI, config_data, running_gateway, toml_text
+from nbo.model_export import generate_demo_data
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(argv: list[str], cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """The single stderr line of a failed run, holding every fragment; no traceback, no 'unexpected'."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("error: ") and "unexpected" not in line and "Traceback" not in result.stderr, line
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo_data(tmp_path_factory.mktemp("field-errors") / "data", customers=40, seed=3).directory
+
+
+def edited_copy(data: Path, target: Path, file: str, line: int, change: Callable[[list[str]], list[str]]) -> Path:
+    """A copy of ``data`` whose ``file`` has the fields of line ``line`` (1 = the header) changed."""
+    shutil.copytree(data, target)
+    lines = (target / file).read_text(encoding="utf-8").splitlines()
+    fields = lines[line - 1].split(",")
+    changed = change(list(fields))
+    assert changed != fields
+    lines[line - 1] = ",".join(changed)
+    (target / file).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
+
+
+def test_a_short_row_in_customers_csv_names_file_row_and_field(data: Path, tmp_path: Path) -> None:
+    bad = edited_copy(data, tmp_path / "data", "customers.csv", 4, lambda fields: fields[:-1])
+    header = (bad / "customers.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    result = run([*NBO_CLI, "train", "--data", str(bad), "--out", str(tmp_path / "model"), "--quiet"])
+    one_line(result, "customers.csv row 3 (line 4)", f"no value for {header[-1]!r}")
+    assert not (tmp_path / "model").exists()  # a failed run leaves nothing it created
+
+
+def test_a_long_row_in_customers_csv_says_how_many_fields(data: Path, tmp_path: Path) -> None:
+    bad = edited_copy(data, tmp_path / "data", "customers.csv", 2, lambda fields: [*fields, "surplus"])
+    result = run([*NBO_CLI, "train", "--data", str(bad), "--out", str(tmp_path / "model"), "--quiet"])
+    one_line(result, "customers.csv row 1 (line 2)", "fields, the header has")
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("amount", "abc", "amount must be a number, got 'abc'"),
+    ("timestamp", "yesterday", "timestamp is not an ISO date or datetime: 'yesterday'"),
+    ("quantity", "two", "quantity must be an integer, got 'two'"),
+])
+def test_a_bad_transaction_names_file_row_and_field(data: Path, tmp_path: Path, column: str, value: str,
+                                                   message: str) -> None:
+    header = (data / "transactions.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    index = header.index(column)
+    bad = edited_copy(data, tmp_path / "data", "transactions.csv", 6,
+                      lambda fields: [value if i == index else f for i, f in enumerate(fields)])
+    result = run([*NBO_CLI, "train", "--data", str(bad), "--out", str(tmp_path / "model"), "--quiet"])
+    one_line(result, "transactions.csv row 5 (line 6)", message)
+
+
+def test_train_refuses_an_unwritable_out_before_training(data: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n", encoding="utf-8")
+    started = time.monotonic()
+    # no --quiet: had training started, its progress lines would be on stderr too
+    result = run([*NBO_CLI, "train", "--data", str(data), "--out", str(blocker / "model")])
+    one_line(result, f"--out {blocker / 'model'}", "cannot write the model directory here", "Not a directory")
+    assert time.monotonic() - started < 30
+    assert blocker.read_text(encoding="utf-8") == "not a directory\n"
+
+
+def test_serve_refuses_an_unwritable_state_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x", encoding="utf-8")
+    config = tmp_path / "gateway.toml"
+    config.write_text(toml_text(config_data(trusted_key=tmp_path / "unused.pub")), encoding="utf-8")
+    (tmp_path / "unused.pub").write_text("", encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for state in (blocker / "gw", blocker):
+        result = run([*NBO_CLI, "serve", "--state", str(state), "--listen", "127.0.0.1:0", "--config", str(config)],
+                     timeout=60)
+        one_line(result, f"--state {state}", "not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_mobile_client_against_a_gateway_without_a_bundle(tmp_path: Path) -> None:
+    key = tmp_path / "signing.pub"
+    subprocess.run([*NBO_CLI, "keys", "generate", "--out", str(tmp_path)], check=True, capture_output=True)
+    with running_gateway(tmp_path / "gw", config_data(trusted_key=key)) as gateway:
+        target = f"127.0.0.1:{gateway.port}"
+        result = run([sys.executable, str(REPO / "examples" / "mobile_backend_client.py"), "--target", target,
+                      "--token", APP_TOKEN], timeout=120)
+        one_line(result, f"Decide on {target}", "FAILED_PRECONDITION", "no bundle", "nbo publish")
+        wrong = run([sys.executable, str(REPO / "examples" / "mobile_backend_client.py"), "--target", target,
+                     "--token", "not-a-token"], timeout=120)
+        one_line(wrong, "UNAUTHENTICATED")
+
+
+def readme_first_pos_snippet() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("### POS or kiosk developer", 1)[1]
+    return section.split("```python runnable\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_first_pos_snippet_runs_twice(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        from _prepare import prepare
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    workdir = prepare(tmp_path / "quickstart", customers=60).directory
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(readme_first_pos_snippet(), encoding="utf-8")
+    assert "install_bundle" in snippet.read_text(encoding="utf-8")
+    first = run([sys.executable, str(snippet)], cwd=workdir)
+    second = run([sys.executable, str(snippet)], cwd=workdir)
+    for result in (first, second):
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert re.search(r"= \d+\.\d", result.stdout), result.stdout  # it printed ranked offers
