@@ -31,6 +31,17 @@ from ._bundle import (
 )
 from ._clock import to_datetime
 from ._engine import Request, decide, decide_many, validate_mapping
+from ._errors import (
+    DeadlineExceededError,
+    EventConflictError,
+    HubUnavailableError,
+    PublishRefused,
+    RuleFailure,
+    ShuttingDownError,
+    UnknownReferenceError,
+    UsageError,
+    VersionNotNewerError,
+)
 from ._keys import (
     generate_private_key,
     key_id,
@@ -88,6 +99,16 @@ from ._vocabulary import (
 )
 
 __all__ = [
+    # the errors only the other packages raise or map (the whole tree: nbo.sdk._errors)
+    "DeadlineExceededError",
+    "EventConflictError",
+    "HubUnavailableError",
+    "PublishRefused",
+    "RuleFailure",
+    "ShuttingDownError",
+    "UnknownReferenceError",
+    "UsageError",
+    "VersionNotNewerError",
     # the shared vocabulary: event types, outcomes, policy events, limits (one definition each)
     "BUNDLE_NAME_RE",
     "CATEGORIES",
