@@ -167,9 +167,26 @@ class _SQLiteTx:
             self.execute,
             "INSERT INTO outbox(seq, event_id, type, created_at, payload)",
             "(?, ?, ?, ?, ?)",
-            [(e.seq, e.event_id, type, self.now, json.dumps(e.payload, separators=(",", ":"))) for e in events],
+            [(e.seq, e.event_id, type, self.now, _encode_payload(e.payload)) for e in events],
         )
         return events
+
+
+def _stdlib_payload(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+try:  # orjson (the [gateway] extra) encodes an event payload ~10x faster: a decision writes one
+    import orjson
+
+    def _encode_payload(payload: Mapping[str, Any]) -> str:
+        try:
+            return orjson.dumps(payload).decode()  # the same compact JSON values
+        except TypeError:  # a value orjson does not take (e.g. an int beyond 64 bits): as before
+            return _stdlib_payload(payload)
+
+except ImportError:  # pragma: no cover - a core install without the gateway extra
+    _encode_payload = _stdlib_payload
 
 
 ROWS_PER_INSERT = 500
