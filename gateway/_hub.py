@@ -41,6 +41,7 @@ from nbo.sdk.core import (
     OUTCOMES,
     PAYMENT_TOKEN_MAX,
     QUANTITY_MAX,
+    EventConflictError,
     check_decimal,
     check_id,
     check_int,
@@ -55,7 +56,6 @@ from ._db import Database, DbTx, open_database
 
 __all__ = [
     "BundleRecord",
-    "EventConflictError",
     "HeldEvent",
     "HubStore",
     "IncomingEvent",
@@ -130,10 +130,6 @@ SCHEMA_LOCK_KEY = 0x4E42_0001
 _MAX_TYPE = 40  # characters of an unknown event type kept with its rejection
 _MAX_PAYLOAD = 256 * 1024
 _IN_CHUNK = 400  # parameters per IN (…) list; far below both databases' limits
-
-
-class EventConflictError(InputError):
-    """A pushed ``(device_id, seq)`` is already held with a different ``event_id``."""
 
 
 @dataclass(frozen=True, slots=True)

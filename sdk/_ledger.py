@@ -42,9 +42,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ._errors import InputError, LedgerError
+from ._errors import InputError, LedgerError, UnknownReferenceError
 from ._records import (
-    UnknownReferenceError,
     check_id,
     check_instant,
     check_int,

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -17,15 +16,17 @@ from gateway_helpers import (
     config_data,
     free_port,
     publish_chunks,
+    publish_file,
+    scrape_metrics,
     serve_log,
     start_serve_process,
     toml_text,
+    wait_bundle_version,
     wait_serving,
 )
 from gateway_helpers import PUBLISHER as PUBLISHER_AUTH
 from nbo.gateway._supervisor import BUNDLE_POLL_SECONDS
 from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -123,28 +124,6 @@ def test_a_config_with_the_removed_decision_worker_switch_is_refused_with_one_li
     assert "worker_process was removed" in errors[0] and "[server] processes" in errors[0]
 
 
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The supervisor's /metrics as {(sample name, labels): value}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def _publish(port: int, bundle: Path) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        publish_pb2_grpc.PublishServiceStub(channel).PublishBundle(
-            publish_chunks(bundle.read_bytes()), metadata=PUBLISHER_AUTH, timeout=60)
-
-
-def _wait_version(metrics_port: int, version: int, timeout: float) -> float:
-    """Seconds until every serving process serves ``version`` (the gauge's live minimum)."""
-    started = time.monotonic()
-    while _scrape(metrics_port).get(("nbo_bundle_version", ())) != version:
-        assert time.monotonic() - started < timeout, f"not every serving process serves v{version}"
-        time.sleep(0.05)  # polling the scrape, not deciding a race
-    return time.monotonic() - started
-
-
 def test_a_bundle_switch_across_processes_under_load_fails_no_call_and_metrics_count_one_gateway(
     tmp_path: Path,
 ) -> None:
@@ -177,19 +156,19 @@ def test_a_bundle_switch_across_processes_under_load_fails_no_call_and_metrics_c
 
     try:
         wait_serving(port, proc=proc, timeout=60)
-        _publish(port, kit.bundle(1))
-        _wait_version(metrics_port, 1, timeout=30)
+        publish_file(port, kit.bundle(1))
+        wait_bundle_version(metrics_port, 1, timeout=30)
         threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
         for thread in threads:
             thread.start()
         while len(calls) < 200:
             assert not failures, failures[:3]
             time.sleep(0.05)  # polling the load's progress
-        _publish(port, kit.bundle(2))
+        publish_file(port, kit.bundle(2))
         published = time.monotonic()
         # docs/operations.md: the process that received it at once, the others within the
         # poll interval plus the time to load it (a generous bound on a shared machine)
-        switch_s = _wait_version(metrics_port, 2, timeout=BUNDLE_POLL_SECONDS + 20)
+        switch_s = wait_bundle_version(metrics_port, 2, timeout=BUNDLE_POLL_SECONDS + 20)
         switched = published + switch_s
         # calls that started after every process had switched (a moment's margin for calls
         # that had taken the old bundle just before): enough of them, on new connections
@@ -204,7 +183,7 @@ def test_a_bundle_switch_across_processes_under_load_fails_no_call_and_metrics_c
         late = [v for started, v in calls if started > switched + 0.5]
         assert late and set(late) == {2}, "a call started after the switch was answered by the old bundle"
 
-        metrics = _scrape(metrics_port)
+        metrics = scrape_metrics(metrics_port)
         decided = sum(v for (name, _), v in metrics.items() if name == "nbo_decisions_total")
         assert decided == len(calls)
         ok = metrics[("nbo_rpc_total", (("code", "OK"), ("method", "DecisionService/Decide")))]
