@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "HubStore": "_hub",
     "BundleRecord": "_hub",
     "IngestResult": "_hub",
+    "attribute_rewards": "_rewards",
+    "AttributionReport": "_rewards",
     "create_server": "_server",
     "serve": "_supervisor",
     "GatewayServer": "_server",

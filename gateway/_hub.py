@@ -48,6 +48,7 @@ from ._db import Database, DbTx, open_database
 __all__ = [
     "BundleRecord",
     "EventConflictError",
+    "HeldEvent",
     "HubStore",
     "IncomingEvent",
     "IngestResult",
@@ -136,6 +137,18 @@ class IncomingEvent:
     type: str
     created_at: float
     payload: str | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    """An event the hub holds for a device, as stored; ``rejected_reason`` is None for a valid one."""
+
+    seq: int
+    event_id: str
+    type: str
+    created_at: float
+    payload: str
+    rejected_reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,7 +432,9 @@ class HubStore:
                     if event_id != event.event_id:
                         raise EventConflictError(
                             f"events[{i}]: seq {event.seq} of device {device_id!r} is already held with "
-                            "a different event_id",
+                            f"a different event_id; the hub holds this device's events through seq {acked}, so "
+                            "its state was reset or restored from an older copy: run `nbo recover` on the "
+                            "device (docs/operations.md, Recovering a damaged device)",
                             field=f"events[{i}].event_id",
                         )
                     duplicates += 1
@@ -605,6 +620,25 @@ class HubStore:
             rows = tx.execute("SELECT acked_through FROM hub_devices WHERE device_id = ?", (device_id,))
         return int(rows[0][0]) if rows else 0
 
+    def device_position(self, device_id: str) -> tuple[int, int]:
+        """``(acked_through, highest seq held)`` of one device; ``(0, 0)`` for a device never seen."""
+        with self.db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT d.acked_through, (SELECT MAX(e.seq) FROM hub_events e WHERE e.device_id = d.device_id) "
+                "FROM hub_devices d WHERE d.device_id = ?", (device_id,))
+        return (int(rows[0][0]), int(rows[0][1] or 0)) if rows else (0, 0)
+
+    def device_events(self, device_id: str, *, after_seq: int = 0, limit: int = 2000) -> list[HeldEvent]:
+        """One device's held events with ``seq > after_seq``, in seq order, at most ``limit``
+        (a page of what ``nbo recover`` rebuilds the device from)."""
+        with self.db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT seq, event_id, type, created_at, payload, status, reason FROM hub_events "
+                "WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?", (device_id, after_seq, limit))
+        return [HeldEvent(int(seq), event_id, type_, float(created), payload,
+                          None if status == "ok" else (reason or "rejected"))
+                for seq, event_id, type_, created, payload, status, reason in rows]
+
     def events(self, *, device_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Stored events (for tests, exports and retraining), oldest first per device."""
         sql = "SELECT device_id, seq, event_id, type, created_at, payload, status, reason FROM hub_events"
@@ -761,6 +795,15 @@ try:  # orjson (in the [gateway] extra) parses ~3x faster: JSON parsing is most 
     _loads: Any = orjson.loads
 except ImportError:  # pragma: no cover - the stdlib parser, held to the same strictness (no NaN)
     _loads = _json_loads
+
+
+def customer_of(payload: str) -> Any:
+    """The ``customer_id`` of a stored payload (JSON text), or None."""
+    try:
+        parsed = _loads(payload)
+    except ValueError:
+        return None
+    return parsed.get("customer_id") if isinstance(parsed, Mapping) else None
 
 
 def _customer_of(event: IncomingEvent) -> Any:

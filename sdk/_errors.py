@@ -14,6 +14,7 @@ what the caller can do about it::
     ├── ModelError            a model cannot be trained, exported or loaded
     ├── LedgerError           a loyalty operation is refused (e.g. redeem beyond balance)
     ├── StateError            the local state database is unusable (corrupt, locked, full)
+    │   └── DamagedStateError the state file is damaged or lost; `nbo recover` rebuilds it
     ├── SyncError             the hub could not be reached or refused the exchange
     └── ConfigError           a configuration file or flag is invalid
 
@@ -27,6 +28,7 @@ __all__ = [
     "BundleError",
     "CatalogError",
     "ConfigError",
+    "DamagedStateError",
     "InputError",
     "LedgerError",
     "ModelError",
@@ -86,6 +88,10 @@ class LedgerError(NboError):
 
 class StateError(NboError):
     """The local state database is unusable (corrupt, locked, out of space)."""
+
+
+class DamagedStateError(StateError):
+    """The device's state file is damaged, emptied or older than the hub knows: run ``nbo recover``."""
 
 
 class SyncError(NboError):

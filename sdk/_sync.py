@@ -45,7 +45,8 @@ from ._types import BundleInfo, SyncReport
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["DEFAULT_TIMEOUT", "SyncLoop", "backoff_delay", "run_forever", "sync"]
+__all__ = ["DEFAULT_TIMEOUT", "RecoveryPage", "SyncLoop", "backoff_delay", "fetch_recovery", "run_forever",
+           "state_dir_lock", "sync"]
 
 log = logging.getLogger("nbo.sync")
 
@@ -68,7 +69,9 @@ _BATCH_BYTES = 8 * 1024 * 1024
 _PERMANENT = {
     grpc.StatusCode.UNAUTHENTICATED: "the hub does not accept this token",
     grpc.StatusCode.PERMISSION_DENIED: "this token may not sync this device",
-    grpc.StatusCode.ALREADY_EXISTS: "the hub holds different events under this device's sequence numbers",
+    grpc.StatusCode.ALREADY_EXISTS: ("the hub holds different events under this device's sequence numbers: "
+                                     "its state was reset or restored from an older copy; run `nbo recover` "
+                                     "(docs/operations.md, Recovering a damaged device)"),
     grpc.StatusCode.INVALID_ARGUMENT: "the hub refused the request",
 }
 
@@ -87,19 +90,24 @@ def _exclusive(client: Client) -> Iterator[None]:
     """Hold this client's sync lock and the state directory's file lock."""
     with _locks_guard:
         lock = _locks.setdefault(client, threading.Lock())
-    with lock:
-        path = Path(client.state_dir) / "sync.lock"
+    with lock, state_dir_lock(Path(client.state_dir)):
+        yield
+
+
+@contextmanager
+def state_dir_lock(state_dir: Path) -> Iterator[None]:
+    """The advisory file lock ``STATE/sync.lock``: one sync (or recovery) per state directory."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: the thread lock has to do
+        yield
+        return
+    with (state_dir / "sync.lock").open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # another process syncing: wait for it
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: the thread lock has to do
             yield
-            return
-        with path.open("a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # another process syncing: wait for it
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 # -- the channel -----------------------------------------------------------------------------
@@ -337,6 +345,9 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
     finally:
         if in_flight is not None:
             in_flight[0].cancel()
+    if acked_through:
+        # Outside the database: from now on an emptied or older state file is refused at open.
+        client._store.note_synced(acked_through)
     if after and acked_through < after:
         # The hub is missing an earlier event of ours (a gap it cannot close): say where.
         errors.append(f"hub acknowledged through seq {acked_through}, but events up to {after} were pushed")
@@ -373,6 +384,65 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
     log.info("event=sync pushed=%d acked_through=%d dead=%d balances=%d bundle=%s errors=%d", pushed,
              acked_through, dead, balances, bundle_installed.version if bundle_installed else "-", len(errors))
     return report
+
+
+# -- recovering a damaged device -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryPage:
+    """One piece of what the hub holds for a device (a ``RecoveryChunk`` as plain data)."""
+
+    acked_through: int
+    max_seq: int
+    events: tuple[tuple[int, str, str, float, str, str | None], ...]
+    """``(seq, event_id, type, created_at, payload JSON, rejected reason or None)`` in seq order."""
+    balances: Mapping[str, int]
+    complete: bool
+
+
+def fetch_recovery(
+    target: str,
+    *,
+    device_id: str,
+    token: str,
+    ca_file: str | os.PathLike[str] | None = None,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Iterator[RecoveryPage]:
+    """Stream ``RecoverDevice`` from the hub at ``target``; :class:`SyncError` when it fails.
+
+    ``timeout`` bounds the whole stream at a hundred times the per-call timeout (a device's whole
+    history can be large); the caller checks that the last page is ``complete``.
+    """
+    if not isinstance(token, str) or not token:
+        raise InputError("token must be a non-empty string", field="token")
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise InputError("timeout must be a positive number of seconds", field="timeout")
+    channel = open_channel(target, ca_file=ca_file, client_cert=client_cert, client_key=client_key)
+    try:
+        stub = sync_pb2_grpc.SyncServiceStub(channel)
+        stream = stub.RecoverDevice(sync_pb2.RecoverDeviceRequest(device_id=device_id),
+                                    metadata=(("authorization", f"Bearer {token}"),), timeout=float(timeout) * 100)
+        try:
+            for chunk in stream:
+                yield RecoveryPage(
+                    acked_through=int(chunk.acked_through),
+                    max_seq=int(chunk.max_seq),
+                    events=tuple(
+                        (int(h.event.seq), h.event.event_id, h.event.type, float(h.event.created_at),
+                         h.event.payload_json, h.rejected_reason if h.HasField("rejected_reason") else None)
+                        for h in chunk.events),
+                    balances={b.customer_id: int(b.balance) for b in chunk.balances},
+                    complete=bool(chunk.complete),
+                )
+        except grpc.RpcError as exc:
+            raise _sync_error(exc, "RecoverDevice") from exc
+        finally:
+            stream.cancel()
+    finally:
+        channel.close()
 
 
 # -- retrying forever ------------------------------------------------------------------------

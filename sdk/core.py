@@ -67,6 +67,7 @@ from ._store import (
     damaged_hint,
     insert_rows,
     limit_wal,
+    read_sync_marker,
 )
 from ._sync import SyncLoop, open_channel, sync
 from ._vocabulary import (
@@ -166,6 +167,7 @@ __all__ = [
     "Tx",
     "WalCheckpointer",
     "damaged_hint",
+    "read_sync_marker",
     "insert_rows",
     "limit_wal",
     # sync and the gRPC channel options shared with the publish client
