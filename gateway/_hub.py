@@ -38,6 +38,7 @@ from nbo.sdk.core import (
     LEDGER_COLUMNS,
     OUTCOMES,
     POINTS_KINDS,
+    EventConflictError,
     find_card_data,
     ledger_balance,
     sha256_file,
@@ -47,7 +48,6 @@ from ._db import Database, DbTx, open_database
 
 __all__ = [
     "BundleRecord",
-    "EventConflictError",
     "HeldEvent",
     "HubStore",
     "IncomingEvent",
@@ -122,10 +122,6 @@ SCHEMA_LOCK_KEY = 0x4E42_0001
 _MAX_ID = 200
 _MAX_PAYLOAD = 256 * 1024
 _IN_CHUNK = 400  # parameters per IN (…) list; far below both databases' limits
-
-
-class EventConflictError(InputError):
-    """A pushed ``(device_id, seq)`` is already held with a different ``event_id``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,10 +42,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ._errors import InputError, LedgerError
+from ._errors import InputError, LedgerError, UnknownReferenceError
 from ._records import (
     KEY_MAX,
-    UnknownReferenceError,
     check_id,
     check_instant,
     check_int,

@@ -9,9 +9,9 @@ Decisions taken here (documented in ``docs/ledger.md``):
 * A response is recorded once per shown offer of a decision. Repeating the same outcome is a
   no-op (a retried call is harmless); a *different* outcome for an offer that already has one
   is an :class:`InputError` on ``outcome`` — the first answer stands.
-* An unknown decision, or an offer that decision did not show, raises an error that is both
-  an :class:`InputError` (the issue's contract: fix your arguments) and a
-  :class:`NotFoundError` (docs/operations.md: unknown ids map to ``NOT_FOUND``).
+* An unknown decision raises :class:`UnknownReferenceError` (a :class:`NotFoundError` naming
+  the field: unknown ids map to ``NOT_FOUND``); an offer that decision did not show is an
+  :class:`InputError` on ``offer_id`` (a bad argument: ``INVALID_ARGUMENT``).
 * A purchase's idempotency key makes a retried call a no-op; the same key with different
   arguments is an :class:`InputError` on ``idempotency_key``.
 * Decision-log compaction never creates a ``seq`` gap: acknowledged decision events are
@@ -28,14 +28,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from . import _measures
-from ._errors import InputError, NotFoundError
+from ._errors import InputError, UnknownReferenceError
 from ._store import StateStore, Tx
 from ._vocabulary import EVENT_STATUSES, OUTCOMES
 
 __all__ = [
     "OUTCOMES",
     "SCHEMA",
-    "UnknownReferenceError",
     "compact_decisions",
     "list_events",
     "outbox_summary",
@@ -68,10 +67,6 @@ ID_MAX = 128
 KEY_MAX = 128
 AMOUNT_MAX = Decimal(10) ** 12
 QUANTITY_MAX = 1_000_000
-
-
-class UnknownReferenceError(InputError, NotFoundError):
-    """An id the caller passed refers to nothing (an InputError that is also a NotFoundError)."""
 
 
 # -- argument checks shared by the ledger, payments and records ------------------------------
@@ -186,8 +181,7 @@ def record_response(store: StateStore, decision_id: str, offer_id: str, outcome:
         customer_id, channel, offers_json = rows[0]
         category = _shown_offer_category(offers_json, offer_id)
         if category is None:
-            raise UnknownReferenceError(f"offer {offer_id!r} was not shown in decision {decision_id!r}",
-                                        field="offer_id")
+            raise InputError(f"offer {offer_id!r} was not shown in decision {decision_id!r}", field="offer_id")
         previous = tx.execute("SELECT outcome FROM responses WHERE decision_id = ? AND offer_id = ?",
                               (decision_id, offer_id))
         if previous:

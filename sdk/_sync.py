@@ -39,7 +39,7 @@ from nbo.v1 import common_pb2, sync_pb2, sync_pb2_grpc
 
 from . import _ledger, _records
 from ._bundle import sha256_file
-from ._errors import InputError, NboError, SyncError
+from ._errors import HubUnavailableError, InputError, NboError, SyncError
 from ._types import BundleInfo, SyncReport
 
 if TYPE_CHECKING:
@@ -150,9 +150,7 @@ def _sync_error(exc: grpc.RpcError, what: str) -> SyncError:
     if code in _TRANSIENT:
         hint = "events stay queued; check the hub address and that it is running, then sync again"
     message = f"{what} failed: {name}: {details}" + (f" ({hint})" if hint else "")
-    error = SyncError(message)
-    error.code = name  # type: ignore[attr-defined]
-    return error
+    return HubUnavailableError(message) if code in _TRANSIENT else SyncError(message)
 
 
 # -- pushing ---------------------------------------------------------------------------------

@@ -31,6 +31,17 @@ from ._bundle import (
 )
 from ._clock import to_datetime
 from ._engine import Request, decide, decide_many, validate_mapping
+from ._errors import (
+    DeadlineExceededError,
+    EventConflictError,
+    HubUnavailableError,
+    PublishRefused,
+    RuleFailure,
+    ShuttingDownError,
+    UnknownReferenceError,
+    UsageError,
+    VersionNotNewerError,
+)
 from ._keys import (
     generate_private_key,
     key_id,
@@ -53,11 +64,11 @@ from ._measures import (
 )
 from ._payments import SCHEMA as PAYMENT_SCHEMA
 from ._payments import find_card_data, record_payment
-from ._policy import inclusion_runs, rank_probability, slot_probability
+from ._policy import inclusion_runs, propensities, rank_probability, slot_probability
 from ._records import SCHEMA as RECORD_SCHEMA
 from ._records import check_id, record_response
 from ._rules import MAX_EXPRESSION_CHARS, compile_expression
-from ._runtime import LoadedBundle, load_bundle, stage_and_load
+from ._runtime import LoadedBundle, input_column, load_bundle, stage_and_load, to_float, to_string
 from ._store import (
     CORE_SCHEMA,
     Event,
@@ -88,6 +99,16 @@ from ._vocabulary import (
 )
 
 __all__ = [
+    # the errors only the other packages raise or map (the whole tree: nbo.sdk._errors)
+    "DeadlineExceededError",
+    "EventConflictError",
+    "HubUnavailableError",
+    "PublishRefused",
+    "RuleFailure",
+    "ShuttingDownError",
+    "UnknownReferenceError",
+    "UsageError",
+    "VersionNotNewerError",
     # the shared vocabulary: event types, outcomes, policy events, limits (one definition each)
     "BUNDLE_NAME_RE",
     "CATEGORIES",
@@ -139,6 +160,11 @@ __all__ = [
     "inclusion_runs",
     "rank_probability",
     "slot_probability",
+    # model inputs as the decision core builds them (training and evaluation on logged inputs)
+    "input_column",
+    "propensities",
+    "to_float",
+    "to_string",
     # customer measures (the very code training runs)
     "LIFECYCLE_STAGES",
     "LOYALTY_STAGES",

@@ -20,8 +20,8 @@ from bundle_fixtures import make_bundle, make_keys, make_model, small_catalog
 from gateway_helpers import APP, bundle_kit, config_data, publish, running_gateway
 from google.protobuf import struct_pb2
 from nbo.sdk import Client, PaymentDataError
-from nbo.sdk._policy import propensities, rank, select
-from nbo.sdk.core import inclusion_runs, slot_probability
+from nbo.sdk._policy import rank, select
+from nbo.sdk.core import inclusion_runs, propensities, slot_probability
 from nbo.v1 import decision_pb2
 
 INPUTS = (("customer__frequency", "float"), ("customer__lifecycle_stage", "string"),

@@ -238,9 +238,9 @@ def test_an_expiry_entry_cannot_be_reversed(client: Client, clock: ManualClock):
 
 
 def test_reversing_an_unknown_entry_names_the_field(client: Client):
-    with pytest.raises(InputError) as info:
+    with pytest.raises(NotFoundError) as info:
         client.reverse_points("no-such-entry", idempotency_key="rev", reason="r")
-    assert info.value.field == "entry_id" and isinstance(info.value, NotFoundError)
+    assert info.value.field == "entry_id"  # type: ignore[attr-defined]
 
 
 # -- inputs ---------------------------------------------------------------------------------------
