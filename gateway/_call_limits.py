@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from nbo.sdk import NboError
+from nbo.sdk.core import DeadlineExceededError
 
 from ._metrics import GatewayMetrics
 
-__all__ = ["CallBudgets", "CallLimits", "StreamStopped"]
+__all__ = ["CallBudgets", "CallLimits"]
 
 log = logging.getLogger("nbo.gateway")
 
@@ -76,16 +76,6 @@ class CallLimits:
 
 
 _SPARE = 2  # threads of a stream pool beyond its admission limits: they answer refusals at once
-
-
-class StreamStopped(NboError):
-    """A stream ended before its last message: its client left, or a stream limit cut it."""
-
-    grpc_status = "CANCELLED"
-
-    def __init__(self, message: str, *, grpc_status: str = "CANCELLED") -> None:
-        super().__init__(message)
-        self.grpc_status = grpc_status
 
 
 # (kind, admission group or None, idle limit applies)
@@ -265,7 +255,8 @@ class CallBudgets(grpc.ServerInterceptor):
                 self._changed.notify()
 
     def _watched(self, requests: Iterator[Any], stream: _Stream) -> Iterator[Any]:
-        """The client's messages, each one marking progress; a cut stream ends in StreamStopped."""
+        """The client's messages, each one marking progress; a stream cut short (by a limit or
+        by its client) ends in :class:`DeadlineExceededError`, not in a truncated upload."""
         while True:
             try:
                 request = next(requests)
@@ -273,10 +264,9 @@ class CallBudgets(grpc.ServerInterceptor):
                 # The end of the stream, or the call was cancelled (by its client, or by a
                 # limit below: gRPC then ends the iteration as if the client had finished).
                 if stream.reason is not None:
-                    raise StreamStopped(f"the stream was cut: {self._describe(stream.reason)}",
-                                        grpc_status="DEADLINE_EXCEEDED") from None
+                    raise DeadlineExceededError(f"the stream was cut: {self._describe(stream.reason)}") from None
                 if not stream.context.is_active():
-                    raise StreamStopped("the client cancelled the stream") from None
+                    raise DeadlineExceededError("the client left before the stream ended") from None
                 return
             stream.touch()
             yield request

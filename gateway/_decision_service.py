@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 from nbo.sdk import Decision, InputError, LedgerEntry, PaymentRecord, core
-from nbo.sdk.core import DEFAULT_LIMIT, MAX_LIMIT, Request, validate_mapping
+from nbo.sdk.core import DEFAULT_LIMIT, MAX_LIMIT, DeadlineExceededError, Request, validate_mapping
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 
-from ._decide_batch import DecideArgs, DecideBatcher, Expired
+from ._decide_batch import DecideArgs, DecideBatcher
 from ._engine_host import EngineHost
 from ._hub_state import HubStateStore
 from ._metrics import GatewayMetrics
@@ -177,14 +177,14 @@ def decision_pb(decision: Decision) -> decision_pb2.DecideResponse:
 
 
 def _require_caller(context: grpc.ServicerContext) -> None:
-    """:class:`Expired` (DEADLINE_EXCEEDED) when the caller's deadline passed or it went away.
+    """:class:`DeadlineExceededError` when the caller's deadline passed or it went away.
 
     Checked once the write lock is held, right before recording: a caller that gave up was
     told the call failed, and may well repeat it under a new idempotency key.
     """
     remaining = context.time_remaining()
     if not context.is_active() or (remaining is not None and remaining <= 0):
-        raise Expired("the call's deadline passed before it was recorded")
+        raise DeadlineExceededError("the call's deadline passed before it was recorded")
 
 
 def _optional(request: Any, field: str) -> str | None:
