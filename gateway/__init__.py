@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "BundleRecord": "_hub",
     "IngestResult": "_hub",
     "attribute_rewards": "_rewards",
+    "export_log": "_export",
+    "ExportReport": "_export",
     "AttributionReport": "_rewards",
     "create_server": "_server",
     "serve": "_supervisor",

@@ -365,16 +365,22 @@ def _window(hub: HubStore, tx: DbTx, cache: dict[tuple[str, int], float], name: 
 
 def _bundle_window(hub: HubStore, tx: DbTx, name: str, version: int) -> float | None:
     """``attribution.window_days`` from the catalog of a bundle the hub holds (None: not held)."""
+    data = bundle_bytes(hub, tx, name, version)
+    return None if data is None else catalog_window(io.BytesIO(data))
+
+
+def bundle_bytes(hub: HubStore, tx: DbTx, name: str, version: int) -> bytes | None:
+    """A published bundle's zip, read inside ``tx`` (from this replica's file, else from the
+    database where another replica stored it); None when the hub does not hold it."""
     rows = tx.execute("SELECT file FROM hub_bundles WHERE name = ? AND version = ?", (name, version))
     if not rows:
         return None
     path = hub.bundle_dir / rows[0][0]
-    if path.exists():
-        return catalog_window(path)
-    # published through another replica: its bytes are in the database
+    if path.is_file():
+        return path.read_bytes()
     parts = tx.execute("SELECT data FROM hub_bundle_parts WHERE name = ? AND version = ? ORDER BY part",
                        (name, version))
-    return catalog_window(io.BytesIO(b"".join(bytes(p[0]) for p in parts)))
+    return b"".join(bytes(p[0]) for p in parts) or None
 
 
 def catalog_window(bundle_zip: Path | IO[bytes]) -> float:
