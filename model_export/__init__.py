@@ -27,11 +27,18 @@ _EXPORTS: dict[str, str] = {
     "TrainedModel": "_train",
     "MeasureConfig": "_features",
     "train_from_directory": "_train_data",
+    "train_from_logs": "_log_data",
     "load_training_data": "_train_data",
     "write_report": "_report",
     "generate_demo_data": "_demo_data",
     "run_demo": "_demo",
     "DemoResult": "_demo",
+    # off-policy evaluation (numpy; evaluate_bundle also needs pyarrow, in the train extras)
+    "evaluate_policy": "_evaluate",
+    "evaluate_bundle": "_evaluate",
+    "format_evaluation": "_evaluate",
+    "Estimate": "_evaluate",
+    "Evaluation": "_evaluate",
     # plain-text tables for terminals (the CLI and the demo)
     "format_table": "_table",
 }
