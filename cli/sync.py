@@ -123,10 +123,8 @@ def _sync(args: argparse.Namespace) -> int:
             return 0
         try:
             report = core.sync(client, args.hub, token=token, **options)
-        except SyncError as exc:
-            if getattr(exc, "code", None) in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                raise SyncError(f"{exc}; `nbo sync --forever` keeps retrying with backoff") from exc
-            raise
+        except core.HubUnavailableError as exc:
+            raise SyncError(f"{exc}; `nbo sync --forever` keeps retrying with backoff") from exc
         _print_report(report, client)
         return 1 if report.errors else 0
 
