@@ -18,8 +18,14 @@ if TYPE_CHECKING:  # the same names for the type checker (tests/test_typecheck.p
     from ._demo import DemoResult as DemoResult
     from ._demo import run_demo as run_demo
     from ._demo_data import generate_demo_data as generate_demo_data
+    from ._evaluate import Estimate as Estimate
+    from ._evaluate import Evaluation as Evaluation
+    from ._evaluate import evaluate_bundle as evaluate_bundle
+    from ._evaluate import evaluate_policy as evaluate_policy
+    from ._evaluate import format_evaluation as format_evaluation
     from ._features import MeasureConfig as MeasureConfig
     from ._features import derive_features as derive_features
+    from ._log_data import train_from_logs as train_from_logs
     from ._publish import PublishRefused as PublishRefused
     from ._publish import PublishResult as PublishResult
     from ._publish import publish_bundle as publish_bundle
