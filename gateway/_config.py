@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from nbo.sdk import ConfigError
+from nbo.sdk.core import id_problem
 
 from ._call_limits import CallLimits
 
@@ -266,6 +267,9 @@ def _parse_tokens(raw: Any, where: str) -> tuple[TokenSpec, ...]:
         if role == "device":
             if not isinstance(device_id, str) or not device_id:
                 raise ConfigError(f"{where}: {at}.device_id is required for role device")
+            problem = id_problem(device_id)  # the one id rule: a device must be able to push as itself
+            if problem is not None:
+                raise ConfigError(f"{where}: {at}.device_id {problem}")
             if device_id == RESERVED_DEVICE_ID:
                 raise ConfigError(f"{where}: {at}.device_id {device_id!r} is reserved for the gateway's own "
                                   "app-channel events; choose another device id")

@@ -35,6 +35,8 @@ from nbo.sdk.core import (
     RULE_KINDS,
     RULE_VARIABLES,
     compile_expression,
+    id_problem,
+    is_card_data,
     parse_iso,
 )
 
@@ -252,7 +254,8 @@ def _validate_offers(
             errors.add(label, None, f"must be a mapping, got {type(item).__name__}")
             continue
         oid = item.get("offer_id")
-        if isinstance(oid, str) and oid:
+        card = isinstance(oid, str) and is_card_data(oid)
+        if isinstance(oid, str) and oid and not card and id_problem(oid) is None:
             label = f"offers[{i}] (offer_id={oid})"
         _unknown_fields(errors, label, item, _OFFER_FIELDS)
         for key in _OFFER_REQUIRED:
@@ -262,6 +265,11 @@ def _validate_offers(
         if "offer_id" in item:
             if not isinstance(oid, str) or not oid.strip():
                 errors.add(label, "offer_id", f"must be a non-empty string, got {_describe(oid)}")
+            elif card:
+                errors.add(label, "offer_id", "looks like card data (a card number or CVV); it would be in every "
+                           "decision event")
+            elif (problem := id_problem(oid)) is not None:
+                errors.add(label, "offer_id", problem)
             elif oid in seen:
                 errors.add(label, "offer_id", f"duplicate id (also offers[{seen[oid]}])")
             elif oid in CATEGORIES:

@@ -28,8 +28,10 @@ import numpy as np
 
 from . import _rules
 from ._bundle import BundleStore, StagedBundle
+from ._carddata import is_card_data
 from ._errors import BundleError, RuleError
 from ._measures import new_customer_profile
+from ._records import id_problem
 from ._types import BundleInfo
 from ._vocabulary import DEFAULT_CHANNELS, POLICY_EVENTS, POLICY_SCOPES, RULE_KINDS
 
@@ -521,6 +523,14 @@ def build_plan(
     what: str = "bundle",
 ) -> DecisionPlan:
     """Precompute everything a decision needs from the catalog tables and model sessions."""
+    for i, o in enumerate(offers):
+        # Offer ids go into every decision event: they keep the one id rule and hold no card data.
+        # (Named by position: the id itself may be what must not be echoed.)
+        if isinstance(o.get("offer_id"), str) and is_card_data(o["offer_id"]):
+            raise BundleError(f"{what}: offers row {i + 1}: offer_id looks like card data")
+        problem = id_problem(o.get("offer_id"))
+        if problem is not None:
+            raise BundleError(f"{what}: offers row {i + 1}: offer_id {problem}")
     offers = sorted(offers, key=lambda o: str(o["offer_id"]))  # index order = tie-break order
     offer_maps = [_offer_map(o, f"{what}: offer {o.get('offer_id')!r}") for o in offers]
     n = len(offer_maps)

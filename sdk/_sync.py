@@ -174,9 +174,14 @@ def _pending_batch(client: Client, limit: int, *, after: int = 0) -> list[tuple[
     return batch
 
 
-def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tuple[int, int]:
-    """Dead-letter, ack and store balances in one durable transaction; (dead, balances)."""
+def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tuple[int, int, int]:
+    """Dead-letter, ack and store balances in one durable transaction; (dead, balances, refused).
+
+    Nothing in one answer can stop the acknowledgement: a balance this device cannot apply
+    goes to ``answer_dead_letter`` with the reason (``refused``) and the rest is applied.
+    """
     balances = {b.customer_id: int(b.balance) for b in response.balances}
+    refused: list[tuple[str, str]] = []
     with client._store.transaction(durable=True) as tx:
         dead = 0
         for rejected in response.rejected:
@@ -196,8 +201,14 @@ def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tupl
             dead += 1
         tx.execute("UPDATE outbox SET acked = 1 WHERE acked = 0 AND seq <= ?", (int(response.acked_through),))
         if balances:
-            _ledger.apply_central_balances(tx, balances, acked_through=int(response.acked_through))
-    return dead, len(balances)
+            refused = _ledger.apply_central_balances(tx, balances, acked_through=int(response.acked_through))
+            for customer_id, reason in refused:
+                _records.dead_letter_answer(tx, kind="balance", subject=customer_id,
+                                            acked_through=int(response.acked_through), reason=reason)
+    for customer_id, reason in refused:
+        log.warning("event=sync_answer_refused kind=balance subject=%s reason=%s",
+                    _records.fingerprint(customer_id), reason)
+    return dead, len(balances) - len(refused), len(refused)
 
 
 # -- downloading -----------------------------------------------------------------------------
@@ -291,7 +302,7 @@ def sync(
 def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bool) -> SyncReport:
     metadata = (("authorization", f"Bearer {token}"),)
     batch_size = max(1, int(client.config.sync_batch_size))
-    pushed = dead = balances = 0
+    pushed = dead = balances = refused = 0
     acked_through = 0
     latest: common_pb2.BundleRef | None = None
     errors: list[str] = []
@@ -331,18 +342,22 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
             except grpc.RpcError as exc:
                 raise _sync_error(exc, "PushEvents") from exc
             in_flight, prepared = send(prepared), None
-            d, b = _apply_answer(client, response)
+            d, b, r = _apply_answer(client, response)
             if in_flight is not None:
                 prepared = build_next()
             pushed += count
             dead += d
             balances += b
+            refused += r
             acked_through = max(acked_through, int(response.acked_through))
             if response.HasField("latest_bundle"):
                 latest = response.latest_bundle
     finally:
         if in_flight is not None:
             in_flight[0].cancel()
+    if refused:
+        errors.append(f"{refused} balance(s) in the hub's answers could not be applied (a customer id this "
+                      "device refuses); kept in answer_dead_letter, everything else was applied")
     if acked_through:
         # Outside the database: from now on an emptied or older state file is refused at open.
         client._store.note_synced(acked_through)

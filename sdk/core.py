@@ -29,6 +29,7 @@ from ._bundle import (
     unsafe_path_reason,
     verify_bundle,
 )
+from ._carddata import find_card_data, is_card_data
 from ._clock import to_datetime
 from ._engine import Request, decide, decide_many, validate_mapping
 from ._errors import (
@@ -50,7 +51,7 @@ from ._keys import (
     public_key_pem,
     sign_manifest,
 )
-from ._ledger import LEDGER_COLUMNS, award, ledger_balance, redeem
+from ._ledger import LEDGER_COLUMNS, award, entry_from_payload, ledger_balance, redeem
 from ._ledger import SCHEMA as LEDGER_SCHEMA
 from ._measures import (
     LIFECYCLE_STAGES,
@@ -62,11 +63,11 @@ from ._measures import (
     to_epoch,
     update_measures,
 )
+from ._payments import CURRENCY_MINOR_UNITS, record_payment
 from ._payments import SCHEMA as PAYMENT_SCHEMA
-from ._payments import find_card_data, record_payment
 from ._policy import inclusion_runs, propensities, rank_probability, slot_probability
 from ._records import SCHEMA as RECORD_SCHEMA
-from ._records import check_id, record_response
+from ._records import check_decimal, check_id, check_int, check_text, id_problem, record_response
 from ._rules import MAX_EXPRESSION_CHARS, compile_expression
 from ._rules import evaluate as evaluate_rule
 from ._rules import new_context as new_rule_context
@@ -84,6 +85,8 @@ from ._store import (
 )
 from ._sync import SyncLoop, open_channel, sync
 from ._vocabulary import (
+    AMOUNT_MAX,
+    AMOUNT_PLACES,
     BUNDLE_NAME_RE,
     CATEGORIES,
     CONDITION_VARIABLES,
@@ -91,11 +94,17 @@ from ._vocabulary import (
     DEFAULT_LIMIT,
     EVENT_STATUSES,
     EVENT_TYPES,
+    ID_MAX,
+    KEY_MAX,
     MAX_LIMIT,
     OUTCOMES,
+    PAYMENT_TOKEN_MAX,
     POINTS_KINDS,
+    POINTS_MAX,
     POLICY_EVENTS,
     POLICY_SCOPES,
+    QUANTITY_MAX,
+    REASON_MAX,
     RULE_KINDS,
     RULE_VARIABLES,
 )
@@ -112,6 +121,8 @@ __all__ = [
     "UsageError",
     "VersionNotNewerError",
     # the shared vocabulary: event types, outcomes, policy events, limits (one definition each)
+    "AMOUNT_MAX",
+    "AMOUNT_PLACES",
     "BUNDLE_NAME_RE",
     "CATEGORIES",
     "CONDITION_VARIABLES",
@@ -119,11 +130,17 @@ __all__ = [
     "DEFAULT_LIMIT",
     "EVENT_STATUSES",
     "EVENT_TYPES",
+    "ID_MAX",
+    "KEY_MAX",
     "MAX_LIMIT",
     "OUTCOMES",
+    "PAYMENT_TOKEN_MAX",
     "POINTS_KINDS",
+    "POINTS_MAX",
     "POLICY_EVENTS",
     "POLICY_SCOPES",
+    "QUANTITY_MAX",
+    "REASON_MAX",
     "RULE_KINDS",
     "RULE_VARIABLES",
     # bundles: format, verification, staging
@@ -183,9 +200,16 @@ __all__ = [
     "LEDGER_SCHEMA",
     "PAYMENT_SCHEMA",
     "RECORD_SCHEMA",
+    "CURRENCY_MINOR_UNITS",
     "award",
+    "check_decimal",
     "check_id",
+    "check_int",
+    "check_text",
+    "entry_from_payload",
     "find_card_data",
+    "id_problem",
+    "is_card_data",
     "ledger_balance",
     "record_payment",
     "record_response",

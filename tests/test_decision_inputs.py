@@ -106,8 +106,11 @@ def test_a_card_number_in_a_logged_input_is_refused_and_not_written(tmp_path: Pa
         assert info.value.field == "context.basket"
         assert "4111" not in str(info.value)
         assert _decision_payloads(client) == []
-        # a field no model reads is not logged, so it is not refused here
-        client.decide("C3", channel="pos", context={"note": "4111 1111 1111 1111"})
+        # a field no model reads is refused too: every string of a request is scanned (issue 18)
+        with pytest.raises(PaymentDataError) as info:
+            client.decide("C3", channel="pos", context={"note": "4111 1111 1111 1111"})
+        assert info.value.field == "context.note"
+        client.decide("C3", channel="pos", context={"note": "no card here"})
         (payload,) = _decision_payloads(client)
         assert "4111" not in json.dumps(payload)
     finally:
