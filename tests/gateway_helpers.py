@@ -307,6 +307,24 @@ def wait_serving(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[byt
     raise AssertionError(f"gateway on port {port} did not become ready in {timeout}s")
 
 
+def wait_draining(port: int, *, timeout: float = 30.0) -> None:
+    """Wait until the gateway on ``port`` has begun to stop: its health service no longer says
+    SERVING (NOT_SERVING, or a new call is refused)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # a new connection each time
+            try:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            except grpc.RpcError:
+                return
+            if status != health_pb2.HealthCheckResponse.SERVING:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"gateway on port {port} did not begin to stop within {timeout}s")
+
+
 def scrape_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The supervisor's /metrics as {(sample name, labels): value}."""
     import urllib.request

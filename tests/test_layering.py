@@ -136,3 +136,12 @@ def test_the_internal_front_door_is_what_it_says() -> None:
     assert not set(nbo.sdk.core.__all__) & set(nbo.sdk.__all__), "public names come from nbo.sdk"
     for name in nbo.sdk.core.__all__:
         assert hasattr(nbo.sdk.core, name), name
+
+
+def test_tests_share_helpers_not_each_other() -> None:
+    """A test module imports helper modules (``*_helpers``, ``*_fixtures``), never another test module."""
+    found = [f"{path.relative_to(ROOT)}:{line} imports {target}"
+             for path in sorted((ROOT / "tests").rglob("*.py"))
+             for line, target, _ in imports(path, None)
+             if target.split(".")[0].startswith("test_") or target.startswith("tests.")]
+    assert found == []
