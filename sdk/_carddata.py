@@ -200,6 +200,13 @@ def find_card_data(value: object, field: str) -> str | None:
         for key, item in value.items():
             if isinstance(key, str) and _sensitive_name(key):
                 return field or "field name"
+            kind = type(item)
+            if kind is str:  # the common cases without a call or a name built (a profile's values)
+                if is_card_data(item):
+                    return f"{field}.{key}" if field else str(key)
+                continue
+            if item is None or kind is int or kind is float or kind is bool:
+                continue
             name = f"{field}.{key}" if field else str(key)
             hit = find_card_data(item, name)
             if hit is not None:
