@@ -324,6 +324,12 @@ def _eligible(plan: DecisionPlan, outcome: _policy.Outcome, limit: int) -> dict[
     }
 
 
+def _funnel(outcome: _policy.Outcome) -> dict[str, Any]:
+    """The decision event's ``funnel``: the candidates and, per rule or contact policy id, the
+    offers it took out of play first (so candidates − Σ removed = the eligible offers)."""
+    return {"candidates": outcome.candidates, "removed": dict(outcome.removed)}
+
+
 def _assemble(
     info: BundleInfo, plan: DecisionPlan, item: _Item, outcome: _policy.Outcome, now: float,
     customer: Mapping[str, Any], context: Mapping[str, Any],
@@ -364,5 +370,5 @@ def _assemble(
     )
     record = _contacts.DecisionRecord(item.decision_id, request.customer_id, request.channel, info.name,
                                       info.version, strategy, recorded, _logged_inputs(plan, customer, context),
-                                      _eligible(plan, outcome, request.limit))
+                                      _eligible(plan, outcome, request.limit), _funnel(outcome))
     return decision, record

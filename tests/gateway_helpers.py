@@ -25,6 +25,7 @@ APP_TOKEN = "app-token-0123456789"
 DEVICE_TOKEN = "device-token-pos-1"
 DEVICE2_TOKEN = "device-token-pos-2"
 PUBLISHER_TOKEN = "publisher-token-abcdef"
+ANALYST_TOKEN = "analyst-token-console-42"
 
 TOKENS: dict[str, str] = {"app": APP_TOKEN, "device": DEVICE_TOKEN, "publisher": PUBLISHER_TOKEN}
 
@@ -58,6 +59,8 @@ def config_data(
             {"token": DEVICE_TOKEN, "role": "device", "device_id": "pos-1"},
             {"token": DEVICE2_TOKEN, "role": "device", "device_id": "pos-2"},
             {"token": PUBLISHER_TOKEN, "role": "publisher"},
+            # the console's role, by digest: it opens no RPC
+            {"token_sha256": hashlib.sha256(ANALYST_TOKEN.encode()).hexdigest(), "role": "analyst"},
         ],
         "trust": {"keys": [str(trusted_key)]},
     }
