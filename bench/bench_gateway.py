@@ -91,6 +91,20 @@ def process_cpu_seconds(pids: list[int]) -> float | None:
     return total
 
 
+def resident_mb(pid: int) -> list[float]:
+    """Resident memory (MB) of ``pid`` and of each process below it, in that order (Linux ``/proc``)."""
+    out = []
+    for each in _with_descendants([pid]):
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue
+        kb = next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), None)
+        if kb is not None:
+            out.append(int(kb) / 1024)
+    return out
+
+
 def run_clients(threads: int, seconds: float, make_call: Callable[[int], Callable[[], Any]]) -> tuple[int, int, float]:
     """``threads`` clients calling as fast as they can for ``seconds``; (calls, failures, elapsed)."""
     counts = [0] * threads
@@ -100,9 +114,12 @@ def run_clients(threads: int, seconds: float, make_call: Callable[[int], Callabl
 
     def worker(i: int) -> None:
         call = make_call(i)
-        call()  # warm the channel
-        start_gate.wait()
         n = bad = 0
+        try:
+            call()  # warm the channel
+        except Exception:
+            bad += 1  # counted, and the run goes on (a dead thread would leave the others waiting)
+        start_gate.wait()
         while time.perf_counter() < stop_at[0]:
             try:
                 call()
@@ -156,11 +173,11 @@ class Gateway:
             publish_pb2_grpc.PublishServiceStub(channel).PublishBundle(
                 publish_chunks(bundle.read_bytes()), metadata=PUBLISHER, timeout=60)
         # Every process follows the hub's registry: wait until new connections (which land on
-        # any of them) all decide.
+        # any of them) all decide — enough in a row that all landing on one process is unlikely.
         deadline = time.monotonic() + 60
         while True:
             ready = 0
-            for _ in range(4 * self.processes):
+            for _ in range(12 * self.processes):
                 with grpc.insecure_channel(self.target) as channel:
                     try:
                         decision_pb2_grpc.DecisionServiceStub(channel).Decide(
@@ -168,7 +185,7 @@ class Gateway:
                         ready += 1
                     except grpc.RpcError:
                         pass
-            if ready == 4 * self.processes:
+            if ready == 12 * self.processes:
                 return
             if time.monotonic() > deadline:
                 raise SystemExit("not every gateway process got the bundle")
@@ -276,6 +293,7 @@ def main(argv: Sequence[str]) -> int:
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
 
     results: dict[str, dict[str, Any]] = {}
+    memory: dict[str, list[float]] = {}
     broken_policies = 0
     with tempfile.TemporaryDirectory(prefix="nbo-bench-gw-") as tmp:
         for catalog in dict.fromkeys(s.catalog for s in scenarios):
@@ -285,6 +303,7 @@ def main(argv: Sequence[str]) -> int:
             try:
                 for scenario in (s for s in scenarios if s.catalog == catalog):
                     results[scenario.name] = measure_scenario(gateway, scenario, args)
+                memory[catalog] = resident_mb(gateway.proc.pid)
                 if catalog == "realistic":
                     broken_policies = overshows(gateway.hub_path())
             finally:
@@ -304,6 +323,10 @@ def main(argv: Sequence[str]) -> int:
     if any(s.catalog == "realistic" for s in scenarios):
         print(f"contact policy 'at most {SHOWN_CAP} shows a week per offer': "
               f"{broken_policies} (customer, offer) pairs over the cap")
+    for catalog, sizes in memory.items():
+        if sizes:
+            print(f"resident memory after the {catalog} runs: supervisor {sizes[0]:.0f} MB, serving processes "
+                  f"{', '.join(f'{m:.0f}' for m in sizes[1:])} MB")
     print(f"failed calls: {failures}")
     if missed:
         print("TARGET MISSED: " + "; ".join(missed) + " (see bench/RESULTS.md)")

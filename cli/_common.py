@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk import ConfigError, NboError
+from nbo.sdk import ConfigError
+from nbo.sdk.core import UsageError
 
 __all__ = [
     "EXIT_FAILED",
@@ -63,10 +64,6 @@ EXIT_INTERRUPTED = 130
 EXIT_READER_GONE = 141  # 128 + SIGPIPE, as a shell reports it
 
 TOKEN_ENV = "NBO_TOKEN"
-
-
-class UsageError(NboError):
-    """The command line is wrong in a way only the command can tell (exit status 2)."""
 
 
 class _Formatter(argparse.HelpFormatter):

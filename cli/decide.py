@@ -69,6 +69,11 @@ def _not_a_device(state_dir: Path) -> str:
 def stored_device_id(state_dir: Path) -> str:
     """The device id recorded in ``state_dir``'s state database (opened read-only)."""
     path = state_dir / "state.sqlite"
+    from nbo.sdk.core import read_sync_marker
+
+    marker = read_sync_marker(path) if state_dir.is_dir() else None
+    if marker is not None and (not path.is_file() or path.stat().st_size == 0):
+        return marker[0]  # a device that synced and lost its state: opening it says what to do
     if not path.is_file():
         raise StateError(_not_a_device(state_dir))
     try:
@@ -97,7 +102,7 @@ def open_device(args: argparse.Namespace, *, new_ok: bool = False, read_only: bo
     from nbo.sdk import Client
 
     state_dir = Path(args.state)
-    exists = (state_dir / "state.sqlite").is_file()
+    exists = (state_dir / "state.sqlite").is_file() or (state_dir / "hub-sync.json").is_file()
     if not exists and not new_ok:
         raise StateError(_not_a_device(state_dir))
     if not exists and args.device_id is None:

@@ -1,4 +1,5 @@
-"""`nbo sync` (push the outbox to a hub, pick up a newer bundle) and `nbo events` (inspect it)."""
+"""`nbo sync` (push the outbox to a hub, pick up a newer bundle), `nbo recover` (rebuild a damaged
+device state from the hub) and `nbo events` (inspect the outbox)."""
 
 from __future__ import annotations
 
@@ -43,15 +44,39 @@ def register(sub: Any) -> None:
                       help="the device id (default: the one recorded in the state directory)")
     sync.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                       help="a trusted public key file for installing bundles (repeatable)")
-    sync.add_argument("--ca-file", metavar="PEM", help="CA certificate of the hub (turns on TLS)")
-    sync.add_argument("--client-cert", metavar="PEM", help="client certificate for mutual TLS")
-    sync.add_argument("--client-key", metavar="PEM", help="client private key for mutual TLS")
+    _add_tls_options(sync)
     sync.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                       help="seconds per call (default 30)")
     sync.add_argument("--forever", action="store_true", help="keep syncing; never give up")
     sync.add_argument("--interval", type=positive_float, default=60.0, metavar="S",
                       help="with --forever: seconds between successful syncs (default 60)")
     sync.set_defaults(func=_sync)
+
+    recover = add_command(
+        sub, "recover",
+        help="rebuild a damaged or lost device state from the hub",
+        description="Rebuild STATE/state.sqlite from what the hub holds for this device: its events "
+        "(acknowledged, the rejected ones dead-lettered), the tables they describe (decisions, contact "
+        "history, responses, purchases and measures, ledger entries, payments) and the authoritative points "
+        "balances of its customers; new events continue after the hub's highest seq. The replaced files "
+        "are moved to STATE/damaged-<time>/. Refuses a state that opens cleanly and is as far along as the "
+        "hub knows, unless --force. Stop the application using the state directory first "
+        "(docs/operations.md, Recovering a damaged device).",
+        examples=["nbo recover --state pos-1 --hub hub.internal:50051 --token-file /etc/nbo/device.token",
+                  f"{TOKEN_ENV}=... nbo recover --state pos-1 --hub hub.internal:50051 --device-id pos-1 "
+                  "--ca-file ca.pem"],
+    )
+    recover.add_argument("--state", required=True, metavar="DIR", help="the device's state directory")
+    recover.add_argument("--hub", required=True, metavar="HOST:PORT", help="the gateway the device syncs with")
+    add_token_options(recover, role="device")
+    recover.add_argument("--device-id", metavar="ID",
+                         help="the device id (default: the one recorded in STATE/hub-sync.json)")
+    _add_tls_options(recover)
+    recover.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
+                         help="seconds per call; the whole transfer may take 100 times this (default 30)")
+    recover.add_argument("--force", action="store_true",
+                         help="replace even a state that opens cleanly (its unsynced events are left behind)")
+    recover.set_defaults(func=_recover)
 
     events = add_command(
         sub, "events",
@@ -70,6 +95,12 @@ def register(sub: Any) -> None:
                         help="the device id (default: the one recorded in the state directory)")
     events.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     events.set_defaults(func=_events)
+
+
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca-file", metavar="PEM", help="CA certificate of the hub (turns on TLS)")
+    parser.add_argument("--client-cert", metavar="PEM", help="client certificate for mutual TLS")
+    parser.add_argument("--client-key", metavar="PEM", help="client private key for mutual TLS")
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -92,12 +123,29 @@ def _sync(args: argparse.Namespace) -> int:
             return 0
         try:
             report = core.sync(client, args.hub, token=token, **options)
-        except SyncError as exc:
-            if getattr(exc, "code", None) in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                raise SyncError(f"{exc}; `nbo sync --forever` keeps retrying with backoff") from exc
-            raise
+        except core.HubUnavailableError as exc:
+            raise SyncError(f"{exc}; `nbo sync --forever` keeps retrying with backoff") from exc
         _print_report(report, client)
         return 1 if report.errors else 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from nbo.sdk import recover_state
+
+    if (args.client_cert is None) != (args.client_key is None):
+        raise UsageError("--client-cert and --client-key must be given together")
+    report = recover_state(args.state, args.hub, token=token_from(args), device_id=args.device_id,
+                           ca_file=args.ca_file, client_cert=args.client_cert, client_key=args.client_key,
+                           timeout=args.timeout, force=args.force)
+    print(f"recovered device {report.device_id}: {_plural(report.events, 'event')} through seq {report.max_seq} "
+          f"(hub acknowledged {report.acked_through}), dead-lettered {report.dead_lettered}, "
+          f"balances {report.balances}; replaced files in {report.moved_aside or '-'}", flush=True)
+    if report.unsynced_left_behind:
+        print(f"warning: {_plural(report.unsynced_left_behind, 'event')} the hub never received stay in "
+              f"{report.moved_aside}", file=sys.stderr, flush=True)
+    for problem in report.not_restored:
+        print(f"warning: not restored: {problem}", file=sys.stderr, flush=True)
+    return 0
 
 
 def _plural(n: int, word: str) -> str:

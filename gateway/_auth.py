@@ -28,6 +28,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "/nbo.v1.SyncService/PushEvents": frozenset({"device"}),
     "/nbo.v1.SyncService/GetLatestBundle": frozenset({"device"}),
     "/nbo.v1.SyncService/DownloadBundle": frozenset({"device"}),
+    "/nbo.v1.SyncService/RecoverDevice": frozenset({"device"}),
     "/nbo.v1.DecisionService/Decide": frozenset({"app"}),
     "/nbo.v1.DecisionService/RecordResponse": frozenset({"app"}),
     "/nbo.v1.DecisionService/AwardPoints": frozenset({"app"}),

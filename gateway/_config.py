@@ -29,6 +29,16 @@
     port = 9464                         # 0 = any free port
     addr = "127.0.0.1"                  # default; "0.0.0.0" to expose it
 
+    [limits]                            # optional; thread budgets and stream limits, defaults shown
+    decision_threads = 16               # (gateway/_call_limits.py, docs/operations.md)
+    sync_threads = 8
+    control_threads = 4
+    max_downloads = 16
+    max_publishes = 2
+    max_open_streams = 8
+    stream_idle_seconds = 60
+    stream_total_seconds = 1800
+
 Unknown tables or keys are errors (a typo must not silently switch security off). Plain
 tokens are hashed on load; only SHA-256 digests are kept in memory.
 """
@@ -44,11 +54,14 @@ from pathlib import Path
 from typing import Any
 
 from nbo.sdk import ConfigError
+from nbo.sdk.core import id_problem
+
+from ._call_limits import CallLimits
 
 __all__ = ["ROLES", "GatewayConfig", "TokenSpec", "load_config", "parse_config"]
 
 ROLES = frozenset({"app", "device", "publisher"})
-_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "server", "metrics"})
+_TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "server", "metrics", "limits"})
 _TOKEN_KEYS = frozenset({"token", "token_sha256", "role", "device_id"})
 RESERVED_DEVICE_ID = "app"
 """The hub event log's device id for events the gateway writes itself (DecisionService)."""
@@ -87,6 +100,8 @@ class GatewayConfig:
     metrics_port: int | None = None
     """Port of the Prometheus ``/metrics`` endpoint; ``None`` = no endpoint."""
     metrics_addr: str = "127.0.0.1"
+    limits: CallLimits = CallLimits()
+    """Thread budgets per kind of call and stream time limits (``[limits]``)."""
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -189,6 +204,8 @@ def parse_config(
     if not isinstance(metrics_addr, str) or not metrics_addr:
         raise ConfigError(f"{where}: metrics.addr must be a host address")
 
+    limits = _parse_limits(_table(data, "limits", where), where)
+
     return GatewayConfig(
         tokens=tokens,
         trusted_keys=trusted,
@@ -199,8 +216,24 @@ def parse_config(
         processes=processes,
         metrics_port=metrics_port,
         metrics_addr=metrics_addr,
+        limits=limits,
         source=source,
     )
+
+
+def _parse_limits(table: Mapping[str, Any], where: str) -> CallLimits:
+    defaults = CallLimits()
+    known = frozenset(CallLimits.__dataclass_fields__)
+    _unknown(table, known, where, prefix="limits.")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(getattr(defaults, key), int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}: limits.{key} must be a positive integer")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{where}: limits.{key} must be a positive number of seconds")
+        values[key] = value
+    return CallLimits(**values)
 
 
 def _parse_tokens(raw: Any, where: str) -> tuple[TokenSpec, ...]:
@@ -234,6 +267,9 @@ def _parse_tokens(raw: Any, where: str) -> tuple[TokenSpec, ...]:
         if role == "device":
             if not isinstance(device_id, str) or not device_id:
                 raise ConfigError(f"{where}: {at}.device_id is required for role device")
+            problem = id_problem(device_id)  # the one id rule: a device must be able to push as itself
+            if problem is not None:
+                raise ConfigError(f"{where}: {at}.device_id {problem}")
             if device_id == RESERVED_DEVICE_ID:
                 raise ConfigError(f"{where}: {at}.device_id {device_id!r} is reserved for the gateway's own "
                                   "app-channel events; choose another device id")

@@ -36,20 +36,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from nbo.sdk import Decision, NboError, StateError
-from nbo.sdk.core import LoadedBundle, Request, decide_many
+from nbo.sdk import Decision, StateError
+from nbo.sdk.core import DeadlineExceededError, LoadedBundle, Request, ShuttingDownError, decide_many
 
 from ._hub_state import HubStateStore
 
-__all__ = ["DecideArgs", "DecideBatcher", "Expired", "Outcome", "Runner", "decide_batch"]
+__all__ = ["DecideArgs", "DecideBatcher", "Outcome", "Runner", "decide_batch"]
 
 log = logging.getLogger("nbo.gateway.decide")
-
-
-class Expired(NboError):
-    """The call's deadline passed (or its client left) before its turn came: not decided."""
-
-    grpc_status = "DEADLINE_EXCEEDED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +115,13 @@ class DecideBatcher:
                deadline: float | None = None) -> Decision:
         """Decide ``args`` in the next batch; the decision, or its exception re-raised here.
 
-        The request is skipped (:class:`Expired`) if, when its batch is taken, ``is_active()``
+        The request is skipped (:class:`DeadlineExceededError`) if, when its batch is taken, ``is_active()``
         is false or the ``deadline`` (epoch seconds) has passed.
         """
         job = _Job(args, is_active, deadline)
         with self._ready:
             if self._closed:
-                raise StateError("the gateway is shutting down")
+                raise ShuttingDownError("the gateway is shutting down")
             self._queue.append(job)
             self._ready.notify()
         job.done.wait()
@@ -174,7 +168,7 @@ class DecideBatcher:
                     if job.is_active() and (job.deadline is None or now <= job.deadline):
                         live.append(job)
                     else:
-                        job.outcome = Expired("the call's deadline passed before it was decided")
+                        job.outcome = DeadlineExceededError("the call's deadline passed before it was decided")
                 if live:
                     outcomes = self._runner([job.args for job in live])
                     if len(outcomes) != len(live):
@@ -184,7 +178,7 @@ class DecideBatcher:
             except BaseException as exc:  # never leave a caller waiting, whatever happened
                 log.error("event=decide_batch_failed error=%s", type(exc).__name__)
                 for job in jobs:
-                    if not isinstance(job.outcome, Expired):
+                    if not isinstance(job.outcome, DeadlineExceededError):
                         job.outcome = exc
             finally:
                 for job in jobs:

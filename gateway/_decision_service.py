@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 from nbo.sdk import Decision, InputError, LedgerEntry, PaymentRecord, core
-from nbo.sdk.core import DEFAULT_LIMIT, MAX_LIMIT, Request, validate_mapping
+from nbo.sdk.core import DEFAULT_LIMIT, MAX_LIMIT, DeadlineExceededError, Request, validate_mapping
 from nbo.v1 import decision_pb2, decision_pb2_grpc
 
 from ._decide_batch import DecideArgs, DecideBatcher
@@ -176,6 +176,17 @@ def decision_pb(decision: Decision) -> decision_pb2.DecideResponse:
     return response
 
 
+def _require_caller(context: grpc.ServicerContext) -> None:
+    """:class:`DeadlineExceededError` when the caller's deadline passed or it went away.
+
+    Checked once the write lock is held, right before recording: a caller that gave up was
+    told the call failed, and may well repeat it under a new idempotency key.
+    """
+    remaining = context.time_remaining()
+    if not context.is_active() or (remaining is not None and remaining <= 0):
+        raise DeadlineExceededError("the call's deadline passed before it was recorded")
+
+
 def _optional(request: Any, field: str) -> str | None:
     return getattr(request, field) if request.HasField(field) else None
 
@@ -239,6 +250,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             customer_id = core.check_id(request.customer_id, "customer_id")
             expires = _to_datetime(request.expires_at, "expires_at") if request.HasField("expires_at") else None
             with self._state.ledger_transaction(customer_id):
+                _require_caller(context)  # the lock may have taken long: is anyone still waiting?
                 entry = core.award(
                     self._state,
                     customer_id,
@@ -256,6 +268,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         with rpc_errors(context, "RedeemPoints"):
             customer_id = core.check_id(request.customer_id, "customer_id")
             with self._state.ledger_transaction(customer_id):
+                _require_caller(context)  # the lock may have taken long: is anyone still waiting?
                 entry = core.redeem(
                     self._state,
                     customer_id,

@@ -23,22 +23,31 @@ import hashlib
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from nbo.sdk import Clock, InputError, LedgerEntry, NotFoundError, StateError, SystemClock
 from nbo.sdk.core import (
+    AMOUNT_PLACES,
     BUNDLE_NAME_RE,
+    CURRENCY_MINOR_UNITS,
     EVENT_TYPES,
+    ID_MAX,
+    KEY_MAX,
     LEDGER_COLUMNS,
     OUTCOMES,
-    POINTS_KINDS,
+    PAYMENT_TOKEN_MAX,
+    QUANTITY_MAX,
+    EventConflictError,
+    check_decimal,
+    check_id,
+    check_int,
+    entry_from_payload,
     find_card_data,
+    id_problem,
     ledger_balance,
     sha256_file,
 )
@@ -47,7 +56,7 @@ from ._db import Database, DbTx, open_database
 
 __all__ = [
     "BundleRecord",
-    "EventConflictError",
+    "HeldEvent",
     "HubStore",
     "IncomingEvent",
     "IngestResult",
@@ -118,13 +127,9 @@ _PART_SIZE = 1024 * 1024
 SCHEMA_LOCK_KEY = 0x4E42_0001
 """PostgreSQL advisory-lock key held while creating tables (shared by every hub-side schema)."""
 
-_MAX_ID = 200
+_MAX_TYPE = 40  # characters of an unknown event type kept with its rejection
 _MAX_PAYLOAD = 256 * 1024
 _IN_CHUNK = 400  # parameters per IN (…) list; far below both databases' limits
-
-
-class EventConflictError(InputError):
-    """A pushed ``(device_id, seq)`` is already held with a different ``event_id``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +141,18 @@ class IncomingEvent:
     type: str
     created_at: float
     payload: str | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    """An event the hub holds for a device, as stored; ``rejected_reason`` is None for a valid one."""
+
+    seq: int
+    event_id: str
+    type: str
+    created_at: float
+    payload: str
+    rejected_reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,47 +196,36 @@ class BundleRecord:
 # -- validation ------------------------------------------------------------------------------
 
 
-def _need_str(payload: Mapping[str, Any], key: str, *, optional: bool = False) -> str | None:
+def _need_id(payload: Mapping[str, Any], key: str, *, optional: bool = False, max_len: int = ID_MAX) -> None:
     value = payload.get(key)
     if value is None:
         if optional:
-            return None
-        raise ValueError(f"payload.{key} is required")
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID:
-        raise ValueError(f"payload.{key} must be a non-empty string of at most {_MAX_ID} characters")
-    return value
+            return
+        raise InputError(f"payload.{key} is required", field=f"payload.{key}")
+    check_id(value, f"payload.{key}", max_len=max_len)
 
 
-def _need_int(payload: Mapping[str, Any], key: str) -> int:
+def _need_number(payload: Mapping[str, Any], key: str) -> None:
     value = payload.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"payload.{key} must be an integer")
-    return value
-
-
-def _need_number(payload: Mapping[str, Any], key: str, *, optional: bool = False) -> float | None:
-    value = payload.get(key)
-    if value is None and optional:
-        return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"payload.{key} must be a finite number")
-    return float(value)
+        raise InputError(f"payload.{key} must be a finite number", field=f"payload.{key}")
 
 
-def _need_decimal(payload: Mapping[str, Any], key: str) -> None:
+def _need_amount(payload: Mapping[str, Any], key: str, *, max_places: int) -> None:
     value = payload.get(key)
     if not isinstance(value, str):
-        raise ValueError(f"payload.{key} must be a decimal string")
-    try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"payload.{key} must be a decimal string") from None
-    if not amount.is_finite():
-        raise ValueError(f"payload.{key} must be a finite decimal")
+        raise InputError(f"payload.{key} must be a decimal string", field=f"payload.{key}")
+    check_decimal(value, f"payload.{key}", max_places=max_places)
 
 
 def validate_payload(type: str, payload: Any) -> None:
-    """Check an event payload against the contract of its type; ``ValueError`` names the field."""
+    """Check an event payload with the SDK's own rules and limits; ``InputError`` (a ``ValueError``) names the field.
+
+    Ids keep the one id rule (``nbo.sdk.core.check_id``: length, no control or format
+    characters, no card data), points stay within the SDK's ±``POINTS_MAX`` with the kind's
+    sign, amounts keep the strict decimal grammar and their places, quantities their bound —
+    so a rogue or outdated device gets this one event refused, never the batch.
+    """
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
     if not isinstance(payload, Mapping):
@@ -228,60 +234,54 @@ def validate_payload(type: str, payload: Any) -> None:
         if payload.get("compacted") is True and len(payload) == 1:
             return  # the device compacted this decision log entry past its disk budget
         for key in ("decision_id", "customer_id", "channel", "bundle_name"):
-            _need_str(payload, key)
-        _need_int(payload, "bundle_version")
-        if not isinstance(payload.get("offers"), list):
+            _need_id(payload, key)
+        check_int(payload.get("bundle_version"), "payload.bundle_version", minimum=1, maximum=2**63 - 1)
+        offers = payload.get("offers")
+        if not isinstance(offers, list):
             raise ValueError("payload.offers must be a list")
+        for i, offer in enumerate(offers):
+            if not isinstance(offer, Mapping):
+                raise ValueError(f"payload.offers[{i}] must be an object")
+            check_id(offer.get("offer_id"), f"payload.offers[{i}].offer_id")
     elif type == "response":
         for key in ("decision_id", "offer_id", "customer_id"):
-            _need_str(payload, key)
+            _need_id(payload, key)
         if payload.get("outcome") not in OUTCOMES:
             raise ValueError("payload.outcome must be accepted, declined or ignored")
     elif type == "purchase":
-        for key in ("purchase_id", "customer_id", "idempotency_key"):
-            _need_str(payload, key)
-        _need_decimal(payload, "amount")
-        _need_int(payload, "quantity")
+        for key in ("purchase_id", "customer_id"):
+            _need_id(payload, key)
+        _need_id(payload, "idempotency_key", max_len=KEY_MAX)
+        _need_amount(payload, "amount", max_places=AMOUNT_PLACES)
+        check_int(payload.get("quantity"), "payload.quantity", minimum=1, maximum=QUANTITY_MAX)
         _need_number(payload, "timestamp")
     elif type == "points":
-        for key in ("entry_id", "customer_id", "idempotency_key"):
-            _need_str(payload, key)
-        kind = payload.get("kind")
-        if kind not in POINTS_KINDS:
-            raise ValueError("payload.kind must be award, redeem, reverse or expire")
-        points = _need_int(payload, "points")
-        if abs(points) > 2**62:
-            raise ValueError("payload.points is out of range")
-        if kind == "award" and points <= 0:
-            raise ValueError("payload.points of an award must be positive")
-        if kind in ("redeem", "expire") and points >= 0:
-            raise ValueError(f"payload.points of a {kind} must be negative")
-        if kind == "reverse":
-            if points == 0:
-                raise ValueError("payload.points of a reverse must not be zero")
-            _need_str(payload, "reverses")
-        else:
-            _need_str(payload, "reverses", optional=True)
+        for key in ("entry_id", "customer_id"):
+            _need_id(payload, key)
+        try:
+            entry_from_payload(payload)  # the SDK's own reading of a points event: its limits exactly
+        except InputError as exc:
+            raise InputError(f"payload.{exc}", field=f"payload.{exc.field}") from None
         _need_number(payload, "created_at")
-        _need_number(payload, "expires_at", optional=True)
-        reason = payload.get("reason", "")
-        if not isinstance(reason, str):
-            raise ValueError("payload.reason must be a string")
+        if payload.get("expires_at") is not None:
+            _need_number(payload, "expires_at")
     elif type == "payment":
-        for key in ("payment_id", "customer_id", "payment_token", "idempotency_key"):
-            _need_str(payload, key)
-        _need_decimal(payload, "amount")
+        for key in ("payment_id", "customer_id"):
+            _need_id(payload, key)
+        _need_id(payload, "payment_token", max_len=PAYMENT_TOKEN_MAX)
+        _need_id(payload, "idempotency_key", max_len=KEY_MAX)
         currency = payload.get("currency")
-        if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency):
-            raise ValueError("payload.currency must be an ISO 4217 code")
+        if not isinstance(currency, str) or currency not in CURRENCY_MINOR_UNITS:
+            raise ValueError("payload.currency must be an active ISO 4217 code")
+        minor = CURRENCY_MINOR_UNITS[currency]
+        _need_amount(payload, "amount", max_places=AMOUNT_PLACES if minor is None else minor)
         for key in ("store_id", "decision_id", "offer_id"):
-            _need_str(payload, key, optional=True)
+            _need_id(payload, key, optional=True)
 
 
 def _check_structure(device_id: str, events: Sequence[IncomingEvent]) -> None:
     """Problems that make the whole request malformed (rather than one event invalid)."""
-    if not isinstance(device_id, str) or not device_id or len(device_id) > _MAX_ID or "\x00" in device_id:
-        raise InputError(f"device_id must be a non-empty string of at most {_MAX_ID} characters", field="device_id")
+    check_id(device_id, "device_id")
     previous = 0
     for i, event in enumerate(events):
         if isinstance(event.seq, bool) or not isinstance(event.seq, int) or event.seq < 1:
@@ -289,9 +289,7 @@ def _check_structure(device_id: str, events: Sequence[IncomingEvent]) -> None:
         if event.seq <= previous:
             raise InputError(f"events[{i}].seq must be ascending without repeats", field=f"events[{i}].seq")
         previous = event.seq
-        if (not isinstance(event.event_id, str) or not event.event_id or len(event.event_id) > _MAX_ID
-                or "\x00" in event.event_id):
-            raise InputError(f"events[{i}].event_id must be a non-empty string", field=f"events[{i}].event_id")
+        check_id(event.event_id, f"events[{i}].event_id")
 
 
 def _balance(entries: Sequence[LedgerEntry], now: float) -> int:
@@ -419,7 +417,9 @@ class HubStore:
                     if event_id != event.event_id:
                         raise EventConflictError(
                             f"events[{i}]: seq {event.seq} of device {device_id!r} is already held with "
-                            "a different event_id",
+                            f"a different event_id; the hub holds this device's events through seq {acked}, so "
+                            "its state was reset or restored from an older copy: run `nbo recover` on the "
+                            "device (docs/operations.md, Recovering a damaged device)",
                             field=f"events[{i}].event_id",
                         )
                     duplicates += 1
@@ -440,7 +440,7 @@ class HubStore:
                     rejected.append(Rejection(event.seq, event.event_id, reason or "invalid"))
                     status = "rejected"
                 created = event.created_at if _finite(event.created_at) else 0.0
-                new_rows.append((device_id, event.seq, event.event_id, _storable(str(event.type)[:_MAX_ID]), created,
+                new_rows.append((device_id, event.seq, event.event_id, _storable(str(event.type)[:_MAX_TYPE]), created,
                                  _storable(text), status, reason and _storable(reason), now))
             tx.executemany(
                 "INSERT INTO hub_events(device_id, seq, event_id, type, created_at, payload, status, reason, "
@@ -605,6 +605,25 @@ class HubStore:
             rows = tx.execute("SELECT acked_through FROM hub_devices WHERE device_id = ?", (device_id,))
         return int(rows[0][0]) if rows else 0
 
+    def device_position(self, device_id: str) -> tuple[int, int]:
+        """``(acked_through, highest seq held)`` of one device; ``(0, 0)`` for a device never seen."""
+        with self.db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT d.acked_through, (SELECT MAX(e.seq) FROM hub_events e WHERE e.device_id = d.device_id) "
+                "FROM hub_devices d WHERE d.device_id = ?", (device_id,))
+        return (int(rows[0][0]), int(rows[0][1] or 0)) if rows else (0, 0)
+
+    def device_events(self, device_id: str, *, after_seq: int = 0, limit: int = 2000) -> list[HeldEvent]:
+        """One device's held events with ``seq > after_seq``, in seq order, at most ``limit``
+        (a page of what ``nbo recover`` rebuilds the device from)."""
+        with self.db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT seq, event_id, type, created_at, payload, status, reason FROM hub_events "
+                "WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?", (device_id, after_seq, limit))
+        return [HeldEvent(int(seq), event_id, type_, float(created), payload,
+                          None if status == "ok" else (reason or "rejected"))
+                for seq, event_id, type_, created, payload, status, reason in rows]
+
     def events(self, *, device_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Stored events (for tests, exports and retraining), oldest first per device."""
         sql = "SELECT device_id, seq, event_id, type, created_at, payload, status, reason FROM hub_events"
@@ -740,11 +759,6 @@ class HubStore:
 
 
 _REDACTED = '{"redacted":"card data"}'
-_FREE_TEXT: dict[str, tuple[str, ...]] = {
-    "payment": ("payment_token", "store_id", "currency", "amount"),
-    "points": ("reason",),
-    "purchase": ("amount",),
-}
 
 
 def _no_constants(name: str) -> Any:
@@ -763,6 +777,15 @@ except ImportError:  # pragma: no cover - the stdlib parser, held to the same st
     _loads = _json_loads
 
 
+def customer_of(payload: str) -> Any:
+    """The ``customer_id`` of a stored payload (JSON text), or None."""
+    try:
+        parsed = _loads(payload)
+    except ValueError:
+        return None
+    return parsed.get("customer_id") if isinstance(parsed, Mapping) else None
+
+
 def _customer_of(event: IncomingEvent) -> Any:
     payload = event.payload
     if isinstance(payload, str):
@@ -770,7 +793,9 @@ def _customer_of(event: IncomingEvent) -> Any:
             payload = _loads(payload)
         except ValueError:
             return None
-    return payload.get("customer_id") if isinstance(payload, Mapping) else None
+    cid = payload.get("customer_id") if isinstance(payload, Mapping) else None
+    # An id an earlier version let in is never answered back: the device could not apply it.
+    return cid if id_problem(cid) is None else None
 
 
 def _storable(text: str) -> str:
@@ -800,18 +825,10 @@ def _parse(event: IncomingEvent) -> tuple[str, Any, str | None]:
             return "{}", None, f"payload is not JSON-serialisable: {exc}"
     if not isinstance(event.type, str) or event.type not in EVENT_TYPES:
         return text, payload, f"unknown event type {str(event.type)[:40]!r}"
-    free_text = _FREE_TEXT.get(event.type, ())
-    if event.type == "decision" and isinstance(payload, Mapping) and isinstance(payload.get("inputs"), Mapping):
-        # The models' raw customer/context values (docs/learning.md): a device refuses card data
-        # in them before deciding; here only their strings can hold any.
-        free_text = tuple(f"inputs.{k}" for k, v in payload["inputs"].items() if isinstance(v, str | list))
-        payload_fields: Mapping[str, Any] = {f"inputs.{k}": v for k, v in payload["inputs"].items()}
-    else:
-        payload_fields = payload if isinstance(payload, Mapping) else {}
-    if free_text and isinstance(payload, Mapping):
-        # Defence in depth (devices refuse card data first): the fields a person types into. Ids
-        # the device generates (uuid4) are not scanned: their digit runs can pass a Luhn check.
-        hit = find_card_data({f"payload.{k}": payload_fields.get(k) for k in free_text}, "")
+    if isinstance(payload, Mapping | list):
+        # Defence in depth (devices refuse card data first): every string of the payload, keys
+        # and ids included, with the SDK's scanner (canonical UUIDs are ids, not card numbers).
+        hit = find_card_data(payload, "payload")
         if hit is not None:
             # Never stored, not even as a rejected event: the payload is replaced, the field named.
             return _REDACTED, None, (f"{hit} looks like card data (a card number or sensitive "

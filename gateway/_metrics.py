@@ -14,6 +14,9 @@ Metrics (names are stable; see ``docs/operations.md``):
   terminals are).
 - ``nbo_rpc_total`` / ``nbo_rpc_errors_total`` — calls and failed calls per method and status code.
 - ``nbo_bundle_version`` — version of the bundle the gateway's engine serves.
+- ``nbo_stream_limit_total`` — streams cut by a time limit (labels ``rpc``, ``reason``: ``idle``
+  or ``total``); ``nbo_stream_refused_total`` — streams refused because as many were already
+  open (label ``rpc``). See ``gateway/_call_limits.py``.
 """
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ class GatewayMetrics:
             "nbo_bundle_version", "Version of the bundle the gateway engine serves (0 = none).",
             registry=self.registry,
             multiprocess_mode="livemin",  # under `nbo serve`: the version every serving process has
+        )
+        self.stream_limit = Counter(
+            "nbo_stream_limit", "Streams cancelled by the gateway's idle or total time limit.", ["rpc", "reason"],
+            registry=self.registry,
+        )
+        self.stream_refused = Counter(
+            "nbo_stream_refused", "Streams refused RESOURCE_EXHAUSTED: the limit of such streams was reached.",
+            ["rpc"], registry=self.registry,
         )
         self._http: Any = None
         self._lock = threading.Lock()

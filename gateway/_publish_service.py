@@ -27,27 +27,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-from nbo.sdk import InputError, NboError, NotFoundError
-from nbo.sdk.core import sha256_file
+from nbo.sdk import InputError, NotFoundError
+from nbo.sdk.core import VersionNotNewerError, sha256_file
 from nbo.v1 import publish_pb2, publish_pb2_grpc
 
 from ._engine_host import EngineHost
 from ._hub import HubStore
 from ._status import abort_with, rpc_errors
 
-__all__ = ["DEFAULT_MAX_BUNDLE_BYTES", "PublishServicer", "VersionNotNewerError"]
+__all__ = ["DEFAULT_MAX_BUNDLE_BYTES", "PublishServicer"]
 
 log = logging.getLogger("nbo.gateway.publish")
 
 DEFAULT_MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 """Largest bundle zip the gateway accepts (the bundle format's own extraction cap is 512 MiB)."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class VersionNotNewerError(NboError):
-    """The uploaded bundle's version is not newer than the one the hub serves for its name."""
-
-    grpc_status = "FAILED_PRECONDITION"
 
 
 class PublishServicer(publish_pb2_grpc.PublishServiceServicer):

@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from concurrent import futures
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from nbo.sdk import Clock, ConfigError
 from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2, publish_pb2_grpc, sync_pb2, sync_pb2_grpc
 
 from ._auth import Authenticator, AuthInterceptor
+from ._call_limits import CallBudgets, CallLimits
 from ._config import GatewayConfig
 from ._decide_batch import DecideBatcher, decide_batch
 from ._decision_service import DecisionServicer
@@ -83,6 +84,7 @@ class GatewayServer:
         self.engine: EngineHost | None = None
         self.decider: DecideBatcher | None = None
         self.metrics: GatewayMetrics | None = None
+        self.budgets: CallBudgets | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
         self._closed = False
@@ -177,12 +179,13 @@ def create_server(
     *,
     state_dir: str | os.PathLike[str],
     listen: str = "127.0.0.1:0",
-    max_workers: int = 16,
+    max_workers: int | None = None,
     clock: Clock | None = None,
     hub_schema: str | None = None,
     bundle_poll_seconds: float = 5.0,
     reuse_port: bool = False,
     engine_dir: str | os.PathLike[str] | None = None,
+    limits: CallLimits | None = None,
 ) -> tuple[GatewayServer, int]:
     """Build (not start) the gateway bound to ``listen``; returns the server and its port.
 
@@ -194,6 +197,8 @@ def create_server(
     processes of one ``nbo serve`` (``gateway/_supervisor.py`` owns the port and keeps every
     other server off it); otherwise the bind is exclusive and a taken port is an error.
     ``engine_dir``: where the engine keeps its bundles (default ``STATE/engine-bundles``).
+    ``limits``: thread budgets per kind of call and stream time limits (default: the
+    configuration's ``[limits]``); ``max_workers`` overrides its ``decision_threads``.
     """
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
@@ -213,13 +218,19 @@ def create_server(
         closers.append(hub_state.close)
         decider = DecideBatcher(lambda batch: decide_batch(hub_state, batch))
         closers.insert(0, decider.close)  # drain queued decisions before the hub store closes
+        call_limits = limits if limits is not None else config.limits
+        if max_workers is not None:
+            call_limits = replace(call_limits, decision_threads=max_workers)
+        budgets = CallBudgets(call_limits, metrics=metrics)
+        closers.append(budgets.close)
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbo-rpc"),
-            # Metrics outermost, so refused (unauthenticated) calls are counted too; the decode
-            # guard innermost, so its deserializer is the one every outer wrapper copies.
-            interceptors=[MetricsInterceptor(metrics), AuthInterceptor(auth), DecodeGuard()],
+            budgets.default_pool,
+            # The budgets outermost (they name the executor of the behaviour gRPC runs), then
+            # metrics, so refused (unauthenticated) calls are counted too; the decode guard
+            # innermost, so its deserializer is the one every outer wrapper copies.
+            interceptors=[budgets, MetricsInterceptor(metrics), AuthInterceptor(auth), DecodeGuard()],
             options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)],
-            maximum_concurrent_rpcs=max_workers * 8,
+            maximum_concurrent_rpcs=budgets.total_threads() * 8,
         )
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -270,6 +281,7 @@ def create_server(
     gateway = GatewayServer(server, port=port, hub=hub, health_servicer=health_servicer, closers=tuple(closers))
     gateway.engine, gateway.metrics, gateway.metrics_port = engine, metrics, metrics_port
     gateway.decider = decider
+    gateway.budgets = budgets
     return gateway, port
 
 

@@ -25,8 +25,7 @@ from nbo.sdk import (
     StateError,
     SyncError,
 )
-
-from ._hub import EventConflictError
+from nbo.sdk.core import DeadlineExceededError, EventConflictError, ShuttingDownError, VersionNotNewerError
 
 __all__ = ["abort_with", "rpc_errors", "status_for"]
 
@@ -35,41 +34,39 @@ log = logging.getLogger("nbo.gateway")
 _MAX_DETAIL = 400
 
 
+# Most specific first: the first class an exception is an instance of decides its status.
+_STATUS_BY_CLASS: tuple[tuple[type[NboError], grpc.StatusCode], ...] = (
+    (EventConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+    (VersionNotNewerError, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotReadyError, grpc.StatusCode.FAILED_PRECONDITION),
+    (LedgerError, grpc.StatusCode.FAILED_PRECONDITION),
+    (BundleError, grpc.StatusCode.INVALID_ARGUMENT),
+    (StateError, grpc.StatusCode.UNAVAILABLE),
+    (SyncError, grpc.StatusCode.UNAVAILABLE),
+    (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status code and message for an exception (docs/operations.md, proto conventions)."""
-    if isinstance(exc, EventConflictError):
-        return grpc.StatusCode.ALREADY_EXISTS, _detail(exc)
-    if isinstance(exc, NboError):
-        message = _detail(exc)
-        field = getattr(exc, "field", None)
-        override = getattr(exc, "grpc_status", None)
-        if isinstance(override, str) and hasattr(grpc.StatusCode, override):
-            return getattr(grpc.StatusCode, override), message
-        if isinstance(exc, PaymentDataError):
-            return grpc.StatusCode.INVALID_ARGUMENT, message
-        if isinstance(exc, InputError) and isinstance(exc, NotFoundError):
-            # An id that refers to nothing: NOT_FOUND, except an offer that was not part of the
-            # named decision, which the proto defines as a bad argument.
-            if field == "offer_id":
-                return grpc.StatusCode.INVALID_ARGUMENT, message
-            return grpc.StatusCode.NOT_FOUND, message
-        if isinstance(exc, InputError):
-            if field and field not in message:
-                message = f"{field}: {message}"
-            return grpc.StatusCode.INVALID_ARGUMENT, message
-        if isinstance(exc, NotFoundError):
-            return grpc.StatusCode.NOT_FOUND, message
-        if isinstance(exc, NotReadyError | LedgerError):
-            return grpc.StatusCode.FAILED_PRECONDITION, message
-        if isinstance(exc, BundleError):
-            return grpc.StatusCode.INVALID_ARGUMENT, message
-        if isinstance(exc, StateError | SyncError):
-            # Database detail (paths, hosts) stays in the log.
-            return grpc.StatusCode.UNAVAILABLE, "the hub store is unavailable; retry later"
-        if isinstance(exc, ConfigError):
-            return grpc.StatusCode.FAILED_PRECONDITION, message
-        return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
-    return grpc.StatusCode.INTERNAL, "internal error"
+    """The gRPC status code and message for an exception, by its class (docs/operations.md)."""
+    if not isinstance(exc, NboError):
+        return grpc.StatusCode.INTERNAL, "internal error"
+    code = next((c for cls, c in _STATUS_BY_CLASS if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+    if code is grpc.StatusCode.INTERNAL:
+        return code, f"internal error ({type(exc).__name__})"
+    if isinstance(exc, StateError | SyncError):
+        # Database detail (paths, hosts) stays in the log.
+        return code, "the hub store is unavailable; retry later"
+    message = _detail(exc)
+    field = getattr(exc, "field", None)
+    prefixed = isinstance(exc, InputError) and not isinstance(exc, EventConflictError | PaymentDataError)
+    if prefixed and field and field not in message:
+        message = f"{field}: {message}"
+    return code, message
 
 
 def _detail(exc: BaseException) -> str:

@@ -8,13 +8,20 @@ import grpc
 from nbo.v1 import common_pb2, sync_pb2, sync_pb2_grpc
 
 from ._auth import Authenticator
-from ._hub import BundleRecord, HubStore, IncomingEvent
+from ._hub import BundleRecord, HubStore, IncomingEvent, customer_of
 from ._status import rpc_errors
 
 __all__ = ["CHUNK_SIZE", "SyncServicer"]
 
 CHUNK_SIZE = 256 * 1024
 """Bytes per ``DownloadBundle`` chunk: well under the 1 MiB the contract allows."""
+
+RECOVERY_PAGE = 2000
+"""Events per hub read while answering ``RecoverDevice``."""
+
+RECOVERY_CHUNK_BYTES = 8 * 1024 * 1024
+"""Payload bytes per ``RecoveryChunk`` before a new one starts: far below the 32 MiB message limit
+(one event's payload is at most 256 KiB)."""
 
 
 def _ref(record: BundleRecord) -> common_pb2.BundleRef:
@@ -97,3 +104,50 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 return  # the client went away: stop reading the file
             yield sync_pb2.BundleChunk(offset=offset, data=data, total_size=record.size, sha256=record.sha256)
             offset += len(data)
+
+    def RecoverDevice(  # noqa: N802
+        self, request: sync_pb2.RecoverDeviceRequest, context: grpc.ServicerContext
+    ) -> Iterator[sync_pb2.RecoveryChunk]:
+        principal = self._auth.require(context)
+        if not request.device_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id is required")
+        if principal.device_id != request.device_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "device_id: this token may only recover its own device")
+        device_id = request.device_id
+        with rpc_errors(context, "RecoverDevice"):
+            acked, max_seq = self._hub.device_position(device_id)
+        customers: set[str] = set()
+        after = 0
+        while True:
+            with rpc_errors(context, "RecoverDevice"):
+                page = self._hub.device_events(device_id, after_seq=after, limit=RECOVERY_PAGE)
+            if not page:
+                break
+            if not context.is_active():
+                return  # the device went away: stop reading
+            chunk = sync_pb2.RecoveryChunk(acked_through=acked, max_seq=max_seq)
+            size = 0
+            for held in page:
+                if size > RECOVERY_CHUNK_BYTES:
+                    yield chunk
+                    chunk = sync_pb2.RecoveryChunk(acked_through=acked, max_seq=max_seq)
+                    size = 0
+                size += len(held.payload) + 128
+                event = chunk.events.add()
+                event.event.CopyFrom(sync_pb2.Event(event_id=held.event_id, device_id=device_id, seq=held.seq,
+                                                    type=held.type, created_at=held.created_at,
+                                                    payload_json=held.payload))
+                if held.rejected_reason is not None:
+                    event.rejected_reason = held.rejected_reason
+                elif isinstance(cid := customer_of(held.payload), str):
+                    customers.add(cid)
+            after = page[-1].seq
+            yield chunk
+        ordered = sorted(customers)
+        for start in range(0, len(ordered), RECOVERY_PAGE * 10):
+            with rpc_errors(context, "RecoverDevice"):
+                balances = self._hub.balances(ordered[start:start + RECOVERY_PAGE * 10])
+            yield sync_pb2.RecoveryChunk(
+                acked_through=acked, max_seq=max_seq,
+                balances=[common_pb2.Balance(customer_id=c, balance=b) for c, b in balances.items()])
+        yield sync_pb2.RecoveryChunk(acked_through=acked, max_seq=max_seq, complete=True)

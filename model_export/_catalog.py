@@ -18,7 +18,7 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -35,6 +35,8 @@ from nbo.sdk.core import (
     RULE_KINDS,
     RULE_VARIABLES,
     compile_expression,
+    id_problem,
+    is_card_data,
     new_customer_profile,
     parse_iso,
 )
@@ -62,8 +64,8 @@ __all__ = [
 
 MAX_CATALOG_FILE_BYTES = 64 * 1024 * 1024
 
-_TOP_KEYS = ("name", "channels", "exploration", "new_customer_profile", "profile_fields", "context_fields",
-             "offers", "rules", "strategies", "strategy_assignment", "contact_policies")
+_TOP_KEYS = ("name", "channels", "exploration", "attribution", "new_customer_profile", "profile_fields",
+             "context_fields", "offers", "rules", "strategies", "strategy_assignment", "contact_policies")
 _OFFER_FIELDS = ("offer_id", "name", "category", "channels", "valid_from", "valid_to", "expected_volume",
                  "margin", "duration", "lever", "model_id", "mandatory", "fallback", "attributes")
 _OFFER_REQUIRED = ("offer_id", "name", "category", "expected_volume", "margin", "duration")
@@ -71,7 +73,7 @@ _RULE_FIELDS = ("rule_id", "kind", "applies_to", "expression", "description")
 _ASSIGNMENT_FIELDS = ("condition", "strategy")
 _POLICY_FIELDS = ("policy_id", "applies_to", "scope", "event", "max_count", "window_days", "channel",
                   "description")
-_EXPLORATION_FIELDS = ("epsilon",)
+_DEFAULT_WINDOW_DAYS = 7.0
 # CEL macros bind their own loop variable (`xs.exists(x, x > 1)`); variables() reports it too.
 _MACRO_VAR_RE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -167,6 +169,23 @@ def _number(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def _one_number_option(errors: _Errors, catalog: Mapping[str, Any], key: str, field: str, *, default: float,
+                       ok: Callable[[float], bool], wanted: str) -> float:
+    """A top-level ``key: {field: number}`` mapping (``exploration``, ``attribution``): its value or ``default``."""
+    option = catalog.get(key)
+    if option is None:
+        return default
+    if not isinstance(option, dict):
+        errors.add("top level", key, f"must be a mapping {{{field}: number}}")
+        return default
+    _unknown_fields(errors, key, option, (field,))
+    value = _number(option.get(field, default))
+    if value is None or not ok(value):
+        errors.add(key, field, f"must be {wanted}, got {_describe(option.get(field))}")
+        return default
+    return value
 
 
 def _describe(value: Any) -> str:
@@ -271,7 +290,8 @@ def _validate_offers(
             errors.add(label, None, f"must be a mapping, got {type(item).__name__}")
             continue
         oid = item.get("offer_id")
-        if isinstance(oid, str) and oid:
+        card = isinstance(oid, str) and is_card_data(oid)
+        if isinstance(oid, str) and oid and not card and id_problem(oid) is None:
             label = f"offers[{i}] (offer_id={oid})"
         _unknown_fields(errors, label, item, _OFFER_FIELDS)
         for key in _OFFER_REQUIRED:
@@ -281,6 +301,11 @@ def _validate_offers(
         if "offer_id" in item:
             if not isinstance(oid, str) or not oid.strip():
                 errors.add(label, "offer_id", f"must be a non-empty string, got {_describe(oid)}")
+            elif card:
+                errors.add(label, "offer_id", "looks like card data (a card number or CVV); it would be in every "
+                           "decision event")
+            elif (problem := id_problem(oid)) is not None:
+                errors.add(label, "offer_id", problem)
             elif oid in seen:
                 errors.add(label, "offer_id", f"duplicate id (also offers[{seen[oid]}])")
             elif oid in CATEGORIES:
@@ -578,19 +603,10 @@ def validate_catalog(
         elif len(set(declared)) != len(declared):
             errors.add("top level", "channels", "lists a channel twice")
 
-    epsilon = 0.0
-    exploration = catalog.get("exploration")
-    if exploration is not None:
-        if not isinstance(exploration, dict):
-            errors.add("top level", "exploration", "must be a mapping {epsilon: number}")
-        else:
-            _unknown_fields(errors, "exploration", exploration, _EXPLORATION_FIELDS)
-            value = _number(exploration.get("epsilon", 0.0))
-            if value is None or not 0.0 <= value <= 1.0:
-                errors.add("exploration", "epsilon",
-                           f"must be a number in [0, 1], got {_describe(exploration.get('epsilon'))}")
-            else:
-                epsilon = value
+    epsilon = _one_number_option(errors, catalog, "exploration", "epsilon", default=0.0,
+                                 ok=lambda v: 0.0 <= v <= 1.0, wanted="a number in [0, 1]")
+    window_days = _one_number_option(errors, catalog, "attribution", "window_days", default=_DEFAULT_WINDOW_DAYS,
+                                     ok=lambda v: 0.0 < v <= 366.0, wanted="a number of days in (0, 366]")
 
     profile = catalog.get("new_customer_profile", {})
     if profile is None:
@@ -632,6 +648,7 @@ def validate_catalog(
         "channels": json.dumps(channels),
         "categories": json.dumps(list(CATEGORIES)),
         "exploration": json.dumps({"epsilon": epsilon}),
+        "attribution": json.dumps({"window_days": window_days}),
         "new_customer_profile": json.dumps(profile, sort_keys=True),
         "source_sha256": source_sha256,
     }

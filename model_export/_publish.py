@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nbo.sdk import BundleError, InputError, SyncError
-from nbo.sdk.core import sha256_file
+from nbo.sdk import InputError, SyncError
+from nbo.sdk.core import PublishRefused, sha256_file
 
 __all__ = ["PublishRefused", "PublishResult", "publish_bundle"]
 
@@ -32,10 +32,6 @@ class PublishResult:
         self.offers = offers
         self.accepted = accepted
         self.sha256 = sha256
-
-
-class PublishRefused(BundleError):
-    """The gateway refused the bundle (the message carries its status and reason)."""
 
 
 

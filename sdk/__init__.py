@@ -17,6 +17,7 @@ from ._errors import (
     BundleError,
     CatalogError,
     ConfigError,
+    DamagedStateError,
     InputError,
     LedgerError,
     ModelError,
@@ -28,7 +29,17 @@ from ._errors import (
     StateError,
     SyncError,
 )
-from ._types import BundleInfo, Decision, Exclusion, LedgerEntry, PaymentRecord, RankedOffer, SyncReport
+from ._recover import recover_state
+from ._types import (
+    BundleInfo,
+    Decision,
+    Exclusion,
+    LedgerEntry,
+    PaymentRecord,
+    RankedOffer,
+    RecoveryReport,
+    SyncReport,
+)
 
 __version__ = "0.1.0"
 
@@ -40,6 +51,7 @@ __all__ = [
     "ClientConfig",
     "Clock",
     "ConfigError",
+    "DamagedStateError",
     "Decision",
     "Exclusion",
     "InputError",
@@ -53,10 +65,12 @@ __all__ = [
     "PaymentDataError",
     "PaymentRecord",
     "RankedOffer",
+    "RecoveryReport",
     "RuleError",
     "StateError",
     "SyncError",
     "SyncReport",
     "SystemClock",
     "__version__",
+    "recover_state",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _bundle, _engine, _ledger, _payments, _records
 from ._clock import Clock, SystemClock
-from ._errors import BundleError, InputError, NotReadyError
+from ._errors import BundleError, NotReadyError
 from ._runtime import LoadedBundle, load_bundle, stage_and_load
 from ._store import SQLiteStateStore
 from ._types import BundleInfo, Decision, LedgerEntry, PaymentRecord, SyncReport
@@ -29,8 +29,6 @@ from ._vocabulary import DEFAULT_LIMIT
 __all__ = ["Client", "ClientConfig"]
 
 log = logging.getLogger("nbo.sdk")
-
-_DEVICE_ID_MAX = 128
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,9 +57,7 @@ class Client:
         config: ClientConfig | None = None,
         read_only: bool = False,
     ) -> None:
-        if not isinstance(device_id, str) or not device_id or len(device_id) > _DEVICE_ID_MAX:
-            raise InputError(f"device_id must be a non-empty string of at most {_DEVICE_ID_MAX} characters",
-                             field="device_id")
+        _records.check_id(device_id, "device_id")
         self.state_dir = state_dir
         self.device_id = device_id
         self.clock: Clock = clock or SystemClock()

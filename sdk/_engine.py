@@ -19,17 +19,15 @@ from math import isfinite
 from typing import Any, NamedTuple
 
 from . import _contacts, _ledger, _measures, _policy
+from ._carddata import find_card_data, is_card_data, payment_data_error, refuse_card_data
 from ._errors import BundleError, InputError
-from ._payments import refuse_card_data
+from ._records import check_id
 from ._runtime import DecisionPlan, LoadedBundle
 from ._store import StateStore, Tx
 from ._types import BundleInfo, Decision, RankedOffer
 from ._vocabulary import MAX_LIMIT
 
 __all__ = ["Request", "decide", "decide_many", "new_decision_id", "validate_mapping"]
-
-CUSTOMER_ID_MAX = 128
-
 
 _PLAIN = frozenset({str, bool, int, type(None)})
 
@@ -59,10 +57,14 @@ def validate_mapping(value: Any, name: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise InputError(f"{name} must be a mapping, not {type(value).__name__}", field=name)
+    # Card data first, so no message below can echo it.
+    hit = find_card_data(value, name)
+    if hit is not None:
+        raise payment_data_error(hit)
     out: dict[str, Any] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not key:
-            raise InputError(f"{name} keys must be non-empty strings, not {key!r}", field=name)
+            raise InputError(f"{name} keys must be non-empty strings, not {type(key).__name__}", field=name)
         _check_value(item, f"{name}.{key}")
         if name == "profile" and key in _MEASURE_CHECKS:
             _MEASURE_CHECKS[key](item, f"profile.{key}")
@@ -127,10 +129,9 @@ def new_decision_id() -> str:
 
 
 def _validate(plan: DecisionPlan, customer_id: Any, channel: Any, limit: Any) -> None:
-    if not isinstance(customer_id, str) or not customer_id or len(customer_id) > CUSTOMER_ID_MAX:
-        raise InputError(
-            f"customer_id must be a non-empty string of at most {CUSTOMER_ID_MAX} characters", field="customer_id"
-        )
+    check_id(customer_id, "customer_id")
+    if isinstance(channel, str) and channel not in plan.channels and is_card_data(channel):
+        raise payment_data_error("channel")  # the message below would echo it
     if not isinstance(channel, str) or channel not in plan.channels:
         raise InputError(
             f"unknown channel {channel!r}; this bundle knows {', '.join(sorted(plan.channels))}", field="channel"

@@ -42,10 +42,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ._errors import InputError, LedgerError
+from ._errors import InputError, LedgerError, UnknownReferenceError
 from ._records import (
-    KEY_MAX,
-    UnknownReferenceError,
     check_id,
     check_instant,
     check_int,
@@ -53,7 +51,7 @@ from ._records import (
 )
 from ._store import StateStore, Tx
 from ._types import LedgerEntry
-from ._vocabulary import POINTS_KINDS
+from ._vocabulary import KEY_MAX, POINTS_KINDS, POINTS_MAX, REASON_MAX
 
 __all__ = [
     "POINTS_MAX",
@@ -75,8 +73,6 @@ __all__ = [
     "reverse",
 ]
 
-POINTS_MAX = 10**9
-REASON_MAX = 200
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS ledger_entries(
@@ -251,7 +247,8 @@ def entry_from_payload(payload: Mapping[str, Any]) -> LedgerEntry:
     points = check_int(payload.get("points"), "points", minimum=-POINTS_MAX, maximum=POINTS_MAX)
     sign_ok = {"award": points > 0, "redeem": points < 0, "expire": points < 0, "reverse": points != 0}[kind]
     if not sign_ok:
-        raise InputError(f"points has the wrong sign for a {kind} entry", field="points")
+        must = {"award": "positive", "redeem": "negative", "expire": "negative", "reverse": "not zero"}[kind]
+        raise InputError(f"points of a {kind} entry must be {must}", field="points")
     created_at = payload.get("created_at")
     if isinstance(created_at, bool) or not isinstance(created_at, int | float):
         raise InputError("created_at must be epoch seconds", field="created_at")
@@ -299,13 +296,6 @@ def _check_common(idempotency_key: object, reason: object) -> tuple[str, str]:
                          field="idempotency_key")
     text = check_text(reason, "reason", max_len=REASON_MAX)
     return key, text
-
-
-def _refuse_card_data(**fields: str) -> None:
-    # A free-text reason is exactly where a cashier might paste a card number: refuse it too.
-    from ._payments import refuse_card_data
-
-    refuse_card_data(fields)
 
 
 _LEDGER_NAMESPACE = uuid.UUID("6f1d3c52-8a0e-4f5b-9a3e-0b7c2d9e4a11")
@@ -397,7 +387,6 @@ def award(store: StateStore, customer_id: str, points: int, *, idempotency_key: 
     check_id(customer_id, "customer_id")
     points = _check_points(points)
     key, text = _check_common(idempotency_key, reason)
-    _refuse_card_data(customer_id=customer_id, idempotency_key=key, reason=text)
     expiry = None if expires_at is None else check_instant(expires_at, "expires_at")
     with store.transaction(durable=True) as tx:
         new_id = _entry_id(store, key)
@@ -418,7 +407,6 @@ def redeem(store: StateStore, customer_id: str, points: int, *, idempotency_key:
     check_id(customer_id, "customer_id")
     points = _check_points(points)
     key, text = _check_common(idempotency_key, reason)
-    _refuse_card_data(customer_id=customer_id, idempotency_key=key, reason=text)
     with store.transaction(durable=True) as tx:
         new_id = _entry_id(store, key)
         first = _first_result(tx, new_id, ("redeem", customer_id, -points, text, None))
@@ -439,7 +427,6 @@ def reverse(store: StateStore, entry_id: str, *, idempotency_key: str, reason: s
     """Reverse an award or a redemption exactly, once, durably (see the module docstring)."""
     check_id(entry_id, "entry_id")
     key, text = _check_common(idempotency_key, reason)
-    _refuse_card_data(idempotency_key=key, reason=text)
     with store.transaction(durable=True) as tx:
         new_id = _entry_id(store, key)
         first = _first_result(tx, new_id, ("reverse", entry_id, None, text, None))
@@ -498,18 +485,28 @@ def entries(store: StateStore, customer_id: str) -> list[LedgerEntry]:
         return _window(tx, customer_id, -1)
 
 
-def apply_central_balances(tx: Tx, balances: Mapping[str, int], *, acked_through: int) -> None:
+def apply_central_balances(tx: Tx, balances: Mapping[str, int], *, acked_through: int) -> list[tuple[str, str]]:
     """Store the hub's authoritative balances, each covering this device's events ≤ ``acked_through``.
 
     Called by the sync client inside the transaction that marks events acked. An answer older
     than the one already stored (smaller ``acked_through``) is ignored, so a late reply to an
-    earlier batch cannot roll a balance back.
+    earlier batch cannot roll a balance back. A balance this device cannot apply (a customer id
+    that breaks the id rule, a balance out of range) is skipped, never raised: it is returned as
+    ``(customer_id, reason)`` for the caller to dead-letter, and the others are stored.
     """
-    check_int(acked_through, "acked_through", minimum=0, maximum=2**62)
+    refused: list[tuple[str, str]] = []
+    try:
+        check_int(acked_through, "acked_through", minimum=0, maximum=2**62)
+    except InputError as exc:
+        return [(customer_id, str(exc)) for customer_id in balances]
     rows: list[tuple[Any, ...]] = []
     for customer_id, value in balances.items():
-        check_id(customer_id, "customer_id")
-        check_int(value, "balance", minimum=-(2**62), maximum=2**62)
+        try:
+            check_id(customer_id, "customer_id")
+            check_int(value, "balance", minimum=-(2**62), maximum=2**62)
+        except InputError as exc:
+            refused.append((customer_id, str(exc)))
+            continue
         rows.append((customer_id, value, acked_through, tx.now))
     # Multi-row upserts: a sync batch can carry thousands of balances (one statement each
     # would dominate the sync's cost on the device).
@@ -523,3 +520,4 @@ def apply_central_balances(tx: Tx, balances: Mapping[str, int], *, acked_through
             "WHERE central_balances.as_of_seq <= excluded.as_of_seq",
             [v for row in chunk for v in row],
         )
+    return refused

@@ -188,6 +188,18 @@ def _apply_rules(
         if len(targets) == 0:
             continue
         alive = alive.copy()
+        member = rule.membership
+        if member is not None and cel_ctx is not None:
+            listed = customer_proj.get(member.customer_field)
+            if type(listed) is list and all(type(v) is str for v in listed):
+                # CEL's `in` on a list of strings is string equality: a set lookup, same verdicts
+                listed_set, constants, negated = set(listed), member.constants, member.negated
+                for i in targets.tolist():
+                    if (constants[i] in listed_set) == negated:
+                        alive[i] = False
+                        if explain:
+                            excluded.append((i, 0, rule.index, _exclusion(plan, i, rule, None)))
+                continue
         specialized = rule.specialized
         for i in targets.tolist():
             program = specialized[i]

@@ -9,9 +9,9 @@ Decisions taken here (documented in ``docs/ledger.md``):
 * A response is recorded once per shown offer of a decision. Repeating the same outcome is a
   no-op (a retried call is harmless); a *different* outcome for an offer that already has one
   is an :class:`InputError` on ``outcome`` — the first answer stands.
-* An unknown decision, or an offer that decision did not show, raises an error that is both
-  an :class:`InputError` (the issue's contract: fix your arguments) and a
-  :class:`NotFoundError` (docs/operations.md: unknown ids map to ``NOT_FOUND``).
+* An unknown decision raises :class:`UnknownReferenceError` (a :class:`NotFoundError` naming
+  the field: unknown ids map to ``NOT_FOUND``); an offer that decision did not show is an
+  :class:`InputError` on ``offer_id`` (a bad argument: ``INVALID_ARGUMENT``).
 * A purchase's idempotency key makes a retried call a no-op; the same key with different
   arguments is an :class:`InputError` on ``idempotency_key``.
 * Decision-log compaction never creates a ``seq`` gap: acknowledged decision events are
@@ -20,23 +20,34 @@ Decisions taken here (documented in ``docs/ledger.md``):
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from . import _measures
-from ._errors import InputError, NotFoundError
+from ._carddata import is_card_data, payment_data_error
+from ._errors import InputError, UnknownReferenceError
 from ._store import StateStore, Tx
-from ._vocabulary import EVENT_STATUSES, OUTCOMES
+from ._vocabulary import AMOUNT_MAX, AMOUNT_PLACES, EVENT_STATUSES, ID_MAX, KEY_MAX, OUTCOMES, QUANTITY_MAX
 
 __all__ = [
     "OUTCOMES",
     "SCHEMA",
-    "UnknownReferenceError",
+    "check_decimal",
+    "check_id",
+    "check_int",
+    "check_optional_id",
+    "check_text",
     "compact_decisions",
+    "dead_letter_answer",
+    "fingerprint",
+    "id_problem",
     "list_events",
     "outbox_summary",
     "pending_events",
@@ -62,49 +73,88 @@ SCHEMA: tuple[str, ...] = (
         created_at DOUBLE PRECISION NOT NULL,
         idempotency_key TEXT NOT NULL UNIQUE)""",
     "CREATE INDEX IF NOT EXISTS purchases_by_customer ON purchases(customer_id, ts)",
+    # Parts of a hub's sync answer this device could not apply (a balance for a customer id that
+    # breaks the id rule): kept with the reason instead of failing the whole answer, as refused
+    # pushes are kept in dead_letter. ``subject`` is a fingerprint, never the id itself.
+    """CREATE TABLE IF NOT EXISTS answer_dead_letter(
+        refusal_id TEXT PRIMARY KEY,      -- uuid4
+        kind TEXT NOT NULL,               -- balance
+        subject TEXT NOT NULL,            -- 'sha256:<16 hex>' of the id, or 'card data'
+        acked_through BIGINT NOT NULL,    -- the answer it came with
+        reason TEXT NOT NULL,
+        dead_at DOUBLE PRECISION NOT NULL)""",
 )
 
-ID_MAX = 128
-KEY_MAX = 128
-AMOUNT_MAX = Decimal(10) ** 12
-QUANTITY_MAX = 1_000_000
+
+# -- argument checks shared by the ledger, payments, records and the hub ------------------------
 
 
-class UnknownReferenceError(InputError, NotFoundError):
-    """An id the caller passed refers to nothing (an InputError that is also a NotFoundError)."""
+def id_problem(value: object, *, max_len: int = ID_MAX) -> str | None:
+    """Why ``value`` breaks the id rule (a phrase to follow the field's name), or None.
 
-
-# -- argument checks shared by the ledger, payments and records ------------------------------
+    The one id rule, for every id at every entry point (the SDK's arguments, the gateway's
+    requests, the events a device pushes): a ``str`` of 1 to ``max_len`` characters (code
+    points); every character printable in Python's sense (:meth:`str.isprintable`), i.e. none
+    of Unicode's control (Cc: NUL, ``\\r``, ``\\n``, tab …), format (Cf: zero-width spaces and
+    joiners, soft hyphen, byte-order mark, bidi controls …), surrogate (Cs), private-use (Co)
+    or unassigned (Cn) characters, no line or paragraph separator (Zl, Zp) and no space other
+    than U+0020; and no space at either end. The phrase never quotes the value.
+    """
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value or len(value) > max_len:
+        return f"must be 1 to {max_len} characters"
+    if not value.isprintable():
+        return ("must not contain control, format or separator characters "
+                "(NUL, CR, LF, tab, zero-width or non-ASCII spaces)")
+    if value[0] == " " or value[-1] == " ":
+        return "must not start or end with a space"
+    return None
 
 
 def check_id(value: object, field: str, *, max_len: int = ID_MAX) -> str:
-    """A non-empty printable string of at most ``max_len`` characters, else InputError(field)."""
-    if not isinstance(value, str):
-        raise InputError(f"{field} must be a string", field=field)
-    if not value or len(value) > max_len:
-        raise InputError(f"{field} must be 1 to {max_len} characters", field=field)
-    if not value.isprintable():
-        raise InputError(f"{field} must not contain control characters", field=field)
+    """``value`` if it keeps the id rule (:func:`id_problem`) and holds no card data.
+
+    ``InputError`` naming ``field`` otherwise — :class:`PaymentDataError` when it looks like
+    card data (:mod:`._carddata`); neither message carries the value.
+    """
+    if isinstance(value, str) and len(value) <= max_len and is_card_data(value):
+        raise payment_data_error(field)  # first: the more useful answer when both apply
+    problem = id_problem(value, max_len=max_len)
+    if problem is not None:
+        raise InputError(f"{field} {problem}", field=field)
+    assert isinstance(value, str)
     return value
 
 
-def check_optional_id(value: object, field: str) -> str | None:
-    return None if value is None else check_id(value, field)
+def check_optional_id(value: object, field: str, *, max_len: int = ID_MAX) -> str | None:
+    return None if value is None else check_id(value, field, max_len=max_len)
 
 
 def check_text(value: object, field: str, *, max_len: int) -> str:
-    """Free text (a reason): a non-empty string of at most ``max_len`` characters."""
+    """Free text (a reason): 1 to ``max_len`` characters, not all space, no control character
+    but tab, and no card data (``PaymentDataError``)."""
     if not isinstance(value, str):
         raise InputError(f"{field} must be a string", field=field)
     if not value.strip() or len(value) > max_len:
         raise InputError(f"{field} must be 1 to {max_len} characters", field=field)
-    if any(ord(c) < 32 and c not in "\t" for c in value):
+    if is_card_data(value):
+        raise payment_data_error(field)
+    if any(unicodedata.category(c) in ("Cc", "Cs") and c != "\t" for c in value):
         raise InputError(f"{field} must not contain control characters", field=field)
     return value
 
 
-def check_decimal(value: object, field: str, *, max_places: int, maximum: Decimal = AMOUNT_MAX) -> Decimal:
-    """A positive exact amount: ``Decimal``, decimal string or int — never a float (no float money)."""
+_AMOUNT_TEXT = re.compile(r"[0-9]{1,24}(?:\.[0-9]{1,24})?")
+
+
+def check_decimal(value: object, field: str, *, max_places: int, maximum: int = AMOUNT_MAX) -> Decimal:
+    """A positive exact amount: ``Decimal``, int, or a plain decimal string — never a float.
+
+    A string must be ASCII digits with at most one ``.`` between digits (``"12"``,
+    ``"12.50"``): no sign, space, underscore, exponent, or any other kind of digit (so
+    ``"1_000"``, ``" 1.00"``, ``"1e3"`` and full-width digits are refused, not read).
+    """
     if isinstance(value, bool) or isinstance(value, float):
         raise InputError(f"{field} must be a Decimal or a decimal string, not a float (no float money)",
                          field=field)
@@ -113,12 +163,12 @@ def check_decimal(value: object, field: str, *, max_places: int, maximum: Decima
     elif isinstance(value, int):
         amount = Decimal(value)
     elif isinstance(value, str):
-        if len(value) > 64:
-            raise InputError(f"{field} is too long", field=field)
-        try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            raise InputError(f"{field} is not a decimal number", field=field) from None
+        if is_card_data(value):
+            raise payment_data_error(field)
+        if len(value) > 64 or not _AMOUNT_TEXT.fullmatch(value) or not value.isascii():
+            raise InputError(f"{field} must be a plain decimal number such as 12.50 (ASCII digits and one "
+                             "optional '.'; no sign, spaces, underscores or exponent)", field=field)
+        amount = Decimal(value)
     else:
         raise InputError(f"{field} must be a Decimal or a decimal string", field=field)
     if not amount.is_finite():
@@ -186,8 +236,7 @@ def record_response(store: StateStore, decision_id: str, offer_id: str, outcome:
         customer_id, channel, offers_json = rows[0]
         category = _shown_offer_category(offers_json, offer_id)
         if category is None:
-            raise UnknownReferenceError(f"offer {offer_id!r} was not shown in decision {decision_id!r}",
-                                        field="offer_id")
+            raise InputError(f"offer {offer_id!r} was not shown in decision {decision_id!r}", field="offer_id")
         previous = tx.execute("SELECT outcome FROM responses WHERE decision_id = ? AND offer_id = ?",
                               (decision_id, offer_id))
         if previous:
@@ -238,12 +287,9 @@ def record_purchase(store: StateStore, customer_id: str, *, amount: Decimal | st
     is refused: no float money). ``timestamp`` defaults to now. A repeated idempotency key
     with the same arguments is a no-op; with different arguments, ``InputError``.
     """
-    from ._payments import refuse_card_data  # a purchase note never carries a card number either
-
     check_id(customer_id, "customer_id")
     check_id(idempotency_key, "idempotency_key", max_len=KEY_MAX)
-    refuse_card_data({"customer_id": customer_id, "idempotency_key": idempotency_key})
-    value = check_decimal(amount, "amount", max_places=4)
+    value = check_decimal(amount, "amount", max_places=AMOUNT_PLACES)
     check_int(quantity, "quantity", minimum=1, maximum=QUANTITY_MAX)
     when = None if timestamp is None else check_instant(timestamp, "timestamp")
     amount_text = format_decimal(value)
@@ -301,6 +347,21 @@ def _update_profile_after_purchase(tx: Tx, customer_id: str, *, ts: float, amoun
 
 
 # -- the outbox as the device sees it ------------------------------------------------------------
+
+
+def fingerprint(value: str) -> str:
+    """What may be kept of an id that could not be kept: a short hash, or nothing of card data."""
+    if is_card_data(value):
+        return "card data"
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def dead_letter_answer(tx: Tx, *, kind: str, subject: str, acked_through: int, reason: str) -> None:
+    """Keep one refused part of a sync answer (``answer_dead_letter``); ``subject`` is the raw id."""
+    tx.execute(
+        "INSERT INTO answer_dead_letter(refusal_id, kind, subject, acked_through, reason, dead_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (str(uuid.uuid4()), kind, fingerprint(subject), acked_through, reason[:1000], tx.now))
 
 
 def pending_events(store: StateStore) -> int:

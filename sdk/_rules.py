@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import RuleError
+from ._errors import RuleError, RuleFailure
 from ._vocabulary import RULE_VARIABLES
 
 
@@ -109,10 +109,6 @@ near 30,000 chained operators); real rules are a line or two.
 """
 
 _MAX_DETAIL = 240
-
-
-class RuleFailure(Exception):
-    """A rule or condition could not be evaluated on this data (internal; becomes an exclusion)."""
 
 
 def _is_panic(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,8 +28,10 @@ import numpy as np
 
 from . import _rules
 from ._bundle import BundleStore, StagedBundle
+from ._carddata import is_card_data
 from ._errors import BundleError, RuleError
 from ._measures import new_customer_profile
+from ._records import id_problem
 from ._types import BundleInfo
 from ._vocabulary import DEFAULT_CHANNELS, POLICY_EVENTS, POLICY_SCOPES, RULE_KINDS
 
@@ -72,6 +75,35 @@ class ModelPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class Membership:
+    """A mixed rule of the shape ``offer.F in customer.L`` or ``!(offer.F in customer.L)``
+    ("already owns it"): decided with a set lookup per candidate instead of a CEL run, when
+    the customer's ``L`` is a list of strings (anything else goes to CEL, which words the failure)."""
+
+    customer_field: str
+    negated: bool
+    constants: tuple[str | None, ...]
+    """Per offer: its ``F`` (a string for every offer the rule applies to)."""
+
+
+_MEMBERSHIP = re.compile(r"\s*(!\s*\(\s*)?offer\.([A-Za-z_]\w*)\s+in\s+customer\.([A-Za-z_]\w*)\s*(\)?)\s*")
+
+
+def _membership(expression: str, applies: np.ndarray, offer_maps: Sequence[Mapping[str, Any]]) -> Membership | None:
+    match = _MEMBERSHIP.fullmatch(expression)
+    if match is None or bool(match.group(1)) != bool(match.group(4)):
+        return None
+    offer_field, customer_field = match.group(2), match.group(3)
+    constants: list[str | None] = [None] * len(offer_maps)
+    for i in np.flatnonzero(applies).tolist():
+        value = offer_maps[i].get(offer_field)
+        if type(value) is not str:
+            return None  # CEL's equality across types is not a set lookup's
+        constants[i] = value
+    return Membership(customer_field, bool(match.group(1)), tuple(constants))
+
+
+@dataclass(frozen=True, slots=True)
 class RulePlan:
     """A compiled rule, classified by what it reads."""
 
@@ -90,6 +122,8 @@ class RulePlan:
     """For ``candidate`` rules: per offer, the program with that offer bound (None where the
     rule does not apply or could not be specialised — then the offer projection is used)."""
     offer_fields: frozenset[str] | None = None
+    membership: Membership | None = None
+    """For ``candidate`` rules of that shape: the set-lookup form (see :class:`Membership`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +523,14 @@ def build_plan(
     what: str = "bundle",
 ) -> DecisionPlan:
     """Precompute everything a decision needs from the catalog tables and model sessions."""
+    for i, o in enumerate(offers):
+        # Offer ids go into every decision event: they keep the one id rule and hold no card data.
+        # (Named by position: the id itself may be what must not be echoed.)
+        if isinstance(o.get("offer_id"), str) and is_card_data(o["offer_id"]):
+            raise BundleError(f"{what}: offers row {i + 1}: offer_id looks like card data")
+        problem = id_problem(o.get("offer_id"))
+        if problem is not None:
+            raise BundleError(f"{what}: offers row {i + 1}: offer_id {problem}")
     offers = sorted(offers, key=lambda o: str(o["offer_id"]))  # index order = tie-break order
     offer_maps = [_offer_map(o, f"{what}: offer {o.get('offer_id')!r}") for o in offers]
     n = len(offer_maps)
@@ -594,7 +636,8 @@ def build_plan(
                 if key not in cache:
                     cache[key] = _rules.specialize(expression, projection)
                 specialized[i] = cache[key]
-            plan = replace(plan, specialized=tuple(specialized))
+            plan = replace(plan, specialized=tuple(specialized),
+                           membership=_membership(expression, applies, offer_maps))
         elif scope == "decision":
             per_decision_refs.append(refs)
         else:

@@ -39,13 +39,14 @@ from nbo.v1 import common_pb2, sync_pb2, sync_pb2_grpc
 
 from . import _ledger, _records
 from ._bundle import sha256_file
-from ._errors import InputError, NboError, SyncError
+from ._errors import HubUnavailableError, InputError, NboError, SyncError
 from ._types import BundleInfo, SyncReport
 
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["DEFAULT_TIMEOUT", "SyncLoop", "backoff_delay", "run_forever", "sync"]
+__all__ = ["DEFAULT_TIMEOUT", "RecoveryPage", "SyncLoop", "backoff_delay", "fetch_recovery", "run_forever",
+           "state_dir_lock", "sync"]
 
 log = logging.getLogger("nbo.sync")
 
@@ -68,7 +69,9 @@ _BATCH_BYTES = 8 * 1024 * 1024
 _PERMANENT = {
     grpc.StatusCode.UNAUTHENTICATED: "the hub does not accept this token",
     grpc.StatusCode.PERMISSION_DENIED: "this token may not sync this device",
-    grpc.StatusCode.ALREADY_EXISTS: "the hub holds different events under this device's sequence numbers",
+    grpc.StatusCode.ALREADY_EXISTS: ("the hub holds different events under this device's sequence numbers: "
+                                     "its state was reset or restored from an older copy; run `nbo recover` "
+                                     "(docs/operations.md, Recovering a damaged device)"),
     grpc.StatusCode.INVALID_ARGUMENT: "the hub refused the request",
 }
 
@@ -87,19 +90,24 @@ def _exclusive(client: Client) -> Iterator[None]:
     """Hold this client's sync lock and the state directory's file lock."""
     with _locks_guard:
         lock = _locks.setdefault(client, threading.Lock())
-    with lock:
-        path = Path(client.state_dir) / "sync.lock"
+    with lock, state_dir_lock(Path(client.state_dir)):
+        yield
+
+
+@contextmanager
+def state_dir_lock(state_dir: Path) -> Iterator[None]:
+    """The advisory file lock ``STATE/sync.lock``: one sync (or recovery) per state directory."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: the thread lock has to do
+        yield
+        return
+    with (state_dir / "sync.lock").open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # another process syncing: wait for it
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: the thread lock has to do
             yield
-            return
-        with path.open("a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # another process syncing: wait for it
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 # -- the channel -----------------------------------------------------------------------------
@@ -142,9 +150,7 @@ def _sync_error(exc: grpc.RpcError, what: str) -> SyncError:
     if code in _TRANSIENT:
         hint = "events stay queued; check the hub address and that it is running, then sync again"
     message = f"{what} failed: {name}: {details}" + (f" ({hint})" if hint else "")
-    error = SyncError(message)
-    error.code = name  # type: ignore[attr-defined]
-    return error
+    return HubUnavailableError(message) if code in _TRANSIENT else SyncError(message)
 
 
 # -- pushing ---------------------------------------------------------------------------------
@@ -168,9 +174,14 @@ def _pending_batch(client: Client, limit: int, *, after: int = 0) -> list[tuple[
     return batch
 
 
-def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tuple[int, int]:
-    """Dead-letter, ack and store balances in one durable transaction; (dead, balances)."""
+def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tuple[int, int, int]:
+    """Dead-letter, ack and store balances in one durable transaction; (dead, balances, refused).
+
+    Nothing in one answer can stop the acknowledgement: a balance this device cannot apply
+    goes to ``answer_dead_letter`` with the reason (``refused``) and the rest is applied.
+    """
     balances = {b.customer_id: int(b.balance) for b in response.balances}
+    refused: list[tuple[str, str]] = []
     with client._store.transaction(durable=True) as tx:
         dead = 0
         for rejected in response.rejected:
@@ -190,8 +201,14 @@ def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tupl
             dead += 1
         tx.execute("UPDATE outbox SET acked = 1 WHERE acked = 0 AND seq <= ?", (int(response.acked_through),))
         if balances:
-            _ledger.apply_central_balances(tx, balances, acked_through=int(response.acked_through))
-    return dead, len(balances)
+            refused = _ledger.apply_central_balances(tx, balances, acked_through=int(response.acked_through))
+            for customer_id, reason in refused:
+                _records.dead_letter_answer(tx, kind="balance", subject=customer_id,
+                                            acked_through=int(response.acked_through), reason=reason)
+    for customer_id, reason in refused:
+        log.warning("event=sync_answer_refused kind=balance subject=%s reason=%s",
+                    _records.fingerprint(customer_id), reason)
+    return dead, len(balances) - len(refused), len(refused)
 
 
 # -- downloading -----------------------------------------------------------------------------
@@ -285,7 +302,7 @@ def sync(
 def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bool) -> SyncReport:
     metadata = (("authorization", f"Bearer {token}"),)
     batch_size = max(1, int(client.config.sync_batch_size))
-    pushed = dead = balances = 0
+    pushed = dead = balances = refused = 0
     acked_through = 0
     latest: common_pb2.BundleRef | None = None
     errors: list[str] = []
@@ -325,18 +342,25 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
             except grpc.RpcError as exc:
                 raise _sync_error(exc, "PushEvents") from exc
             in_flight, prepared = send(prepared), None
-            d, b = _apply_answer(client, response)
+            d, b, r = _apply_answer(client, response)
             if in_flight is not None:
                 prepared = build_next()
             pushed += count
             dead += d
             balances += b
+            refused += r
             acked_through = max(acked_through, int(response.acked_through))
             if response.HasField("latest_bundle"):
                 latest = response.latest_bundle
     finally:
         if in_flight is not None:
             in_flight[0].cancel()
+    if refused:
+        errors.append(f"{refused} balance(s) in the hub's answers could not be applied (a customer id this "
+                      "device refuses); kept in answer_dead_letter, everything else was applied")
+    if acked_through:
+        # Outside the database: from now on an emptied or older state file is refused at open.
+        client._store.note_synced(acked_through)
     if after and acked_through < after:
         # The hub is missing an earlier event of ours (a gap it cannot close): say where.
         errors.append(f"hub acknowledged through seq {acked_through}, but events up to {after} were pushed")
@@ -373,6 +397,65 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
     log.info("event=sync pushed=%d acked_through=%d dead=%d balances=%d bundle=%s errors=%d", pushed,
              acked_through, dead, balances, bundle_installed.version if bundle_installed else "-", len(errors))
     return report
+
+
+# -- recovering a damaged device -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryPage:
+    """One piece of what the hub holds for a device (a ``RecoveryChunk`` as plain data)."""
+
+    acked_through: int
+    max_seq: int
+    events: tuple[tuple[int, str, str, float, str, str | None], ...]
+    """``(seq, event_id, type, created_at, payload JSON, rejected reason or None)`` in seq order."""
+    balances: Mapping[str, int]
+    complete: bool
+
+
+def fetch_recovery(
+    target: str,
+    *,
+    device_id: str,
+    token: str,
+    ca_file: str | os.PathLike[str] | None = None,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Iterator[RecoveryPage]:
+    """Stream ``RecoverDevice`` from the hub at ``target``; :class:`SyncError` when it fails.
+
+    ``timeout`` bounds the whole stream at a hundred times the per-call timeout (a device's whole
+    history can be large); the caller checks that the last page is ``complete``.
+    """
+    if not isinstance(token, str) or not token:
+        raise InputError("token must be a non-empty string", field="token")
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise InputError("timeout must be a positive number of seconds", field="timeout")
+    channel = open_channel(target, ca_file=ca_file, client_cert=client_cert, client_key=client_key)
+    try:
+        stub = sync_pb2_grpc.SyncServiceStub(channel)
+        stream = stub.RecoverDevice(sync_pb2.RecoverDeviceRequest(device_id=device_id),
+                                    metadata=(("authorization", f"Bearer {token}"),), timeout=float(timeout) * 100)
+        try:
+            for chunk in stream:
+                yield RecoveryPage(
+                    acked_through=int(chunk.acked_through),
+                    max_seq=int(chunk.max_seq),
+                    events=tuple(
+                        (int(h.event.seq), h.event.event_id, h.event.type, float(h.event.created_at),
+                         h.event.payload_json, h.rejected_reason if h.HasField("rejected_reason") else None)
+                        for h in chunk.events),
+                    balances={b.customer_id: int(b.balance) for b in chunk.balances},
+                    complete=bool(chunk.complete),
+                )
+        except grpc.RpcError as exc:
+            raise _sync_error(exc, "RecoverDevice") from exc
+        finally:
+            stream.cancel()
+    finally:
+        channel.close()
 
 
 # -- retrying forever ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ __all__ = [
     "Exclusion",
     "LedgerEntry",
     "PaymentRecord",
+    "RecoveryReport",
     "RankedOffer",
     "SyncReport",
 ]
@@ -118,3 +119,25 @@ class SyncReport:
     balances_updated: int = 0
     bundle_installed: BundleInfo | None = None
     errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What :func:`nbo.sdk.recover_state` rebuilt from the hub (docs/operations.md)."""
+
+    device_id: str
+    acked_through: int
+    """The hub's acknowledged seq for this device; new events continue after ``max_seq``."""
+    max_seq: int
+    events: int
+    """Events restored into the outbox (acknowledged) and into the tables they describe."""
+    dead_lettered: int
+    """Events the hub had rejected, restored into the dead-letter table with its reason."""
+    balances: int
+    """Customers whose authoritative points balance was restored."""
+    moved_aside: str | None
+    """Where the replaced state files were moved (kept for inspection), or None if there were none."""
+    unsynced_left_behind: int = 0
+    """Events of the replaced state the hub never received (they stay in the moved-aside copy)."""
+    not_restored: tuple[str, ...] = ()
+    """Held events whose rows could not be rebuilt (each ``seq N (type): why``); normally empty."""

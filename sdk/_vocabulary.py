@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "AMOUNT_MAX",
+    "AMOUNT_PLACES",
     "BUNDLE_NAME_RE",
     "CATEGORIES",
     "CONDITION_VARIABLES",
@@ -18,11 +20,17 @@ __all__ = [
     "DEFAULT_LIMIT",
     "EVENT_STATUSES",
     "EVENT_TYPES",
+    "ID_MAX",
+    "KEY_MAX",
     "MAX_LIMIT",
     "OUTCOMES",
+    "PAYMENT_TOKEN_MAX",
     "POINTS_KINDS",
+    "POINTS_MAX",
     "POLICY_EVENTS",
     "POLICY_SCOPES",
+    "QUANTITY_MAX",
+    "REASON_MAX",
     "RULE_KINDS",
     "RULE_VARIABLES",
 ]
@@ -73,3 +81,29 @@ DEFAULT_LIMIT = 3
 
 MAX_LIMIT = 100
 """The most offers one decision may return."""
+
+# -- limits of what a caller or a device may record (the SDK and the hub check the same) -----
+
+ID_MAX = 128
+"""Characters in an id: customer, device, decision, offer, ledger entry, store, event id."""
+
+KEY_MAX = 128
+"""Characters in an idempotency key."""
+
+PAYMENT_TOKEN_MAX = 256
+"""Characters in a payment token."""
+
+REASON_MAX = 200
+"""Characters in a ledger entry's free-text reason."""
+
+POINTS_MAX = 10**9
+"""Points one ledger entry may move (either way)."""
+
+QUANTITY_MAX = 1_000_000
+"""Items one purchase may count."""
+
+AMOUNT_MAX = 10**12
+"""The largest amount of one purchase or payment (in the currency's major unit)."""
+
+AMOUNT_PLACES = 4
+"""Decimal places a purchase amount may have (a payment: its currency's minor units)."""

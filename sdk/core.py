@@ -29,8 +29,20 @@ from ._bundle import (
     unsafe_path_reason,
     verify_bundle,
 )
+from ._carddata import find_card_data, is_card_data
 from ._clock import to_datetime
 from ._engine import Request, decide, decide_many, validate_mapping
+from ._errors import (
+    DeadlineExceededError,
+    EventConflictError,
+    HubUnavailableError,
+    PublishRefused,
+    RuleFailure,
+    ShuttingDownError,
+    UnknownReferenceError,
+    UsageError,
+    VersionNotNewerError,
+)
 from ._keys import (
     generate_private_key,
     key_id,
@@ -39,7 +51,7 @@ from ._keys import (
     public_key_pem,
     sign_manifest,
 )
-from ._ledger import LEDGER_COLUMNS, award, ledger_balance, redeem
+from ._ledger import LEDGER_COLUMNS, award, entry_from_payload, ledger_balance, redeem
 from ._ledger import SCHEMA as LEDGER_SCHEMA
 from ._measures import (
     LIFECYCLE_STAGES,
@@ -51,13 +63,13 @@ from ._measures import (
     to_epoch,
     update_measures,
 )
+from ._payments import CURRENCY_MINOR_UNITS, record_payment
 from ._payments import SCHEMA as PAYMENT_SCHEMA
-from ._payments import find_card_data, record_payment
-from ._policy import inclusion_runs, rank_probability, slot_probability
+from ._policy import inclusion_runs, propensities, rank_probability, slot_probability
 from ._records import SCHEMA as RECORD_SCHEMA
-from ._records import check_id, record_response
+from ._records import check_decimal, check_id, check_int, check_text, id_problem, record_response
 from ._rules import MAX_EXPRESSION_CHARS, compile_expression
-from ._runtime import LoadedBundle, load_bundle, stage_and_load
+from ._runtime import LoadedBundle, input_column, load_bundle, stage_and_load, to_float, to_string
 from ._store import (
     CORE_SCHEMA,
     Event,
@@ -67,9 +79,12 @@ from ._store import (
     damaged_hint,
     insert_rows,
     limit_wal,
+    read_sync_marker,
 )
 from ._sync import SyncLoop, open_channel, sync
 from ._vocabulary import (
+    AMOUNT_MAX,
+    AMOUNT_PLACES,
     BUNDLE_NAME_RE,
     CATEGORIES,
     CONDITION_VARIABLES,
@@ -77,17 +92,35 @@ from ._vocabulary import (
     DEFAULT_LIMIT,
     EVENT_STATUSES,
     EVENT_TYPES,
+    ID_MAX,
+    KEY_MAX,
     MAX_LIMIT,
     OUTCOMES,
+    PAYMENT_TOKEN_MAX,
     POINTS_KINDS,
+    POINTS_MAX,
     POLICY_EVENTS,
     POLICY_SCOPES,
+    QUANTITY_MAX,
+    REASON_MAX,
     RULE_KINDS,
     RULE_VARIABLES,
 )
 
 __all__ = [
+    # the errors only the other packages raise or map (the whole tree: nbo.sdk._errors)
+    "DeadlineExceededError",
+    "EventConflictError",
+    "HubUnavailableError",
+    "PublishRefused",
+    "RuleFailure",
+    "ShuttingDownError",
+    "UnknownReferenceError",
+    "UsageError",
+    "VersionNotNewerError",
     # the shared vocabulary: event types, outcomes, policy events, limits (one definition each)
+    "AMOUNT_MAX",
+    "AMOUNT_PLACES",
     "BUNDLE_NAME_RE",
     "CATEGORIES",
     "CONDITION_VARIABLES",
@@ -95,11 +128,17 @@ __all__ = [
     "DEFAULT_LIMIT",
     "EVENT_STATUSES",
     "EVENT_TYPES",
+    "ID_MAX",
+    "KEY_MAX",
     "MAX_LIMIT",
     "OUTCOMES",
+    "PAYMENT_TOKEN_MAX",
     "POINTS_KINDS",
+    "POINTS_MAX",
     "POLICY_EVENTS",
     "POLICY_SCOPES",
+    "QUANTITY_MAX",
+    "REASON_MAX",
     "RULE_KINDS",
     "RULE_VARIABLES",
     # bundles: format, verification, staging
@@ -138,6 +177,11 @@ __all__ = [
     "inclusion_runs",
     "rank_probability",
     "slot_probability",
+    # model inputs as the decision core builds them (training and evaluation on logged inputs)
+    "input_column",
+    "propensities",
+    "to_float",
+    "to_string",
     # customer measures (the very code training runs)
     "LIFECYCLE_STAGES",
     "LOYALTY_STAGES",
@@ -152,9 +196,16 @@ __all__ = [
     "LEDGER_SCHEMA",
     "PAYMENT_SCHEMA",
     "RECORD_SCHEMA",
+    "CURRENCY_MINOR_UNITS",
     "award",
+    "check_decimal",
     "check_id",
+    "check_int",
+    "check_text",
+    "entry_from_payload",
     "find_card_data",
+    "id_problem",
+    "is_card_data",
     "ledger_balance",
     "record_payment",
     "record_response",
@@ -166,6 +217,7 @@ __all__ = [
     "Tx",
     "WalCheckpointer",
     "damaged_hint",
+    "read_sync_marker",
     "insert_rows",
     "limit_wal",
     # sync and the gRPC channel options shared with the publish client

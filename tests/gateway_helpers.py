@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 from bundle_fixtures import make_bundle, make_keys, small_catalog
-from nbo.gateway import GatewayServer, create_server, parse_config
+from nbo.gateway import GatewayServer, HubStore, create_server, parse_config
 from nbo.sdk import Clock
 from nbo.v1 import decision_pb2_grpc, publish_pb2, publish_pb2_grpc, sync_pb2_grpc
 
@@ -302,3 +302,99 @@ def wait_serving(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[byt
                 pass
             time.sleep(0.1)
     raise AssertionError(f"gateway on port {port} did not become ready in {timeout}s")
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The supervisor's /metrics as {(sample name, labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def publish_file(port: int, bundle: Path) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        publish_pb2_grpc.PublishServiceStub(channel).PublishBundle(
+            publish_chunks(bundle.read_bytes()), metadata=PUBLISHER, timeout=60)
+
+
+def wait_bundle_version(metrics_port: int, version: int, timeout: float) -> float:
+    """Seconds until every serving process serves ``version`` (the gauge's live minimum)."""
+    started = time.monotonic()
+    while scrape_metrics(metrics_port).get(("nbo_bundle_version", ())) != version:
+        assert time.monotonic() - started < timeout, f"not every serving process serves v{version}"
+        time.sleep(0.05)  # polling the scrape, not deciding a race
+    return time.monotonic() - started
+
+
+@dataclass
+class Replicas:
+    """Gateways (``nbo serve`` processes) sharing one hub database, on ``ports``."""
+
+    ports: tuple[int, ...]
+    url: str
+    state: Path
+    kit: Any = None
+
+    def target(self, i: int) -> str:
+        return f"127.0.0.1:{self.ports[i % len(self.ports)]}"
+
+    def hub(self) -> HubStore:
+        return HubStore.open(self.url, state_dir=self.state / "inspect")
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """A PostgreSQL URL whose connections use ``schema`` (``options=-csearch_path=…``)."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query)
+    query.append(("options", f"-csearch_path={schema}"))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+@contextmanager
+def postgres_replicas(tmp_path: Path, *, base_url: str, schema: str, catalog: Mapping[str, Any], replicas: int = 2,
+                      processes: int = 1) -> Iterator[Replicas]:
+    """``replicas`` `nbo serve --processes N` gateways on one PostgreSQL hub in its own ``schema``
+    (created here, dropped afterwards), each with ``catalog``'s bundle published (`nbo publish`)
+    and served by every one of its processes."""
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = with_search_path(base_url, schema)
+    kit = bundle_kit(tmp_path / "kit")
+    config = tmp_path / "gateway.toml"
+    config.write_text(toml_text(config_data(trusted_key=kit.pub, hub_db=url)))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = tuple(free_port() for _ in range(replicas))
+        metrics = tuple(free_port() for _ in range(replicas))
+        for i, (port, metrics_port) in enumerate(zip(ports, metrics, strict=True)):
+            procs.append(start_serve_process(tmp_path / f"replica-{i}", config, port=port, extra_args=[
+                "--processes", str(processes), "--metrics-port", str(metrics_port)]))
+        for port, proc in zip(ports, procs, strict=True):
+            wait_serving(port, proc=proc, timeout=90)
+        bundle = kit.bundle(1, catalog=catalog)
+        for port in ports:  # each replica serves bundle files from its own state directory
+            done = subprocess.run([*NBO_CLI, "publish", str(bundle), "--hub", f"127.0.0.1:{port}", "--token",
+                                   PUBLISHER_TOKEN, "--quiet"], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        for metrics_port in metrics:  # every process of every replica decides with it
+            wait_bundle_version(metrics_port, 1, timeout=30)
+        yield Replicas(ports=ports, url=url, state=tmp_path, kit=kit)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        with psycopg.connect(base_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+

@@ -20,8 +20,8 @@ from bundle_fixtures import make_bundle, make_keys, make_model, small_catalog
 from gateway_helpers import APP, bundle_kit, config_data, publish, running_gateway
 from google.protobuf import struct_pb2
 from nbo.sdk import Client, PaymentDataError
-from nbo.sdk._policy import propensities, rank, select
-from nbo.sdk.core import inclusion_runs, slot_probability
+from nbo.sdk._policy import rank, select
+from nbo.sdk.core import inclusion_runs, propensities, slot_probability
 from nbo.v1 import decision_pb2
 
 INPUTS = (("customer__frequency", "float"), ("customer__lifecycle_stage", "string"),
@@ -106,8 +106,11 @@ def test_a_card_number_in_a_logged_input_is_refused_and_not_written(tmp_path: Pa
         assert info.value.field == "context.basket"
         assert "4111" not in str(info.value)
         assert _decision_payloads(client) == []
-        # a field no model reads is not logged, so it is not refused here
-        client.decide("C3", channel="pos", context={"note": "4111 1111 1111 1111"})
+        # a field no model reads is refused too: every string of a request is scanned (issue 18)
+        with pytest.raises(PaymentDataError) as info:
+            client.decide("C3", channel="pos", context={"note": "4111 1111 1111 1111"})
+        assert info.value.field == "context.note"
+        client.decide("C3", channel="pos", context={"note": "no card here"})
         (payload,) = _decision_payloads(client)
         assert "4111" not in json.dumps(payload)
     finally:

@@ -229,6 +229,38 @@ def test_without_explain_nothing_is_reported_but_filtering_is_the_same(engine: E
     assert ids(d) == ["B"] and d.excluded == []
 
 
+MIXED_RULES = [
+    {"rule_id": "owns", "kind": "business", "applies_to": "xsell",
+     "expression": "!(offer.offer_id in customer.owned_products)", "description": "already owns it"},
+    {"rule_id": "age", "kind": "business", "expression": "customer.age >= offer.attributes.min_age"},
+]
+
+
+def test_mixed_rules_decide_the_same_with_and_without_an_explanation(engine: Engine) -> None:
+    # explain only adds the exclusions: the offers, scores and order are the same, on
+    # customers whose mixed rules remove the best offers, most offers, or all but the fallback.
+    offers = [offer(f"O{i}", "xsell" if i % 2 else "loyalty", 100 - i, attributes={"min_age": 18 + i % 3 * 10})
+              for i in range(12)]
+    offers.append(offer("FB", "service", 1, fallback=True, attributes={"min_age": 0}))
+    bundle = engine.load(spec(offers, rules=MIXED_RULES))
+    profiles = [
+        {"age": 40, "owned_products": []},
+        {"age": 40, "owned_products": ["O1", "O3"]},  # the best xsell offers are owned
+        {"age": 20, "owned_products": ["O5"]},  # most are too old for them
+        {"age": 20, "owned_products": [f"O{i}" for i in range(12)]},  # only age-18 loyalty offers are left
+        {"age": 10, "owned_products": [f"O{i}" for i in range(1, 12, 2)]},  # nothing but the fallback
+        {"age": 40},  # owned_products missing: the rule fails on every xsell offer
+    ]
+    for profile in profiles:
+        for limit in (1, 3, 20):
+            lazy = engine.decide(bundle, profile=profile, limit=limit, explain=False)
+            eager = engine.decide(bundle, profile=profile, limit=limit, explain=True)
+            assert [(o.offer_id, o.score, o.selection_probability) for o in lazy.offers] == [
+                (o.offer_id, o.score, o.selection_probability) for o in eager.offers], (profile, limit)
+            assert lazy.excluded == [] and lazy.strategy == eager.strategy
+    assert ids(engine.decide(bundle, profile=profiles[4], explain=False)) == ["FB"]
+
+
 # -- contact policies ------------------------------------------------------------------------
 
 

@@ -86,11 +86,11 @@ def exploring_bundle(tmp_path_factory: pytest.TempPathFactory) -> LoadedBundle:
 
 
 def _run(plan: DecisionPlan, profile: dict[str, Any], channel: str, history: list[Any], limit: int,
-         hour: int, seed: str = "s") -> Outcome:
+         hour: int, seed: str = "s", explain: bool = True) -> Outcome:
     customer = {**plan.default_profile, **profile}
     context = {"channel": channel, "hour": hour, "weekday": 2}
     return run_pipeline(plan, customer=customer, context=context, channel=channel, history=history, now=NOW,
-                        limit=limit, explain=True, seed=seed)
+                        limit=limit, explain=explain, seed=seed)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -101,7 +101,12 @@ def test_ranking_invariants_with_a_model(model_bundle: LoadedBundle, data: st.Da
     plan = model_bundle.plan
     assert plan is not None
     history = data.draw(histories(plan.offer_ids))
-    check_invariants(plan, _run(plan, profile, channel, history, limit, hour), limit)
+    explained = _run(plan, profile, channel, history, limit, hour)
+    check_invariants(plan, explained, limit)
+    # without an explanation: the same answer, and the same offers in play
+    quiet = _run(plan, profile, channel, history, limit, hour, explain=False)
+    assert quiet.shown == explained.shown and quiet.strategy == explained.strategy and quiet.excluded == ()
+    assert quiet.eligible == explained.eligible
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -271,3 +276,35 @@ def test_small_pool_ranking_matches_the_numpy_order(model_bundle: LoadedBundle, 
     assert len(few.shown) == len(array.shown)
     for mine, theirs in zip(few.shown, array.shown, strict=True):
         assert all(same(a, b) for a, b in zip(mine, theirs, strict=True)), (mine, theirs)
+
+
+owned_lists = st.one_of(
+    st.none(), st.integers(0, 5), st.text(max_size=8),
+    st.lists(st.one_of(st.sampled_from([f"OF{i:05d}" for i in range(60)]), st.text(max_size=7)), max_size=12),
+    st.lists(st.one_of(st.integers(0, 3), st.sampled_from(["OF00000", "OF00006"])), max_size=4),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(profile=profiles, owned=owned_lists, missing=st.booleans(), limit=st.integers(1, 60))
+def test_already_owns_it_by_set_lookup_decides_as_cel_does(model_bundle: LoadedBundle, profile: dict[str, Any],
+                                                           owned: Any, missing: bool, limit: int) -> None:
+    """The "already owns it" rule (``!(offer.offer_id in customer.owned_products)``) is decided
+    with a set lookup: the answer and every exclusion, failures included, must be CEL's."""
+    import dataclasses
+
+    plan = model_bundle.plan
+    assert plan is not None
+    (owns,) = [r for r in plan.candidate_rules if r.rule_id == "M1"]
+    assert owns.membership is not None and owns.membership.negated
+    by_cel = dataclasses.replace(plan, candidate_rules=tuple(
+        dataclasses.replace(r, membership=None) for r in plan.candidate_rules))
+    customer = dict(profile)
+    if missing:
+        customer.pop("owned_products", None)
+    else:
+        customer["owned_products"] = owned
+    fast = _run(plan, customer, "pos", [], limit, 12)
+    slow = _run(by_cel, customer, "pos", [], limit, 12)
+    assert fast.shown == slow.shown and fast.eligible == slow.eligible
+    assert fast.excluded == slow.excluded

@@ -66,6 +66,8 @@ RPCS: list[tuple[str, str, Call]] = [
         sync_pb2.GetLatestBundleRequest(), metadata=m, timeout=10)),
     ("SyncService/DownloadBundle", "device", lambda g, m: list(g.sync.DownloadBundle(
         sync_pb2.DownloadBundleRequest(name="small", version=1), metadata=m, timeout=10))),
+    ("SyncService/RecoverDevice", "device", lambda g, m: list(g.sync.RecoverDevice(
+        sync_pb2.RecoverDeviceRequest(device_id="pos-1"), metadata=m, timeout=10))),
     ("PublishService/PublishBundle", "publisher", lambda g, m: g.publisher.PublishBundle(
         publish_chunks(b"not a bundle"), metadata=m, timeout=10)),
 ]

@@ -12,13 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from gateway_helpers import DecideCalls, bundle_kit, policy_catalog
 from nbo.gateway import EngineHost, HubStateStore
-from nbo.gateway._decide_batch import DecideArgs, DecideBatcher, Expired, decide_batch
+from nbo.gateway._decide_batch import DecideArgs, DecideBatcher, decide_batch
 from nbo.gateway._hub_state import APP_SOURCE
+from nbo.gateway._status import status_for
 from nbo.sdk import InputError, StateError
-from nbo.sdk.core import LoadedBundle, Request
+from nbo.sdk.core import DeadlineExceededError, LoadedBundle, Request, ShuttingDownError
 from sync_helpers import hub_backend
 
 
@@ -124,9 +126,9 @@ def test_decisions_for_one_customer_in_one_batch_respect_the_contact_policy(env)
 def test_a_call_whose_client_left_is_not_decided(env):
     state, bundle, runner, batcher = env
     runner.release.set()
-    with pytest.raises(Expired) as info:
+    with pytest.raises(DeadlineExceededError) as info:
         batcher.submit(_args(bundle, "C-gone"), is_active=lambda: False)
-    assert info.value.grpc_status == "DEADLINE_EXCEEDED"
+    assert status_for(info.value)[0] is grpc.StatusCode.DEADLINE_EXCEEDED
     assert runner.batches == []  # nothing reached the hub
     assert _rows(state, "SELECT COUNT(*) FROM decisions") == [(0,)]
 
@@ -140,7 +142,7 @@ def test_close_finishes_queued_work_then_refuses_more(env):
     runner.release.set()
     closer.join(10)
     assert calls.join()["queued"].offers
-    with pytest.raises(StateError, match="shutting down"):
+    with pytest.raises(ShuttingDownError, match="shutting down"):
         batcher.submit(_args(bundle, "C-late"))
 
 

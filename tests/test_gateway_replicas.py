@@ -12,15 +12,11 @@ Needs NBO_TEST_POSTGRES; with NBO_REQUIRE_POSTGRES=1 an unreachable server fails
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
-import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -28,18 +24,11 @@ from gateway_helpers import (
     APP,
     DEVICE2_TOKEN,
     DEVICE_TOKEN,
-    NBO_CLI,
-    PUBLISHER_TOKEN,
+    Replicas,
     auth,
-    bundle_kit,
-    config_data,
-    free_port,
     policy_catalog,
-    start_serve_process,
-    toml_text,
-    wait_serving,
+    postgres_replicas,
 )
-from nbo.gateway import HubStore
 from nbo.sdk import Client
 from nbo.v1 import decision_pb2, decision_pb2_grpc, sync_pb2, sync_pb2_grpc
 from sync_helpers import points, postgres_url, unique_schema
@@ -47,63 +36,13 @@ from sync_helpers import points, postgres_url, unique_schema
 pytestmark = pytest.mark.postgres
 
 
-@dataclass
-class Replicas:
-    ports: tuple[int, int]
-    url: str
-    state: Path
-    kit: Any
-
-    def target(self, i: int) -> str:
-        return f"127.0.0.1:{self.ports[i % 2]}"
-
-    def hub(self) -> HubStore:
-        return HubStore.open(self.url, state_dir=self.state / "inspect")
-
-
-def _with_search_path(url: str, schema: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query)
-    query.append(("options", f"-csearch_path={schema}"))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-
-
 @pytest.fixture()
 def replicas(tmp_path: Path) -> Iterator[Replicas]:
-    import psycopg
-
     base = postgres_url()
     assert base is not None
-    schema = unique_schema()
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    url = _with_search_path(base, schema)
-    kit = bundle_kit(tmp_path / "kit")
-    config = tmp_path / "gateway.toml"
-    config.write_text(toml_text(config_data(trusted_key=kit.pub, hub_db=url)))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        ports = (free_port(), free_port())
-        for i, port in enumerate(ports):
-            procs.append(start_serve_process(tmp_path / f"replica-{i}", config, port=port))
-        for port, proc in zip(ports, procs, strict=True):
-            wait_serving(port, proc=proc)
-        bundle = kit.bundle(1, catalog=policy_catalog(max_shows=2, window_days=7))
-        for port in ports:  # each replica serves bundle files from its own state directory
-            done = subprocess.run([*NBO_CLI, "publish", str(bundle), "--hub", f"127.0.0.1:{port}", "--token",
-                                   PUBLISHER_TOKEN, "--quiet"], capture_output=True, text=True, timeout=60)
-            assert done.returncode == 0, done.stderr
-        yield Replicas(ports=ports, url=url, state=tmp_path, kit=kit)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_replicas(tmp_path, base_url=base, schema=unique_schema(),
+                           catalog=policy_catalog(max_shows=2, window_days=7)) as started:
+        yield started
 
 
 def decide(target: str, customer: str, *, limit: int = 10) -> decision_pb2.DecideResponse:

@@ -61,6 +61,13 @@ def test_golden_case_pure_core(case: dict[str, Any], tmp_path: Path) -> None:
         outcome.strategy,
         [(e.offer_id, e.rule_id, e.kind, e.description) for e in outcome.excluded],
     )
+    # Without an explanation the answer is the same: the offers, every part of their scores,
+    # the strategy and the offers that were in play.
+    quiet = run_pipeline(plan, customer=customer, context=context, channel=case["channel"],
+                         history=_history(case), now=now, limit=case.get("limit", 3), explain=False, seed="golden")
+    assert quiet.shown == outcome.shown and quiet.strategy == outcome.strategy, case["name"]
+    assert quiet.excluded == () and quiet.explored == outcome.explored, case["name"]
+    assert quiet.eligible == outcome.eligible and quiet.mandatory == outcome.mandatory, case["name"]
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from nbo.gateway import HubStore
 from nbo.gateway._db import translate_placeholders
-from nbo.gateway._hub import EventConflictError, IncomingEvent
+from nbo.gateway._hub import IncomingEvent
 from nbo.sdk import InputError, ManualClock, NotFoundError
+from nbo.sdk.core import EventConflictError
 from sync_helpers import BACKENDS, ev, hub_backend, payment, points, response
 
 

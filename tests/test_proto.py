@@ -30,7 +30,7 @@ CONTRACT = {
         "GetBalance",
         "RecordPayment",
     },
-    "SyncService": {"PushEvents", "GetLatestBundle", "DownloadBundle"},
+    "SyncService": {"PushEvents", "GetLatestBundle", "DownloadBundle", "RecoverDevice"},
     "PublishService": {"PublishBundle"},
 }
 

@@ -7,9 +7,10 @@ from nbo.sdk import InputError, NboError, PaymentDataError
 def test_exported_names_are_pinned():
     assert sorted(nbo.sdk.__all__) == sorted([
         "BundleError", "BundleInfo", "CatalogError", "Client", "ClientConfig", "Clock", "ConfigError",
-        "Decision", "Exclusion", "InputError", "LedgerEntry", "LedgerError", "ManualClock", "ModelError",
+        "DamagedStateError", "Decision", "Exclusion", "InputError", "LedgerEntry", "LedgerError", "ManualClock", "ModelError",
         "NboError", "NotFoundError", "NotReadyError", "PaymentDataError", "PaymentRecord", "RankedOffer",
-        "RuleError", "StateError", "SyncError", "SyncReport", "SystemClock", "__version__",
+        "RecoveryReport", "RuleError", "StateError", "SyncError", "SyncReport", "SystemClock", "__version__",
+        "recover_state",
     ])
     for name in nbo.sdk.__all__:
         assert hasattr(nbo.sdk, name), name
@@ -17,7 +18,7 @@ def test_exported_names_are_pinned():
 
 def test_every_error_derives_from_nbo_error_and_has_a_docstring():
     errors = [getattr(nbo.sdk, n) for n in nbo.sdk.__all__ if n.endswith("Error")]
-    assert len(errors) == 13
+    assert len(errors) == 14
     for err in errors:
         assert issubclass(err, NboError)
         assert err.__doc__ and "\n" not in err.__doc__.strip()

@@ -108,14 +108,14 @@ def test_each_shown_offer_takes_its_own_response(client: Client):
 
 def test_unknown_decision_and_offer_not_shown_are_refused_naming_the_field(client: Client):
     decision = client.decide("C1", channel="pos", limit=1)
-    with pytest.raises(InputError) as info:
+    with pytest.raises(NotFoundError) as info:
         client.record_response("no-such-decision", decision.offers[0].offer_id, "accepted")
-    assert info.value.field == "decision_id" and isinstance(info.value, NotFoundError)
+    assert info.value.field == "decision_id"  # type: ignore[attr-defined]
     shown = {o.offer_id for o in decision.offers}
     other = next(o["offer_id"] for o in client._active.offers if o["offer_id"] not in shown)
     with pytest.raises(InputError) as info:
         client.record_response(decision.decision_id, other, "accepted")
-    assert info.value.field == "offer_id" and isinstance(info.value, NotFoundError)
+    assert info.value.field == "offer_id" and not isinstance(info.value, NotFoundError)  # a bad argument
     assert events(client, "response") == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -11,13 +12,20 @@ import grpc
 from gateway_helpers import (
     APP,
     bench_setup,
+    bundle_kit,
+    config_data,
     free_port,
     publish_chunks,
+    publish_file,
+    scrape_metrics,
     serve_log,
     start_serve_process,
+    toml_text,
+    wait_bundle_version,
     wait_serving,
 )
 from gateway_helpers import PUBLISHER as PUBLISHER_AUTH
+from nbo.gateway._supervisor import BUNDLE_POLL_SECONDS
 from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2_grpc
 
 
@@ -114,3 +122,76 @@ def test_a_config_with_the_removed_decision_worker_switch_is_refused_with_one_li
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in text
     assert "worker_process was removed" in errors[0] and "[server] processes" in errors[0]
+
+
+def test_a_bundle_switch_across_processes_under_load_fails_no_call_and_metrics_count_one_gateway(
+    tmp_path: Path,
+) -> None:
+    kit = bundle_kit(tmp_path / "kit")
+    config = tmp_path / "gateway.toml"
+    config.write_text(toml_text(config_data(trusted_key=kit.pub)))
+    port, metrics_port = free_port(), free_port()
+    proc = start_serve_process(tmp_path / "state", config, port=port,
+                               extra_args=["--processes", "2", "--metrics-port", str(metrics_port)])
+    stop = threading.Event()
+    calls: list[tuple[float, int]] = []  # (start, bundle version answered) of every call that succeeded
+    failures: list[str] = []
+
+    def client(n: int) -> None:
+        k = 0
+        while not stop.is_set():
+            # a new connection every few calls: the kernel spreads them over both processes
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = decision_pb2_grpc.DecisionServiceStub(channel)
+                for _ in range(5):
+                    k += 1
+                    started = time.monotonic()
+                    try:
+                        answer = stub.Decide(decision_pb2.DecideRequest(customer_id=f"L{n}-{k}", channel="pos"),
+                                             metadata=APP, timeout=30)
+                    except grpc.RpcError as exc:
+                        failures.append(f"{exc.code().name}: {exc.details()}")
+                        continue
+                    calls.append((started, answer.bundle_version))
+
+    try:
+        wait_serving(port, proc=proc, timeout=60)
+        publish_file(port, kit.bundle(1))
+        wait_bundle_version(metrics_port, 1, timeout=30)
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        while len(calls) < 200:
+            assert not failures, failures[:3]
+            time.sleep(0.05)  # polling the load's progress
+        publish_file(port, kit.bundle(2))
+        published = time.monotonic()
+        # docs/operations.md: the process that received it at once, the others within the
+        # poll interval plus the time to load it (a generous bound on a shared machine)
+        switch_s = wait_bundle_version(metrics_port, 2, timeout=BUNDLE_POLL_SECONDS + 20)
+        switched = published + switch_s
+        # calls that started after every process had switched (a moment's margin for calls
+        # that had taken the old bundle just before): enough of them, on new connections
+        while sum(1 for started, _ in list(calls) if started > switched + 0.5) < 200:
+            assert not failures, failures[:3]
+            time.sleep(0.05)  # polling the load's progress
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+        assert {v for _, v in calls} == {1, 2}
+        late = [v for started, v in calls if started > switched + 0.5]
+        assert late and set(late) == {2}, "a call started after the switch was answered by the old bundle"
+
+        metrics = scrape_metrics(metrics_port)
+        decided = sum(v for (name, _), v in metrics.items() if name == "nbo_decisions_total")
+        assert decided == len(calls)
+        ok = metrics[("nbo_rpc_total", (("code", "OK"), ("method", "DecisionService/Decide")))]
+        assert ok == len(calls)
+        assert metrics[("nbo_decide_latency_seconds_count", ())] == len(calls)
+        by_bundle = {dict(labels)["bundle"]: v for (name, labels), v in metrics.items()
+                     if name == "nbo_decisions_total"}
+        assert by_bundle == {"small:1": sum(1 for _, v in calls if v == 1), "small:2": sum(1 for _, v in calls if v == 2)}
+    finally:
+        stop.set()
+        assert _stop(proc) == 0

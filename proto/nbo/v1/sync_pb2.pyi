@@ -90,3 +90,31 @@ class BundleChunk(_message.Message):
     total_size: int
     sha256: str
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class RecoverDeviceRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class HeldEvent(_message.Message):
+    __slots__ = ("event", "rejected_reason")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_REASON_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    rejected_reason: str
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., rejected_reason: _Optional[str] = ...) -> None: ...
+
+class RecoveryChunk(_message.Message):
+    __slots__ = ("acked_through", "max_seq", "events", "balances", "complete")
+    ACKED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BALANCES_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    acked_through: int
+    max_seq: int
+    events: _containers.RepeatedCompositeFieldContainer[HeldEvent]
+    balances: _containers.RepeatedCompositeFieldContainer[_common_pb2.Balance]
+    complete: bool
+    def __init__(self, acked_through: _Optional[int] = ..., max_seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[HeldEvent, _Mapping]]] = ..., balances: _Optional[_Iterable[_Union[_common_pb2.Balance, _Mapping]]] = ..., complete: _Optional[bool] = ...) -> None: ...

@@ -50,6 +50,11 @@ class SyncServiceStub:
                 request_serializer=nbo_dot_v1_dot_sync__pb2.DownloadBundleRequest.SerializeToString,
                 response_deserializer=nbo_dot_v1_dot_sync__pb2.BundleChunk.FromString,
                 _registered_method=True)
+        self.RecoverDevice = channel.unary_stream(
+                '/nbo.v1.SyncService/RecoverDevice',
+                request_serializer=nbo_dot_v1_dot_sync__pb2.RecoverDeviceRequest.SerializeToString,
+                response_deserializer=nbo_dot_v1_dot_sync__pb2.RecoveryChunk.FromString,
+                _registered_method=True)
 
 
 class SyncServiceServicer:
@@ -82,6 +87,16 @@ class SyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecoverDevice(self, request, context):
+        """Everything the hub holds of the calling device, for rebuilding a damaged or lost state file
+        (`nbo recover`, docs/operations.md): its events in seq order, then the authoritative
+        balances of every customer they name. The last message has `complete` set; a stream that
+        ends without it was cut, and the device starts over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SyncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +114,11 @@ def add_SyncServiceServicer_to_server(servicer, server):
                     servicer.DownloadBundle,
                     request_deserializer=nbo_dot_v1_dot_sync__pb2.DownloadBundleRequest.FromString,
                     response_serializer=nbo_dot_v1_dot_sync__pb2.BundleChunk.SerializeToString,
+            ),
+            'RecoverDevice': grpc.unary_stream_rpc_method_handler(
+                    servicer.RecoverDevice,
+                    request_deserializer=nbo_dot_v1_dot_sync__pb2.RecoverDeviceRequest.FromString,
+                    response_serializer=nbo_dot_v1_dot_sync__pb2.RecoveryChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +203,33 @@ class SyncService:
             '/nbo.v1.SyncService/DownloadBundle',
             nbo_dot_v1_dot_sync__pb2.DownloadBundleRequest.SerializeToString,
             nbo_dot_v1_dot_sync__pb2.BundleChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecoverDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nbo.v1.SyncService/RecoverDevice',
+            nbo_dot_v1_dot_sync__pb2.RecoverDeviceRequest.SerializeToString,
+            nbo_dot_v1_dot_sync__pb2.RecoveryChunk.FromString,
             options,
             channel_credentials,
             insecure,
