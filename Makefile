@@ -20,10 +20,10 @@ demo: $(STAMP)
 	$(VENV)/bin/nbo demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sdk cli gateway model_export tests examples bench scripts
+	$(VENV)/bin/ruff check sdk cli gateway model_export console tests examples bench scripts
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy sdk cli gateway
+	$(VENV)/bin/mypy
 
 pytest: $(STAMP)
 	$(PY) -m pytest

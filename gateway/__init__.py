@@ -16,7 +16,27 @@ Names are imported lazily so that reading a configuration does not load grpc.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names for the type checker (tests/test_typecheck.py keeps them equal)
+    from ._auth import Principal as Principal
+    from ._config import GatewayConfig as GatewayConfig
+    from ._config import TokenSpec as TokenSpec
+    from ._config import load_config as load_config
+    from ._config import parse_config as parse_config
+    from ._engine_host import EngineHost as EngineHost
+    from ._export import ExportReport as ExportReport
+    from ._export import export_log as export_log
+    from ._hub import BundleRecord as BundleRecord
+    from ._hub import HubStore as HubStore
+    from ._hub import IngestResult as IngestResult
+    from ._hub_state import HubStateStore as HubStateStore
+    from ._metrics import GatewayMetrics as GatewayMetrics
+    from ._rewards import AttributionReport as AttributionReport
+    from ._rewards import attribute_rewards as attribute_rewards
+    from ._server import GatewayServer as GatewayServer
+    from ._server import create_server as create_server
+    from ._supervisor import serve as serve
 
 # public name -> private module that defines it
 _EXPORTS: dict[str, str] = {

@@ -38,6 +38,9 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "/nbo.v1.PublishService/PublishBundle": frozenset({"publisher"}),
 }
 
+CONSOLE_ONLY_ROLES = frozenset({"analyst"})
+"""Roles that open the web console (``nbo console``) and may call no RPC at all."""
+
 OPEN_PREFIXES: tuple[str, ...] = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
@@ -117,7 +120,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return _refusal(continuation(handler_call_details), grpc.StatusCode.UNAUTHENTICATED,
                             "missing or unknown bearer token")
         allowed = self._roles.get(method)
-        if allowed is not None and principal.role not in allowed:
+        if (allowed is not None and principal.role not in allowed) or principal.role in CONSOLE_ONLY_ROLES:
             return _refusal(continuation(handler_call_details), grpc.StatusCode.PERMISSION_DENIED,
                             f"role {principal.role!r} may not call {method}")
         return continuation(handler_call_details)

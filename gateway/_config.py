@@ -4,7 +4,7 @@
 
     [[tokens]]
     token = "s3cret-app-token"          # or token_sha256 = "<64 hex digits>"
-    role = "app"                        # app | device | publisher
+    role = "app"                        # app | device | publisher | analyst (nbo console)
 
     [[tokens]]
     token_sha256 = "9f86d0…"
@@ -60,7 +60,8 @@ from ._call_limits import CallLimits
 
 __all__ = ["ROLES", "GatewayConfig", "TokenSpec", "load_config", "parse_config"]
 
-ROLES = frozenset({"app", "device", "publisher"})
+ROLES = frozenset({"app", "device", "publisher", "analyst"})
+"""``analyst`` opens the central team's web console (``nbo console``) and no RPC."""
 _TOP_LEVEL = frozenset({"tokens", "trust", "hub", "tls", "server", "metrics", "limits"})
 _TOKEN_KEYS = frozenset({"token", "token_sha256", "role", "device_id"})
 RESERVED_DEVICE_ID = "app"

@@ -18,7 +18,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,7 +48,7 @@ class Database(Protocol):
     dialect: str
     """``sqlite`` or ``postgresql``."""
 
-    def transaction(self) -> Any:
+    def transaction(self) -> AbstractContextManager[DbTx]:
         """Context manager yielding a :class:`DbTx`; commits on success, rolls back on error."""
         ...
 

@@ -112,6 +112,15 @@ SCHEMA: tuple[str, ...] = (
         file TEXT NOT NULL,               -- file name under STATE/hub-bundles/
         created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY(name, version))""",
+    # What each device said about itself in its latest push (the console's field view): the
+    # highest seq its outbox held (pending = outbox_head - hub_devices.acked_through) and the
+    # bundle it runs.
+    """CREATE TABLE IF NOT EXISTS hub_device_status(
+        device_id TEXT PRIMARY KEY,
+        outbox_head BIGINT NOT NULL,
+        bundle_name TEXT,
+        bundle_version BIGINT,
+        pushed_at DOUBLE PRECISION NOT NULL)""",
     # The bundle's bytes in the database too, so every replica sharing a PostgreSQL hub can serve a
     # bundle published to any of them (each one writes its own copy under STATE/hub-bundles/).
     """CREATE TABLE IF NOT EXISTS hub_bundle_parts(
@@ -382,13 +391,31 @@ class HubStore:
 
     # -- events ----------------------------------------------------------------------------
 
-    def ingest(self, device_id: str, events: Sequence[IncomingEvent]) -> IngestResult:
+    def ingest(
+        self,
+        device_id: str,
+        events: Sequence[IncomingEvent],
+        *,
+        outbox_head: int = 0,
+        active_bundle: tuple[str, int] | None = None,
+    ) -> IngestResult:
         """Store one pushed batch idempotently; see the module docstring for the rules.
 
-        Raises :class:`EventConflictError` (nothing stored) when a ``(device_id, seq)`` is
-        already held with another ``event_id``, and :class:`InputError` for a malformed batch.
+        ``outbox_head`` (the highest seq the device's outbox holds, 0 = not reported) and
+        ``active_bundle`` (name, version the device runs) are kept per device in
+        ``hub_device_status`` for the console. Raises :class:`EventConflictError` (nothing
+        stored) when a ``(device_id, seq)`` is already held with another ``event_id``, and
+        :class:`InputError` for a malformed batch.
         """
         _check_structure(device_id, events)
+        if isinstance(outbox_head, bool) or not isinstance(outbox_head, int) or outbox_head < 0:
+            raise InputError("outbox_head must be a non-negative integer", field="outbox_head")
+        if active_bundle is not None:
+            name, version = active_bundle
+            if not isinstance(name, str) or not BUNDLE_NAME_RE.match(name):
+                raise InputError("active_bundle.name must be a bundle name", field="active_bundle.name")
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise InputError("active_bundle.version must be a positive integer", field="active_bundle.version")
         now = self.clock.now()
         with self.db.transaction() as tx:
             tx.execute(
@@ -450,6 +477,13 @@ class HubStore:
             flagged = self._apply_points(tx, device_id, points, now) if points else ()
             acked = self._advance(tx, device_id, acked)
             tx.execute("UPDATE hub_devices SET acked_through = ? WHERE device_id = ?", (acked, device_id))
+            tx.execute(
+                "INSERT INTO hub_device_status(device_id, outbox_head, bundle_name, bundle_version, pushed_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET outbox_head = excluded.outbox_head, "
+                "bundle_name = excluded.bundle_name, bundle_version = excluded.bundle_version, "
+                "pushed_at = excluded.pushed_at",
+                (device_id, outbox_head, *(active_bundle or (None, None)), now),
+            )
             balances = self._balances(tx, sorted(customers), now)
         return IngestResult(
             acked_through=acked,

@@ -88,6 +88,8 @@ class _RelaxedSQLite:
     of both connections are serialised by SQLite's own lock (``BEGIN IMMEDIATE``).
     """
 
+    dialect = "sqlite"
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.RLock()
@@ -280,7 +282,7 @@ class HubStateStore:
 
     @contextmanager
     def _outer(self, *, durable: bool) -> Iterator[HubTx]:
-        database: Any = self.db if durable or self._relaxed is None else self._relaxed
+        database: Database = self.db if durable or self._relaxed is None else self._relaxed
         with database.transaction() as db_tx:
             if not durable and self.db.dialect == "postgresql":
                 db_tx.execute("SET LOCAL synchronous_commit TO OFF")

@@ -53,7 +53,11 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             events.append(IncomingEvent(seq=e.seq, event_id=e.event_id, type=e.type, created_at=e.created_at,
                                         payload=e.payload_json))
         with rpc_errors(context, "PushEvents"):
-            result = self._hub.ingest(request.device_id, events)
+            bundle = request.active_bundle
+            result = self._hub.ingest(
+                request.device_id, events, outbox_head=request.outbox_head,
+                active_bundle=(bundle.name, bundle.version) if request.HasField("active_bundle") else None,
+            )
             latest = self._hub.latest_bundle()
         response = sync_pb2.PushEventsResponse(
             acked_through=result.acked_through,

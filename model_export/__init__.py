@@ -7,7 +7,28 @@ training extras (``pip install nbo-edge[train]``) are needed only for training a
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names for the type checker (tests/test_typecheck.py keeps them equal)
+    from ._bundle_build import build_bundle as build_bundle
+    from ._bundle_build import generate_keys as generate_keys
+    from ._catalog import compile_catalog as compile_catalog
+    from ._catalog import load_catalog_file as load_catalog_file
+    from ._catalog import validate_catalog as validate_catalog
+    from ._demo import DemoResult as DemoResult
+    from ._demo import run_demo as run_demo
+    from ._demo_data import generate_demo_data as generate_demo_data
+    from ._features import MeasureConfig as MeasureConfig
+    from ._features import derive_features as derive_features
+    from ._publish import PublishRefused as PublishRefused
+    from ._publish import PublishResult as PublishResult
+    from ._publish import publish_bundle as publish_bundle
+    from ._report import write_report as write_report
+    from ._table import format_table as format_table
+    from ._train import TrainedModel as TrainedModel
+    from ._train import train_propensity as train_propensity
+    from ._train_data import load_training_data as load_training_data
+    from ._train_data import train_from_directory as train_from_directory
 
 # public name -> private module that defines it
 _EXPORTS: dict[str, str] = {

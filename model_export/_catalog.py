@@ -54,6 +54,7 @@ from ._cel_types import (
     one_of,
     parse_type,
 )
+from ._rule_budget import slow_rules
 
 __all__ = [
     "ValidCatalog",
@@ -637,6 +638,12 @@ def validate_catalog(
     assignment = _validate_assignment(errors, catalog.get("strategy_assignment"),
                                       {s["strategy"] for s in strategies}, fields)
     policies = _validate_policies(errors, catalog.get("contact_policies"), offer_ids, channels)
+    errors.raise_if_any()
+    # the rule cost budget's measured half (its static half ran with each compile above)
+    for table, index, fld, message in slow_rules(rules=rules, conditions=assignment, offers=offers,
+                                                 profile=profile, channels=channels):
+        item = rules[index]["rule_id"] if table == "rules" else None
+        errors.add(f"{table}[{index}]" + (f" (rule_id={item})" if item else ""), fld, message)
     errors.raise_if_any()
 
     if source_sha256 is None:

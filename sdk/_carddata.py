@@ -62,9 +62,13 @@ def normalise(text: str) -> str:
 
 # A separator joins digit groups: white space and control characters (NFKC turned thin and
 # no-break spaces into spaces), the grouping punctuation people use, and every dash.
-_SEP = r"[\s\x00-\x1f\x7f.,_/\\|'\u00b7\u2010-\u2015\u2212\u2043\ufe58\ufe63\uff0d-]"
-_DIGIT_RUN = re.compile(rf"[0-9](?:{_SEP}*[0-9])*")
-_NOT_DIGIT = re.compile(r"[^0-9]+")
+_SEP_CHARS = "".join(sorted(
+    {chr(c) for c in range(0x3001) if chr(c).isspace() or c < 0x20 or c == 0x7F}
+    | set(".,_/\\|'\u00b7\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\uff0d-")))
+# Deleting the separators joins digit groups into runs (sre is slow at matching groups with
+# repeats; str.translate and a plain class repeat run at C speed).
+_DROP_SEPARATORS = str.maketrans("", "", _SEP_CHARS)
+_DIGIT_RUN = re.compile(r"[0-9]{13,}")
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # a Luhn-doubled digit, reduced
 
 
@@ -91,12 +95,7 @@ def _has_luhn_window(digits: str) -> bool:
 
 
 def _has_card_number(text: str) -> bool:
-    for match in _DIGIT_RUN.finditer(text):
-        run = match.group()
-        digits = run if run.isdigit() else _NOT_DIGIT.sub("", run)
-        if len(digits) >= 13 and _has_luhn_window(digits):
-            return True
-    return False
+    return any(_has_luhn_window(m.group()) for m in _DIGIT_RUN.finditer(text.translate(_DROP_SEPARATORS)))
 
 
 # Track 1: %B<PAN>^<NAME>^<YYMM…>; track 2: ;<PAN>=<YYMM…> (sentinels optional when pasted).
@@ -149,24 +148,31 @@ def _few_digits(text: str) -> bool:
 
 
 _EXACT_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# A cheap test before the slow pattern: sensitive authentication data needs a label's stem.
+_LABEL_HINT = re.compile(r"c[ ._-]?[vias]|sec|card|verif|pin|exp|valid|good")
 # Short texts found clean, remembered: the hub sees the same channels, categories, offer ids and
 # bundle names in every event. Only clean values are kept (never card data), and only a bounded
 # number of them.
 _CLEAN: dict[str, None] = {}
 _CLEAN_MAX = 4096
+_CLEAN_LONG: dict[str, None] = {}  # up to 4 KiB each (a decision's list of eligible offers, joined)
+_CLEAN_LONG_MAX = 256
 
 
 def is_card_data(text: str) -> bool:
     """Does ``text`` hold a card number or sensitive authentication data (rules above)?"""
-    if text.isascii() and (_few_digits(text) or (len(text) == 36 and _EXACT_UUID.fullmatch(text))):
-        return False  # the common cases, without normalising
-    if text in _CLEAN:
+    short = len(text) <= 64
+    if text in (_CLEAN if short else _CLEAN_LONG):
         return False
-    found = _scan(text)
-    if not found and len(text) <= 64:
-        if len(_CLEAN) >= _CLEAN_MAX:
-            _CLEAN.clear()
-        _CLEAN[text] = None
+    if text.isascii() and (_few_digits(text) or (len(text) == 36 and _EXACT_UUID.fullmatch(text))):
+        found = False  # the common cases, without normalising
+    else:
+        found = _scan(text)
+    if not found and len(text) <= 4096:
+        cache, most = (_CLEAN, _CLEAN_MAX) if short else (_CLEAN_LONG, _CLEAN_LONG_MAX)
+        if len(cache) >= most:
+            cache.clear()
+        cache[text] = None
     return found
 
 
@@ -176,7 +182,11 @@ def _scan(text: str) -> bool:
         return False
     if len(text) >= 36 and "-" in text:
         text = _UUID.sub(":", text)  # ':' ends a digit run: a UUID neither hides nor joins a PAN
-    return bool(_has_card_number(text) or _TRACK.search(text) or _SAD_VALUE.search(text))
+    if _has_card_number(text):
+        return True
+    if ("^" in text or "=" in text) and _TRACK.search(text):
+        return True
+    return bool(_LABEL_HINT.search(text) and _SAD_VALUE.search(text))
 
 
 @functools.lru_cache(maxsize=512)
@@ -190,27 +200,49 @@ def find_card_data(value: object, field: str) -> str | None:
 
     Text is scanned; numbers are not (measures such as 2**63 - 1 are not card numbers, and
     free text is where people paste one). Walks mappings (keys and values) and lists
-    recursively; nested fields are named
-    ``field.key`` / ``field[i]``. A key that is itself card data, or names it, is reported as
-    its parent field (``"field name"`` at the top), never by its text.
+    recursively; nested fields are named ``field.key`` / ``field[i]``. A key that is itself card
+    data, or names it, is reported as its parent field (``"field name"`` at the top), never by
+    its text; a label and its value split over neighbouring items of a list of texts
+    (``["cvv", "123"]``) as the list.
     """
+    if type(value) in _SCALARS:
+        return None  # numbers are not scanned (the common case first: the ABC check below is slow)
     if isinstance(value, str):
         return field if is_card_data(value) else None
-    if isinstance(value, Mapping):
+    if isinstance(value, list | tuple):
+        try:
+            # One scan for a list of texts (a decision's eligible offers): ':' between items ends
+            # every digit run, so no PAN is made of two items.
+            joined = ":".join(value) if value else None
+        except TypeError:
+            joined = None  # not all texts
+        if joined is not None:
+            if not is_card_data(joined):
+                return None
+            return next((f"{field}[{i}]" for i, item in enumerate(value) if is_card_data(item)), field)
+        for i, item in enumerate(value):
+            if type(item) not in _SCALARS:
+                hit = find_card_data(item, f"{field}[{i}]")
+                if hit is not None:
+                    return hit
+        return None
+    if isinstance(value, dict | Mapping):
         for key, item in value.items():
             if isinstance(key, str) and _sensitive_name(key):
                 return field or "field name"
-            name = f"{field}.{key}" if field else str(key)
-            hit = find_card_data(item, name)
-            if hit is not None:
-                return hit
-        return None
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            hit = find_card_data(item, f"{field}[{i}]")
-            if hit is not None:
-                return hit
+            if type(item) in _SCALARS:
+                continue
+            if isinstance(item, str):
+                if is_card_data(item):
+                    return f"{field}.{key}" if field else str(key)
+            else:
+                hit = find_card_data(item, f"{field}.{key}" if field else str(key))
+                if hit is not None:
+                    return hit
     return None
+
+
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def payment_data_error(field: str) -> PaymentDataError:

@@ -104,8 +104,8 @@ class DecisionRecord(NamedTuple):
     ``selection_probability`` (the event payload contract), numbers finite or None (JSON has
     no NaN/Infinity; the caller records a non-finite score part as None). They become the
     event's payload as they are, and so do ``inputs`` (the models' raw customer and context
-    values, by input name) and ``eligible`` (the offers in play with their probabilities),
-    when given (docs/learning.md).
+    values, by input name), ``eligible`` (the offers in play with their probabilities,
+    docs/learning.md) and ``funnel`` (candidates and removals per rule, docs/decisions.md), when given.
     """
 
     decision_id: str
@@ -117,6 +117,7 @@ class DecisionRecord(NamedTuple):
     offers: Sequence[Mapping[str, Any]]
     inputs: Mapping[str, Any] | None = None
     eligible: Mapping[str, Any] | None = None
+    funnel: Mapping[str, Any] | None = None
 
 
 def record_decisions(tx: Tx, records: Sequence[DecisionRecord]) -> None:
@@ -156,4 +157,6 @@ def _payload(r: DecisionRecord) -> dict[str, Any]:
         payload["inputs"] = r.inputs
     if r.eligible is not None:
         payload["eligible"] = r.eligible
+    if r.funnel is not None:
+        payload["funnel"] = r.funnel
     return payload

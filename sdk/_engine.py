@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from math import isfinite
 from typing import Any, NamedTuple
 
 from . import _contacts, _ledger, _measures, _policy
 from ._carddata import find_card_data, is_card_data, payment_data_error, refuse_card_data
-from ._errors import BundleError, InputError
+from ._errors import BundleError, DeadlineExceededError, InputError
 from ._records import check_id
 from ._runtime import DecisionPlan, LoadedBundle
 from ._store import StateStore, Tx
@@ -180,7 +180,7 @@ class _Item(NamedTuple):
 
 
 def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Request], *,
-                record: bool = True) -> list[Decision | Exception]:
+                record: bool = True, keep: Callable[[int], bool] | None = None) -> list[Decision | Exception]:
     """Decide several requests in one transaction: the decision, or the error, of each, in order.
 
     Exactly what :func:`decide` does for each request, with the state read and written for
@@ -188,7 +188,10 @@ def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Requ
     Requests for the same customer are decided one after the other (each sees the contacts of
     the one before), in arrival order. A request that fails (bad input, a model error) fails
     alone; an error of the store fails them all (nothing is written). ``record=False`` (a dry
-    run) reads the state in a read view and writes nothing.
+    run) reads the state in a read view and writes nothing. ``keep(i)``, asked for each
+    request right before its decision is recorded, may say its caller has gone (a gateway
+    call whose deadline passed while it waited for the write lock): that request is then not
+    recorded and its outcome is :class:`DeadlineExceededError`.
     """
     plan = bundle.plan
     if plan is None:
@@ -212,13 +215,13 @@ def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Requ
     if rounds:
         with store.transaction() if record else store.read() as tx:
             for items in rounds:
-                _decide_round(bundle, plan, tx, items, results, record=record)
+                _decide_round(bundle, plan, tx, items, results, record=record, keep=keep)
     return [r if r is not None else BundleError("no decision was made") for r in results]
 
 
 def _decide_round(
     bundle: LoadedBundle, plan: DecisionPlan, tx: Tx, items: Sequence[_Item], results: list[Decision | Exception | None],
-    *, record: bool = True,
+    *, record: bool = True, keep: Callable[[int], bool] | None = None,
 ) -> None:
     """Decide ``items`` (one per customer) in ``tx``; each result goes to its position."""
     now = tx.now
@@ -270,6 +273,9 @@ def _decide_round(
         except Exception as exc:
             results[item.position] = exc
             continue
+        if record and keep is not None and not keep(item.position):
+            results[item.position] = DeadlineExceededError("the call's deadline passed before it was recorded")
+            continue
         records.append(row)
         results[item.position] = decision
     if record:
@@ -306,6 +312,12 @@ def _eligible(plan: DecisionPlan, outcome: _policy.Outcome, limit: int) -> dict[
         "mandatory": outcome.mandatory,
         "epsilon": plan.epsilon,
     }
+
+
+def _funnel(outcome: _policy.Outcome) -> dict[str, Any]:
+    """The decision event's ``funnel``: the candidates and, per rule or contact policy id, the
+    offers it took out of play first (so candidates − Σ removed = the eligible offers)."""
+    return {"candidates": outcome.candidates, "removed": dict(outcome.removed)}
 
 
 def _assemble(
@@ -348,5 +360,5 @@ def _assemble(
     )
     record = _contacts.DecisionRecord(item.decision_id, request.customer_id, request.channel, info.name,
                                       info.version, strategy, recorded, _logged_inputs(plan, customer, context),
-                                      _eligible(plan, outcome, request.limit))
+                                      _eligible(plan, outcome, request.limit), _funnel(outcome))
     return decision, record

@@ -17,7 +17,7 @@ import bisect
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -75,6 +75,10 @@ class Outcome:
     policy's order before exploration: mandatory first, then by score."""
     mandatory: int = 0
     """How many of ``eligible`` (its head) are mandatory."""
+    candidates: int = 0
+    """Offers valid and offered on the channel (before any rule)."""
+    removed: Mapping[str, int] = field(default_factory=dict)
+    """Per rule or contact policy id: the offers it took out of play first."""
 
 
 # -- stage 1: candidates -----------------------------------------------------------------
@@ -97,6 +101,10 @@ def candidate_set(plan: DecisionPlan, channel: str, now: float) -> CandidateSet:
     # the mask is constant between two consecutive edges: [edges[pos - 1], edges[pos])
     edges = plan.validity_edges
     pos = bisect.bisect_right(edges, now)
+    static_removed: dict[str, int] = {}
+    for i in np.flatnonzero(mask & ~plan.static_ok).tolist():  # each removed offer counts for its first rule
+        rule_id = plan.rules[plan.static_exclusions[i][0][0]].rule_id
+        static_removed[rule_id] = static_removed.get(rule_id, 0) + 1
     entry = CandidateSet(
         start=edges[pos - 1] if pos > 0 else -math.inf,
         end=edges[pos] if pos < len(edges) else math.inf,
@@ -105,6 +113,8 @@ def candidate_set(plan: DecisionPlan, channel: str, now: float) -> CandidateSet:
         static_alive=static_alive,
         decision_rules=tuple(r for r in plan.decision_rules if (mask & r.applies).any()),
         candidate_rules=tuple(r for r in plan.candidate_rules if (mask & r.applies).any()),
+        count=int(np.count_nonzero(mask)),
+        static_removed=tuple(static_removed.items()),
     )
     plan.candidate_cache[channel] = entry
     return entry
@@ -157,8 +167,10 @@ def _apply_rules(
     context_proj: Mapping[str, Any],
     explain: bool,
     excluded: list[tuple[int, int, int, Exclusion]],
+    removed: dict[str, int],
 ) -> np.ndarray:
-    """Apply every rule kind; return the surviving mask. ``excluded`` gets (offer, stage, order, why)."""
+    """Apply every rule kind; return the surviving mask. ``excluded`` gets (offer, stage, order, why);
+    ``removed`` counts, per rule, the offers it took out of play first (the decision funnel)."""
     candidates = start.mask
     if explain and plan.static_exclusions:
         for i in np.flatnonzero(candidates & ~plan.static_ok).tolist():
@@ -179,6 +191,9 @@ def _apply_rules(
             if explain:
                 for i in np.flatnonzero(candidates & rule.applies).tolist():
                     excluded.append((i, 0, rule.index, _exclusion(plan, i, rule, failure)))
+            taken = int(np.count_nonzero(alive & rule.applies))
+            if taken:
+                removed[rule.rule_id] = removed.get(rule.rule_id, 0) + taken
             alive = alive & ~rule.applies
 
     # Offers with the same projection share one specialised program: evaluate it once.
@@ -220,6 +235,7 @@ def _apply_rules(
                 verdict = _eval_candidate(plan, rule, i, program, cel_ctx, cel_ctx_error, customer_proj, context_proj)
             if not verdict[0]:
                 alive[i] = False
+                removed[rule.rule_id] = removed.get(rule.rule_id, 0) + 1
                 if explain:
                     excluded.append((i, 0, rule.index, _exclusion(plan, i, rule, verdict[1])))
     return alive
@@ -264,6 +280,7 @@ def _apply_policies(
     channel: str,
     explain: bool,
     excluded: list[tuple[int, int, int, Exclusion]],
+    removed: dict[str, int],
 ) -> np.ndarray:
     out = alive
     for order, policy in enumerate(plan.policies):
@@ -289,6 +306,9 @@ def _apply_policies(
             hit = hit & by_key
         if not hit.any():
             continue
+        taken = int(np.count_nonzero(hit & out))  # offers an earlier policy already took count there
+        if taken:
+            removed[policy.policy_id] = removed.get(policy.policy_id, 0) + taken
         out = out & ~hit
         if explain:
             for i in np.flatnonzero(hit).tolist():
@@ -538,6 +558,11 @@ class Selection:
     strategy: str
     weights_by_category: np.ndarray | None
     excluded: list[tuple[int, int, int, Exclusion]]
+    candidates: int = 0
+    """Offers valid and offered on the channel: the top of the decision funnel."""
+    removed: dict[str, int] = field(default_factory=dict)
+    """Offers each rule or contact policy (by id) took out of play first; the decision event
+    records it (its ``funnel``)."""
 
 
 def select(
@@ -554,6 +579,7 @@ def select(
     excluded: list[tuple[int, int, int, Exclusion]] = []
     start = candidate_set(plan, channel, now)
     alive = start.mask
+    removed = dict(start.static_removed)
 
     customer_proj: dict[str, Any] = {}
     context_proj: dict[str, Any] = {}
@@ -568,17 +594,17 @@ def select(
             cel_error = str(exc)
 
     if start.any:
-        alive = _apply_rules(plan, start, cel_ctx, cel_error, customer_proj, context_proj, explain, excluded)
+        alive = _apply_rules(plan, start, cel_ctx, cel_error, customer_proj, context_proj, explain, excluded, removed)
     if plan.policies and alive.any():
         # also with no history: a cap of 0 holds for a customer who has none
-        alive = _apply_policies(plan, alive, history, now, channel, explain, excluded)
+        alive = _apply_policies(plan, alive, history, now, channel, explain, excluded, removed)
 
     strategy = choose_strategy(plan, cel_ctx)
     rows = np.flatnonzero(alive)
     normal = rows[~plan.fallback[rows]]
     pool = normal if len(normal) else rows  # fallback offers only when nothing else is left
     return Selection(pool=pool, strategy=strategy, weights_by_category=plan.strategy_weights.get(strategy),
-                     excluded=excluded)
+                     excluded=excluded, candidates=start.count, removed=removed)
 
 
 def _rank_few(
@@ -664,6 +690,8 @@ def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: i
         explored=promoted is not None,
         eligible=tuple([rows[pos] for pos in order]),
         mandatory=mandatory_count,
+        candidates=selection.candidates,
+        removed=selection.removed,
     )
 
 

@@ -161,6 +161,10 @@ class CandidateSet:
     """The plan's decision rules that apply to at least one offer of ``mask``."""
     candidate_rules: tuple[RulePlan, ...]
     """The plan's candidate rules that apply to at least one offer of ``mask``."""
+    count: int = 0
+    """How many offers ``mask`` holds (the decision funnel's candidates)."""
+    static_removed: tuple[tuple[str, int], ...] = ()
+    """(rule_id, offers of ``mask`` it removed first) of the offer-only rules, for the funnel."""
 
 
 @dataclass(frozen=True, slots=True)

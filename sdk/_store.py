@@ -18,8 +18,8 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,14 +119,14 @@ class Tx(Protocol):
 class StateStore(Protocol):
     """Where profiles, contact history, decisions, ledger and events live."""
 
-    def transaction(self, *, durable: bool = False) -> Any:
+    def transaction(self, *, durable: bool = False) -> AbstractContextManager[Tx]:
         """Context manager yielding a :class:`Tx`; commits on exit, rolls back on error.
 
         ``durable=True`` makes the commit fsync'd before it returns (money and points).
         """
         ...
 
-    def read(self) -> Any:
+    def read(self) -> AbstractContextManager[Tx]:
         """Context manager yielding a :class:`Tx` for reading only (nothing is committed)."""
         ...
 
@@ -193,7 +193,8 @@ ROWS_PER_INSERT = 500
 """Rows per multi-row INSERT: well under every SQLite and PostgreSQL limit on bound parameters."""
 
 
-def insert_rows(execute: Any, head: str, row: str, rows: Sequence[Sequence[Any]]) -> None:
+def insert_rows(execute: Callable[[str, Sequence[Any]], object], head: str, row: str,
+                rows: Sequence[Sequence[Any]]) -> None:
     """``rows`` as multi-row INSERTs (portable: SQLite and PostgreSQL) rather than one per row.
 
     ``execute(sql, params)`` runs a statement (a :class:`Tx`'s); ``head`` is the ``INSERT INTO

@@ -174,6 +174,13 @@ def _pending_batch(client: Client, limit: int, *, after: int = 0) -> list[tuple[
     return batch
 
 
+def _outbox_head(client: Client) -> int:
+    """The highest seq the outbox holds (0 when empty): the hub shows head − acked as pending."""
+    with client._store.read() as tx:
+        rows = tx.execute("SELECT MAX(seq) FROM outbox")
+    return int(rows[0][0] or 0) if rows else 0
+
+
 def _apply_answer(client: Client, response: sync_pb2.PushEventsResponse) -> tuple[int, int, int]:
     """Dead-letter, ack and store balances in one durable transaction; (dead, balances, refused).
 
@@ -310,19 +317,30 @@ def _sync(client: Client, stub: Any, *, token: str, timeout: float, download: bo
     # to k-1 and reads and encodes batch k+1; k+1 is sent the moment the answer to k arrives.
     # Batches leave one at a time and in order, so the hub always sees them in seq order.
     after = 0
+    first = True
+    active = client.bundle
+    status: dict[str, Any] = {}
+    if active is not None:
+        status["active_bundle"] = sync_pb2.ActiveBundle(name=active.name, version=active.version)
 
     def build_next() -> tuple[sync_pb2.PushEventsRequest, int] | None:
-        nonlocal after
+        nonlocal after, first
         rows = _pending_batch(client, batch_size, after=after)
-        if not rows:
+        if not rows and not first:
             return None
-        after = rows[-1][0]
+        # With nothing pending, one empty push still tells the hub this device synced, its
+        # outbox head and its bundle (the console's field view).
+        first = False
+        if rows:
+            after = rows[-1][0]
         request = sync_pb2.PushEventsRequest(
             device_id=client.device_id,
             events=[
                 sync_pb2.Event(event_id=e, device_id=client.device_id, seq=s, type=t, created_at=c, payload_json=p)
                 for s, e, t, c, p in rows
             ],
+            outbox_head=_outbox_head(client),
+            **status,
         )
         return request, len(rows)
 

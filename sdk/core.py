@@ -58,6 +58,8 @@ from ._measures import (
     LOYALTY_STAGES,
     MeasureConfig,
     derive_features,
+    lifecycle_stage,
+    loyalty_stage,
     new_customer_profile,
     refresh_measures,
     to_epoch,
@@ -69,6 +71,8 @@ from ._policy import inclusion_runs, propensities, rank_probability, slot_probab
 from ._records import SCHEMA as RECORD_SCHEMA
 from ._records import check_decimal, check_id, check_int, check_text, id_problem, record_response
 from ._rules import MAX_EXPRESSION_CHARS, compile_expression
+from ._rules import evaluate as evaluate_rule
+from ._rules import new_context as new_rule_context
 from ._runtime import LoadedBundle, input_column, load_bundle, stage_and_load, to_float, to_string
 from ._store import (
     CORE_SCHEMA,
@@ -173,6 +177,8 @@ __all__ = [
     # CEL: the one boundary to the extension (length cap, panics as RuleError)
     "MAX_EXPRESSION_CHARS",
     "compile_expression",
+    "evaluate_rule",
+    "new_rule_context",
     # the deciding policy's probabilities (the decision event's eligible set; off-policy evaluation)
     "inclusion_runs",
     "rank_probability",
@@ -186,6 +192,8 @@ __all__ = [
     "LIFECYCLE_STAGES",
     "LOYALTY_STAGES",
     "MeasureConfig",
+    "lifecycle_stage",
+    "loyalty_stage",
     "derive_features",
     "new_customer_profile",
     "refresh_measures",

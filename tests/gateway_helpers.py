@@ -25,6 +25,7 @@ APP_TOKEN = "app-token-0123456789"
 DEVICE_TOKEN = "device-token-pos-1"
 DEVICE2_TOKEN = "device-token-pos-2"
 PUBLISHER_TOKEN = "publisher-token-abcdef"
+ANALYST_TOKEN = "analyst-token-console-42"
 
 TOKENS: dict[str, str] = {"app": APP_TOKEN, "device": DEVICE_TOKEN, "publisher": PUBLISHER_TOKEN}
 
@@ -58,6 +59,8 @@ def config_data(
             {"token": DEVICE_TOKEN, "role": "device", "device_id": "pos-1"},
             {"token": DEVICE2_TOKEN, "role": "device", "device_id": "pos-2"},
             {"token": PUBLISHER_TOKEN, "role": "publisher"},
+            # the console's role, by digest: it opens no RPC
+            {"token_sha256": hashlib.sha256(ANALYST_TOKEN.encode()).hexdigest(), "role": "analyst"},
         ],
         "trust": {"keys": [str(trusted_key)]},
     }
@@ -302,6 +305,24 @@ def wait_serving(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[byt
                 pass
             time.sleep(0.1)
     raise AssertionError(f"gateway on port {port} did not become ready in {timeout}s")
+
+
+def wait_draining(port: int, *, timeout: float = 30.0) -> None:
+    """Wait until the gateway on ``port`` has begun to stop: its health service no longer says
+    SERVING (NOT_SERVING, or a new call is refused)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # a new connection each time
+            try:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            except grpc.RpcError:
+                return
+            if status != health_pb2.HealthCheckResponse.SERVING:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"gateway on port {port} did not begin to stop within {timeout}s")
 
 
 def scrape_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,7 +7,7 @@ import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
-PACKAGES = ("nbo.sdk", "nbo.gateway", "nbo.model_export", "nbo.cli", "nbo.v1")
+PACKAGES = ("nbo.sdk", "nbo.gateway", "nbo.model_export", "nbo.console", "nbo.cli", "nbo.v1")
 
 
 def installed_modules(package: str) -> Iterator[tuple[str, Path]]:

@@ -280,6 +280,35 @@ def test_contact_policy_scope_offer_counts_within_window(engine: Engine, store: 
         ("A", "p", "communication", "max 2 a week")]
 
 
+def test_decision_event_funnel_counts_each_removed_offer_once_for_the_first_rule(
+    engine: Engine, store: SQLiteStateStore
+) -> None:
+    """candidates − Σ removed = eligible; an offer two rules refuse counts for the first only
+    (offer-only rules, then the others in catalog order, then contact policies)."""
+    bundle = engine.load(spec(
+        [*POLICY_OFFERS, offer("D", "xsell", 5, attributes={"stock": 0}), offer("E", "service", 4),
+         offer("W", "xsell", 3, channels=["web"])],
+        rules=[
+            {"rule_id": "stock", "kind": "business", "applies_to": "*",
+             "expression": "!has(offer.attributes.stock) || offer.attributes.stock > 0"},
+            {"rule_id": "quiet", "kind": "communication", "applies_to": "service", "expression": "context.hour >= 10"},
+            {"rule_id": "young", "kind": "business", "applies_to": "*",
+             "expression": "customer.age >= 18 || offer.category != 'loyalty'"},
+        ],
+        contact_policies=[{"policy_id": "twice", "scope": "offer", "event": "shown", "max_count": 1,
+                           "window_days": 7}],
+    ))
+    add_history(store, ("A", "xsell", "pos", "shown", NOW - DAY), ("C", "loyalty", "pos", "shown", NOW - DAY))
+    d = engine.decide(bundle, profile={"age": 16}, limit=1)
+    assert ids(d) == ["B"]
+    with store.transaction() as tx:
+        (text,) = tx.execute("SELECT payload FROM outbox WHERE type = 'decision'")[0]
+    payload = json.loads(text)
+    # W is not offered on pos: not a candidate. D: stock; E: quiet hours; C: young (before the policy); A: twice
+    assert payload["funnel"] == {"candidates": 5, "removed": {"stock": 1, "quiet": 1, "young": 1, "twice": 1}}
+    assert payload["eligible"]["offers"] == ["B"]
+
+
 def test_contact_policy_scope_category(engine: Engine, store: SQLiteStateStore) -> None:
     bundle = engine.load(spec(POLICY_OFFERS, contact_policies=[
         {"policy_id": "cat", "scope": "category", "event": "declined", "max_count": 1, "window_days": 30},
@@ -536,9 +565,10 @@ def test_decision_is_recorded_with_contact_history_and_outbox_event(engine: Engi
     payload = json.loads(payload_text)
     assert kind == "decision"
     assert set(payload) == {"decision_id", "customer_id", "channel", "bundle_name", "bundle_version", "strategy",
-                            "offers", "inputs", "eligible"}
+                            "offers", "inputs", "eligible", "funnel"}
     # no model: no inputs; all three offers were in play, the policy (no exploration) shows the first two
     assert payload["inputs"] == {}
+    assert payload["funnel"] == {"candidates": 3, "removed": {}}
     assert payload["eligible"] == {"offers": ["A", "B", "C"], "p": [[1.0, 2], [0.0, 1]], "mandatory": 0,
                                    "epsilon": 0.0}
     assert payload["decision_id"] == d.decision_id and payload["bundle_version"] == 1

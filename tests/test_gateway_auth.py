@@ -1,5 +1,7 @@
 """The auth matrix: every RPC of the three services × no token / wrong token / each role.
 
+The ``analyst`` role (``nbo console``, configured by digest) is refused by every RPC.
+
 Missing or unknown token → UNAUTHENTICATED; a role the method does not allow → PERMISSION_DENIED;
 the allowed role gets through (to whatever the call itself answers). A device pushing another
 device's events → PERMISSION_DENIED. Health and reflection answer without a token. Tokens
@@ -15,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from gateway_helpers import (
+    ANALYST_TOKEN,
     APP_TOKEN,
     DEVICE_TOKEN,
     PUBLISHER_TOKEN,
@@ -29,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nbo.v1 import decision_pb2, publish_pb2, sync_pb2
 
-ROLE_TOKENS = {"app": APP_TOKEN, "device": DEVICE_TOKEN, "publisher": PUBLISHER_TOKEN}
+ROLE_TOKENS = {"app": APP_TOKEN, "device": DEVICE_TOKEN, "publisher": PUBLISHER_TOKEN, "analyst": ANALYST_TOKEN}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,7 @@ CALLERS: list[tuple[str, Any]] = [
     ("app", auth(APP_TOKEN)),
     ("device", auth(DEVICE_TOKEN)),
     ("publisher", auth(PUBLISHER_TOKEN)),
+    ("analyst", auth(ANALYST_TOKEN)),  # the console's role may call no RPC
 ]
 
 

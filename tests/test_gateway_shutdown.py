@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from gateway_helpers import (
     serve_log,
     start_serve_process,
     toml_text,
+    wait_draining,
     wait_serving,
 )
 from nbo.gateway import HubStore
@@ -43,7 +43,7 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
 
         # A slow upload is in flight when SIGTERM arrives; it must complete.
         sent_half = threading.Event()
-        sigterm_sent = threading.Event()
+        draining = threading.Event()
         data = v2.read_bytes()
 
         def slow_chunks() -> Iterator[publish_pb2.PublishChunk]:
@@ -51,8 +51,7 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
             for i, chunk in enumerate(chunks):
                 if i == len(chunks) // 2:
                     sent_half.set()
-                    sigterm_sent.wait(30)  # the rest of the upload is sent after SIGTERM
-                    time.sleep(0.3)
+                    draining.wait(30)  # the rest of the upload is sent while the server drains
                 yield chunk
 
         upload: dict[str, object] = {}
@@ -68,7 +67,7 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
         # Decide load from several clients throughout.
         stop = threading.Event()
         codes: list[grpc.StatusCode] = []
-        lock = threading.Lock()
+        answered = threading.Condition()
 
         def load(i: int) -> None:
             with grpc.insecure_channel(target) as ch:
@@ -80,8 +79,9 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
                         code = grpc.StatusCode.OK
                     except grpc.RpcError as exc:
                         code = exc.code()
-                    with lock:
+                    with answered:
                         codes.append(code)
+                        answered.notify_all()
                     if code is not grpc.StatusCode.OK:
                         return  # the server is going away
 
@@ -91,12 +91,12 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
         for t in loaders:
             t.start()
         assert sent_half.wait(20)
-        deadline = time.monotonic() + 20
-        while len(codes) < 20 and time.monotonic() < deadline:  # decisions are flowing
-            time.sleep(0.01)
+        with answered:
+            assert answered.wait_for(lambda: len(codes) >= 20, timeout=20)  # decisions are flowing
         assert not upload  # the upload is still in flight
         proc.send_signal(signal.SIGTERM)
-        sigterm_sent.set()
+        wait_draining(port)  # new calls are refused now; the upload's second half follows
+        draining.set()
         uploader.join(30)
         stop.set()
         for t in loaders:

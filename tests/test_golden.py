@@ -14,34 +14,9 @@ from typing import Any
 
 import pytest
 from engine_fixtures import load_spec_bundle, signed_bundle, signing_keys
+from golden_helpers import CASES, case_history, case_now, check_case
 from nbo.sdk import Client, ManualClock
 from nbo.sdk._policy import run_pipeline
-
-CASES = json.loads((Path(__file__).parent / "golden" / "decide_cases.json").read_text())["cases"]
-DEFAULT_NOW = "2026-03-02T10:00:00Z"
-DAY = 86_400.0
-
-
-def _now(case: dict[str, Any]) -> float:
-    return datetime.fromisoformat(case.get("now", DEFAULT_NOW).replace("Z", "+00:00")).timestamp()
-
-
-def _history(case: dict[str, Any]) -> list[tuple[str, str, str, str, float]]:
-    now = _now(case)
-    return [(h["offer_id"], h["category"], h["channel"], h["event"], now - h["days_ago"] * DAY)
-            for h in case.get("history", [])]
-
-
-def _check(case: dict[str, Any], offers: list[tuple[str, float]], strategy: str,
-           excluded: list[tuple[str, str, str, str]]) -> None:
-    expected = case["expected"]
-    assert [o for o, _ in offers] == expected["offers"], case["name"]
-    assert [s for _, s in offers] == pytest.approx(expected["scores"]), case["name"]
-    assert strategy == expected["strategy"], case["name"]
-    assert [e[:3] for e in excluded] == [tuple(x[:3]) for x in expected["excluded"]], case["name"]
-    for got, want in zip(excluded, expected["excluded"], strict=True):
-        if len(want) > 3:
-            assert got[3].startswith(want[3]), (case["name"], got)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
@@ -49,13 +24,13 @@ def test_golden_case_pure_core(case: dict[str, Any], tmp_path: Path) -> None:
     bundle = load_spec_bundle(tmp_path / "bundle", {"name": "golden", **case["catalog"]})
     plan = bundle.plan
     assert plan is not None
-    now = _now(case)
+    now = case_now(case)
     when = datetime.fromtimestamp(now, tz=UTC)
     customer = {**plan.default_profile, **case.get("stored_profile", {}), **case.get("profile", {})}
     context = {**case.get("context", {}), "channel": case["channel"], "hour": when.hour, "weekday": when.weekday()}
     outcome = run_pipeline(plan, customer=customer, context=context, channel=case["channel"],
-                           history=_history(case), now=now, limit=case.get("limit", 3), explain=True, seed="golden")
-    _check(
+                           history=case_history(case), now=now, limit=case.get("limit", 3), explain=True, seed="golden")
+    check_case(
         case,
         [(plan.offer_ids[s.offer], s.score) for s in outcome.shown],
         outcome.strategy,
@@ -64,7 +39,7 @@ def test_golden_case_pure_core(case: dict[str, Any], tmp_path: Path) -> None:
     # Without an explanation the answer is the same: the offers, every part of their scores,
     # the strategy and the offers that were in play.
     quiet = run_pipeline(plan, customer=customer, context=context, channel=case["channel"],
-                         history=_history(case), now=now, limit=case.get("limit", 3), explain=False, seed="golden")
+                         history=case_history(case), now=now, limit=case.get("limit", 3), explain=False, seed="golden")
     assert quiet.shown == outcome.shown and quiet.strategy == outcome.strategy, case["name"]
     assert quiet.excluded == () and quiet.explored == outcome.explored, case["name"]
     assert quiet.eligible == outcome.eligible and quiet.mandatory == outcome.mandatory, case["name"]
@@ -79,7 +54,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_golden_case_through_client(case: dict[str, Any], tmp_path: Path, keys: tuple[Path, Path]) -> None:
     key, pub = keys
     bundle = signed_bundle(tmp_path / "build", {"name": "golden", **case["catalog"]}, key=key)
-    now = _now(case)
+    now = case_now(case)
     with Client.open(tmp_path / "state", device_id="golden-1", trusted_keys=[pub], clock=ManualClock(now)) as client:
         client.install_bundle(bundle)
         store = client._store  # white-box: seed the state the case describes
@@ -87,13 +62,13 @@ def test_golden_case_through_client(case: dict[str, Any], tmp_path: Path, keys: 
             if "stored_profile" in case:
                 tx.execute("INSERT INTO profiles(customer_id, profile, updated_at) VALUES (?, ?, ?)",
                            ("G1", json.dumps(case["stored_profile"]), now))
-            for offer_id, category, channel, event, ts in _history(case):
+            for offer_id, category, channel, event, ts in case_history(case):
                 tx.execute("INSERT INTO contact_history(customer_id, offer_id, category, channel, event, ts)"
                            " VALUES (?, ?, ?, ?, ?, ?)", ("G1", offer_id, category, channel, event, ts))
         decision = client.decide("G1", channel=case["channel"], context=case.get("context"),
                                  profile=case.get("profile"), limit=case.get("limit", 3), explain=True)
     assert decision.bundle_name == "golden"
-    _check(
+    check_case(
         case,
         [(o.offer_id, o.score) for o in decision.offers],
         decision.strategy,

@@ -8,7 +8,8 @@
   door exports (a helper under test), but a name a front door exports is imported from there.
 * The packages form layers: ``nbo.sdk`` imports none of the others; ``nbo.gateway`` and
   ``nbo.model_export`` build on ``nbo.sdk`` only (``model_export/_demo.py``, the whole-loop
-  demo, also starts a gateway); ``nbo.cli`` sits on top of all of them.
+  demo, also starts a gateway); ``nbo.console`` (the web console) on ``nbo.sdk`` and the
+  gateway's front door (its configuration); ``nbo.cli`` sits on top of all of them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ MAY_IMPORT = {
     "nbo.sdk": {"nbo.v1"},
     "nbo.gateway": {"nbo.sdk", "nbo.v1"},
     "nbo.model_export": {"nbo.sdk", "nbo.v1"},
-    "nbo.cli": {"nbo.sdk", "nbo.gateway", "nbo.model_export", "nbo.v1"},
+    "nbo.console": {"nbo.sdk", "nbo.gateway", "nbo.v1"},
+    "nbo.cli": {"nbo.sdk", "nbo.gateway", "nbo.model_export", "nbo.console", "nbo.v1"},
     "nbo.v1": set(),
 }
 EXCEPTIONS = {("nbo.model_export._demo", "nbo.gateway")}  # the demo runs a gateway
@@ -108,7 +110,7 @@ def test_packages_import_only_the_layers_below() -> None:
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("package", ["nbo.sdk", "nbo.gateway", "nbo.model_export"])
+@pytest.mark.parametrize("package", ["nbo.sdk", "nbo.gateway", "nbo.model_export", "nbo.console"])
 def test_importing_a_package_loads_no_layer_above_it(package: str) -> None:
     """Every module of the package imported in a fresh interpreter: nothing of the layers it
     must not use is loaded (the static check above also sees imports inside functions)."""
@@ -134,3 +136,12 @@ def test_the_internal_front_door_is_what_it_says() -> None:
     assert not set(nbo.sdk.core.__all__) & set(nbo.sdk.__all__), "public names come from nbo.sdk"
     for name in nbo.sdk.core.__all__:
         assert hasattr(nbo.sdk.core, name), name
+
+
+def test_tests_share_helpers_not_each_other() -> None:
+    """A test module imports helper modules (``*_helpers``, ``*_fixtures``), never another test module."""
+    found = [f"{path.relative_to(ROOT)}:{line} imports {target}"
+             for path in sorted((ROOT / "tests").rglob("*.py"))
+             for line, target, _ in imports(path, None)
+             if target.split(".")[0].startswith("test_") or target.startswith("tests.")]
+    assert found == []

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nbo.model_export import derive_features
 from nbo.sdk import InputError
-from nbo.sdk._measures import lifecycle_stage
 from nbo.sdk.core import (
     LIFECYCLE_STAGES,
     MeasureConfig,
+    lifecycle_stage,
     new_customer_profile,
     refresh_measures,
     update_measures,

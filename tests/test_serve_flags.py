@@ -30,7 +30,7 @@ from gateway_helpers import (
 )
 from nbo.gateway import HubStore
 from nbo.v1 import decision_pb2, decision_pb2_grpc
-from test_gateway_tls import health_ok, issue, make_ca, secure
+from tls_helpers import health_ok, issue, make_ca, secure
 
 WRONG_TOKEN = "wrong-token-3f9a1c77"
 CARD = "4111 1111 1111 1111"

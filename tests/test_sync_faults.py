@@ -127,7 +127,13 @@ def test_terminal_killed_during_sync_20_times(tmp_path: Path, gateway: GatewaySe
         proc = terminal("--state", str(state), "--device", "dev-1", "--record", "120", "--seed",
                         str(rng.randrange(1 << 30)), "--hub", hub, "--token", "tok-dev-1", "--batch", "5")
         if wait_line(proc, "syncing"):
-            time.sleep(rng.uniform(0.0, 0.06))  # somewhere inside the push/ack loop (24+ batches)
+            # Somewhere inside the push/ack loop (24+ batches of 5): once the hub has acknowledged
+            # a random part of what this round recorded, not after a random sleep.
+            target = gateway.hub.acked_through("dev-1") + rng.randint(1, 100)
+            deadline = time.monotonic() + 30
+            while (proc.poll() is None and gateway.hub.acked_through("dev-1") < target
+                   and time.monotonic() < deadline):
+                time.sleep(0.001)
             kills_during_sync += proc.poll() is None
         kill(proc)
     print(f"kills that landed during sync: {kills_during_sync}/20")

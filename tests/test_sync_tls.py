@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from nbo.gateway import GatewayServer, create_server, parse_config
 from nbo.sdk import Client, SyncError
-from test_gateway_tls import issue, make_ca
+from tls_helpers import issue, make_ca
 
 TOKENS = [{"token": "tok-dev-1", "role": "device", "device_id": "dev-1"}]
 

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nbo.sdk.core import WalCheckpointer
@@ -20,36 +21,55 @@ from nbo.sdk.core import WalCheckpointer
 _FRAME = 4096 + 24
 
 
-def _writer(path: Path, stop: threading.Event, counts: list[int]) -> None:
+class _Rounds(WalCheckpointer):
+    """The checkpointer, counting its rounds: the workload runs for a number of rounds, not for
+    a number of seconds."""
+
+    def __init__(self, path: Path, *, rounds: int, **kwargs: Any) -> None:
+        self.rounds, self._wanted, self.enough = 0, rounds, threading.Event()
+        super().__init__(path, **kwargs)
+
+    def checkpoint(self, conn: sqlite3.Connection) -> int:
+        result = super().checkpoint(conn)
+        self.rounds += 1
+        if self.rounds >= self._wanted:
+            self.enough.set()
+        return result
+
+
+def _writer(path: Path, stop: threading.Event, counts: list[int], progress: threading.Condition) -> None:
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
     try:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")  # as the stores do: only the checkpointer copies
-        n = 0
         while not stop.is_set():
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT INTO t(k, v) VALUES (?, ?)", (os.urandom(8).hex(), os.urandom(300)))
             conn.execute("COMMIT")
-            n += 1
-            time.sleep(0.0002)  # a busy gateway's decision writer also waits for requests
-        counts.append(n)
+            with progress:
+                counts[0] += 1
+                progress.notify_all()
+            time.sleep(0.0002)  # pacing, not a race: a busy gateway's decision writer also waits for requests
     finally:
         conn.close()
 
 
-def _run(tmp_path: Path, restart_frames: int, seconds: float = 2.0) -> tuple[int, int]:
-    """Commit for ``seconds`` with a checkpointer running; (commits, bytes of WAL at the end)."""
+def _run(tmp_path: Path, restart_frames: int, *, rounds: int = 40, commits: int = 2000) -> tuple[int, int]:
+    """Commit while a checkpointer runs, until it has run ``rounds`` rounds and the writer has made
+    ``commits`` commits; (commits made, bytes of WAL at the end)."""
     path = tmp_path / f"wal-{restart_frames}.sqlite"
     with sqlite3.connect(str(path), isolation_level=None) as setup:
         setup.execute("PRAGMA journal_mode=WAL")
         setup.execute("CREATE TABLE t(k TEXT, v BLOB)")
         setup.execute("CREATE INDEX t_k ON t(k)")  # a random-key index: several pages per commit
-    checkpointer = WalCheckpointer(path, interval=0.02, restart_frames=restart_frames)
-    stop, counts = threading.Event(), []
-    writer = threading.Thread(target=_writer, args=(path, stop, counts))
+    checkpointer = _Rounds(path, rounds=rounds, interval=0.02, restart_frames=restart_frames)
+    stop, counts, progress = threading.Event(), [0], threading.Condition()
+    writer = threading.Thread(target=_writer, args=(path, stop, counts, progress))
     writer.start()
     try:
-        time.sleep(seconds)
+        assert checkpointer.enough.wait(60), "the checkpointer did not run"
+        with progress:
+            assert progress.wait_for(lambda: counts[0] >= commits, timeout=60), counts
     finally:
         stop.set()
         writer.join(30)
@@ -59,7 +79,7 @@ def _run(tmp_path: Path, restart_frames: int, seconds: float = 2.0) -> tuple[int
 
 def test_the_log_starts_over_while_commits_keep_coming(tmp_path: Path) -> None:
     commits, wal_bytes = _run(tmp_path, restart_frames=64)
-    assert commits > 1000  # a steady stream, each commit at least a frame
+    assert commits >= 2000  # a steady stream, each commit at least a frame
     # Bounded by what a few checkpoint intervals write, not by everything ever committed.
     assert wal_bytes < commits * _FRAME / 4, (commits, wal_bytes)
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nbo.v1 import common_pb2 as nbo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11nbo/v1/sync.proto\x12\x06nbo.v1\x1a\x13nbo/v1/common.proto\"q\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x14\n\x0cpayload_json\x18\x06 \x01(\t\"E\n\x11PushEventsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x1d\n\x06\x65vents\x18\x02 \x03(\x0b\x32\r.nbo.v1.Event\"9\n\x08Rejected\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xb3\x01\n\x12PushEventsResponse\x12\x15\n\racked_through\x18\x01 \x01(\x03\x12!\n\x08\x62\x61lances\x18\x02 \x03(\x0b\x32\x0f.nbo.v1.Balance\x12-\n\rlatest_bundle\x18\x03 \x01(\x0b\x32\x11.nbo.v1.BundleRefH\x00\x88\x01\x01\x12\"\n\x08rejected\x18\x04 \x03(\x0b\x32\x10.nbo.v1.RejectedB\x10\n\x0e_latest_bundle\"M\n\x16GetLatestBundleRequest\x12\x11\n\x04name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x42\x07\n\x05_name\"_\n\x17GetLatestBundleResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12&\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x11.nbo.v1.BundleRefH\x00\x88\x01\x01\x42\t\n\x07_bundle\"F\n\x15\x44ownloadBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"O\n\x0b\x42undleChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\")\n\x14RecoverDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"[\n\tHeldEvent\x12\x1c\n\x05\x65vent\x18\x01 \x01(\x0b\x32\r.nbo.v1.Event\x12\x1c\n\x0frejected_reason\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x12\n\x10_rejected_reason\"\x8f\x01\n\rRecoveryChunk\x12\x15\n\racked_through\x18\x01 \x01(\x03\x12\x0f\n\x07max_seq\x18\x02 \x01(\x03\x12!\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x11.nbo.v1.HeldEvent\x12!\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x0f.nbo.v1.Balance\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\x32\xb6\x02\n\x0bSyncService\x12\x43\n\nPushEvents\x12\x19.nbo.v1.PushEventsRequest\x1a\x1a.nbo.v1.PushEventsResponse\x12R\n\x0fGetLatestBundle\x12\x1e.nbo.v1.GetLatestBundleRequest\x1a\x1f.nbo.v1.GetLatestBundleResponse\x12\x46\n\x0e\x44ownloadBundle\x12\x1d.nbo.v1.DownloadBundleRequest\x1a\x13.nbo.v1.BundleChunk0\x01\x12\x46\n\rRecoverDevice\x12\x1c.nbo.v1.RecoverDeviceRequest\x1a\x15.nbo.v1.RecoveryChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11nbo/v1/sync.proto\x12\x06nbo.v1\x1a\x13nbo/v1/common.proto\"q\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x14\n\x0cpayload_json\x18\x06 \x01(\t\"\x9e\x01\n\x11PushEventsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x1d\n\x06\x65vents\x18\x02 \x03(\x0b\x32\r.nbo.v1.Event\x12\x13\n\x0boutbox_head\x18\x03 \x01(\x03\x12\x30\n\ractive_bundle\x18\x04 \x01(\x0b\x32\x14.nbo.v1.ActiveBundleH\x00\x88\x01\x01\x42\x10\n\x0e_active_bundle\"-\n\x0c\x41\x63tiveBundle\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"9\n\x08Rejected\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xb3\x01\n\x12PushEventsResponse\x12\x15\n\racked_through\x18\x01 \x01(\x03\x12!\n\x08\x62\x61lances\x18\x02 \x03(\x0b\x32\x0f.nbo.v1.Balance\x12-\n\rlatest_bundle\x18\x03 \x01(\x0b\x32\x11.nbo.v1.BundleRefH\x00\x88\x01\x01\x12\"\n\x08rejected\x18\x04 \x03(\x0b\x32\x10.nbo.v1.RejectedB\x10\n\x0e_latest_bundle\"M\n\x16GetLatestBundleRequest\x12\x11\n\x04name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x42\x07\n\x05_name\"_\n\x17GetLatestBundleResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12&\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x11.nbo.v1.BundleRefH\x00\x88\x01\x01\x42\t\n\x07_bundle\"F\n\x15\x44ownloadBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"O\n\x0b\x42undleChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\")\n\x14RecoverDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"[\n\tHeldEvent\x12\x1c\n\x05\x65vent\x18\x01 \x01(\x0b\x32\r.nbo.v1.Event\x12\x1c\n\x0frejected_reason\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x12\n\x10_rejected_reason\"\x8f\x01\n\rRecoveryChunk\x12\x15\n\racked_through\x18\x01 \x01(\x03\x12\x0f\n\x07max_seq\x18\x02 \x01(\x03\x12!\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x11.nbo.v1.HeldEvent\x12!\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x0f.nbo.v1.Balance\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\x32\xb6\x02\n\x0bSyncService\x12\x43\n\nPushEvents\x12\x19.nbo.v1.PushEventsRequest\x1a\x1a.nbo.v1.PushEventsResponse\x12R\n\x0fGetLatestBundle\x12\x1e.nbo.v1.GetLatestBundleRequest\x1a\x1f.nbo.v1.GetLatestBundleResponse\x12\x46\n\x0e\x44ownloadBundle\x12\x1d.nbo.v1.DownloadBundleRequest\x1a\x13.nbo.v1.BundleChunk0\x01\x12\x46\n\rRecoverDevice\x12\x1c.nbo.v1.RecoverDeviceRequest\x1a\x15.nbo.v1.RecoveryChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT']._serialized_start=50
   _globals['_EVENT']._serialized_end=163
-  _globals['_PUSHEVENTSREQUEST']._serialized_start=165
-  _globals['_PUSHEVENTSREQUEST']._serialized_end=234
-  _globals['_REJECTED']._serialized_start=236
-  _globals['_REJECTED']._serialized_end=293
-  _globals['_PUSHEVENTSRESPONSE']._serialized_start=296
-  _globals['_PUSHEVENTSRESPONSE']._serialized_end=475
-  _globals['_GETLATESTBUNDLEREQUEST']._serialized_start=477
-  _globals['_GETLATESTBUNDLEREQUEST']._serialized_end=554
-  _globals['_GETLATESTBUNDLERESPONSE']._serialized_start=556
-  _globals['_GETLATESTBUNDLERESPONSE']._serialized_end=651
-  _globals['_DOWNLOADBUNDLEREQUEST']._serialized_start=653
-  _globals['_DOWNLOADBUNDLEREQUEST']._serialized_end=723
-  _globals['_BUNDLECHUNK']._serialized_start=725
-  _globals['_BUNDLECHUNK']._serialized_end=804
-  _globals['_RECOVERDEVICEREQUEST']._serialized_start=806
-  _globals['_RECOVERDEVICEREQUEST']._serialized_end=847
-  _globals['_HELDEVENT']._serialized_start=849
-  _globals['_HELDEVENT']._serialized_end=940
-  _globals['_RECOVERYCHUNK']._serialized_start=943
-  _globals['_RECOVERYCHUNK']._serialized_end=1086
-  _globals['_SYNCSERVICE']._serialized_start=1089
-  _globals['_SYNCSERVICE']._serialized_end=1399
+  _globals['_PUSHEVENTSREQUEST']._serialized_start=166
+  _globals['_PUSHEVENTSREQUEST']._serialized_end=324
+  _globals['_ACTIVEBUNDLE']._serialized_start=326
+  _globals['_ACTIVEBUNDLE']._serialized_end=371
+  _globals['_REJECTED']._serialized_start=373
+  _globals['_REJECTED']._serialized_end=430
+  _globals['_PUSHEVENTSRESPONSE']._serialized_start=433
+  _globals['_PUSHEVENTSRESPONSE']._serialized_end=612
+  _globals['_GETLATESTBUNDLEREQUEST']._serialized_start=614
+  _globals['_GETLATESTBUNDLEREQUEST']._serialized_end=691
+  _globals['_GETLATESTBUNDLERESPONSE']._serialized_start=693
+  _globals['_GETLATESTBUNDLERESPONSE']._serialized_end=788
+  _globals['_DOWNLOADBUNDLEREQUEST']._serialized_start=790
+  _globals['_DOWNLOADBUNDLEREQUEST']._serialized_end=860
+  _globals['_BUNDLECHUNK']._serialized_start=862
+  _globals['_BUNDLECHUNK']._serialized_end=941
+  _globals['_RECOVERDEVICEREQUEST']._serialized_start=943
+  _globals['_RECOVERDEVICEREQUEST']._serialized_end=984
+  _globals['_HELDEVENT']._serialized_start=986
+  _globals['_HELDEVENT']._serialized_end=1077
+  _globals['_RECOVERYCHUNK']._serialized_start=1080
+  _globals['_RECOVERYCHUNK']._serialized_end=1223
+  _globals['_SYNCSERVICE']._serialized_start=1226
+  _globals['_SYNCSERVICE']._serialized_end=1536
 # @@protoc_insertion_point(module_scope)

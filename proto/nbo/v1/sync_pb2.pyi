@@ -24,12 +24,24 @@ class Event(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., device_id: _Optional[str] = ..., seq: _Optional[int] = ..., type: _Optional[str] = ..., created_at: _Optional[float] = ..., payload_json: _Optional[str] = ...) -> None: ...
 
 class PushEventsRequest(_message.Message):
-    __slots__ = ("device_id", "events")
+    __slots__ = ("device_id", "events", "outbox_head", "active_bundle")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_HEAD_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, device_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    outbox_head: int
+    active_bundle: ActiveBundle
+    def __init__(self, device_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., outbox_head: _Optional[int] = ..., active_bundle: _Optional[_Union[ActiveBundle, _Mapping]] = ...) -> None: ...
+
+class ActiveBundle(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Rejected(_message.Message):
     __slots__ = ("seq", "event_id", "reason")
