@@ -22,7 +22,8 @@ What a caller can rely on:
 - Each request carries the bundle that was active when its call started, so a hot swap never
   mixes two bundles in one answer.
 - A request that fails (bad input, a model error) fails alone. A call whose deadline passed,
-  or whose client left, before its batch was taken is not decided and changes no state. If the
+  or whose client left, before its batch was taken is not decided and changes no state; one
+  whose client left while the batch waited for the hub's write lock is not recorded. If the
   transaction itself fails (a write, the commit), every request of the batch fails with it.
 """
 
@@ -52,6 +53,8 @@ class DecideArgs:
 
     bundle: LoadedBundle
     request: Request
+    alive: Callable[[], bool] | None = None
+    """Whether the caller still waits (asked right before the decision is recorded)."""
 
     @property
     def customer_id(self) -> str:
@@ -68,7 +71,8 @@ def decide_batch(state: HubStateStore, batch: Sequence[DecideArgs]) -> list[Deci
 
     Requests are grouped by the bundle they carry (a hot swap can put two in one batch); a
     request's own error is its outcome; an error of the transaction itself (a read, a write,
-    the commit) propagates and none of the batch happened.
+    the commit) propagates and none of the batch happened. A request whose caller has gone
+    by the time its decision would be recorded (``DecideArgs.alive``) is not recorded.
     """
     outcomes: list[Decision | Exception | None] = [None] * len(batch)
     groups: dict[int, tuple[LoadedBundle, list[int]]] = {}
@@ -77,7 +81,12 @@ def decide_batch(state: HubStateStore, batch: Sequence[DecideArgs]) -> list[Deci
     with state.decision_batch([args.customer_id for args in batch]):
         for bundle, positions in groups.values():
             requests = [batch[p].request for p in positions]
-            for position, outcome in zip(positions, decide_many(bundle, state, requests), strict=True):
+
+            def keep(i: int, positions: list[int] = positions) -> bool:
+                alive = batch[positions[i]].alive
+                return alive is None or alive()
+
+            for position, outcome in zip(positions, decide_many(bundle, state, requests, keep=keep), strict=True):
                 outcomes[position] = outcome
     return [o if o is not None else StateError("no decision was made") for o in outcomes]
 

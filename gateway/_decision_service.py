@@ -220,7 +220,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             profile = (validate_mapping(struct_to_dict(request.profile, "profile"), "profile")
                        if request.HasField("profile") else None)
             bundle = self._engine.require()  # one reference for the whole call: hot swaps are invisible
-            args = DecideArgs(bundle, Request(customer_id, request.channel, ctx, profile, limit, request.explain))
+            args = DecideArgs(bundle, Request(customer_id, request.channel, ctx, profile, limit, request.explain),
+                              alive=context.is_active)
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.time() + remaining
             decided = self._decider.submit(args, is_active=context.is_active, deadline=deadline)

@@ -1,11 +1,27 @@
-"""``decide``: validate the request, read state, run the pure core, record the decision.
+"""``decide`` / ``decide_many``: validate the requests, read state, run the pure core, record.
 
-The edges live here — the state store (profile, contact history, decision record and its
-event, all in one non-durable transaction whose clock reading is the decision's time) — and
-the pipeline itself is :func:`._policy.run_pipeline`. A decision receives exactly one
-:class:`~._runtime.LoadedBundle` reference and uses nothing else, so a concurrent bundle
-switch can never mix two bundles in one answer. Thread-safe: the bundle is immutable and
-every per-decision object is local.
+The edges live here; the pure core is :mod:`._policy`. One call of :func:`decide_many` (what
+:func:`decide` runs with one request, and the gateway with a batch) takes one transaction of
+the state store — non-durable, and its clock reading is the decisions' time — and, per round
+of requests (one per customer, so a customer's second request sees the first one's
+contacts), :func:`_decide_round`:
+
+1. reads the customers' stored profiles (:func:`._contacts.stored_profiles`) and the contact
+   counts the bundle's policies need (:func:`._contacts.contact_counts`), brings stored
+   measures up to now (:func:`._measures.refresh_measures`) and the points balance from the
+   ledger (:func:`._ledger.balance_in`);
+2. :func:`._policy.select`: channel, validity, rules, contact policies, strategy weights;
+3. :func:`._policy.propensities_many`: one batched ONNX run per model for every customer of
+   the round;
+4. :func:`._policy.rank`: score, mandatory/fallback, exploration (seeded by the decision id),
+   explanation;
+5. :func:`._contacts.record_decisions`: the decisions, their ``shown`` contacts and their
+   ``decision`` events, in the same transaction (skipped for a dry run, which reads only).
+
+(:func:`._policy.run_pipeline` is stages 2–4 for one customer, without I/O: what the golden
+cases run.) A decision receives exactly one :class:`~._runtime.LoadedBundle` reference and
+uses nothing else, so a concurrent bundle switch can never mix two bundles in one answer.
+Thread-safe: the bundle is immutable and every per-decision object is local.
 """
 
 from __future__ import annotations
@@ -13,14 +29,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from math import isfinite
 from typing import Any, NamedTuple
 
 from . import _contacts, _ledger, _measures, _policy
 from ._carddata import find_card_data, is_card_data, payment_data_error, refuse_card_data
-from ._errors import BundleError, InputError
+from ._errors import BundleError, DeadlineExceededError, InputError
 from ._records import check_id
 from ._runtime import DecisionPlan, LoadedBundle
 from ._store import StateStore, Tx
@@ -180,7 +196,7 @@ class _Item(NamedTuple):
 
 
 def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Request], *,
-                record: bool = True) -> list[Decision | Exception]:
+                record: bool = True, keep: Callable[[int], bool] | None = None) -> list[Decision | Exception]:
     """Decide several requests in one transaction: the decision, or the error, of each, in order.
 
     Exactly what :func:`decide` does for each request, with the state read and written for
@@ -188,7 +204,10 @@ def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Requ
     Requests for the same customer are decided one after the other (each sees the contacts of
     the one before), in arrival order. A request that fails (bad input, a model error) fails
     alone; an error of the store fails them all (nothing is written). ``record=False`` (a dry
-    run) reads the state in a read view and writes nothing.
+    run) reads the state in a read view and writes nothing. ``keep(i)``, asked for each
+    request right before its decision is recorded, may say its caller has gone (a gateway
+    call whose deadline passed while it waited for the write lock): that request is then not
+    recorded and its outcome is :class:`DeadlineExceededError`.
     """
     plan = bundle.plan
     if plan is None:
@@ -212,13 +231,13 @@ def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Requ
     if rounds:
         with store.transaction() if record else store.read() as tx:
             for items in rounds:
-                _decide_round(bundle, plan, tx, items, results, record=record)
+                _decide_round(bundle, plan, tx, items, results, record=record, keep=keep)
     return [r if r is not None else BundleError("no decision was made") for r in results]
 
 
 def _decide_round(
     bundle: LoadedBundle, plan: DecisionPlan, tx: Tx, items: Sequence[_Item], results: list[Decision | Exception | None],
-    *, record: bool = True,
+    *, record: bool = True, keep: Callable[[int], bool] | None = None,
 ) -> None:
     """Decide ``items`` (one per customer) in ``tx``; each result goes to its position."""
     now = tx.now
@@ -269,6 +288,9 @@ def _decide_round(
             decision, row = _assemble(bundle.info, plan, item, outcome, now, customer, context)
         except Exception as exc:
             results[item.position] = exc
+            continue
+        if record and keep is not None and not keep(item.position):
+            results[item.position] = DeadlineExceededError("the call's deadline passed before it was recorded")
             continue
         records.append(row)
         results[item.position] = decision

@@ -36,6 +36,7 @@ from ._errors import (
     DeadlineExceededError,
     EventConflictError,
     HubUnavailableError,
+    ParamError,
     PublishRefused,
     RuleFailure,
     ShuttingDownError,
@@ -71,6 +72,8 @@ from ._policy import inclusion_runs, propensities, rank_probability, slot_probab
 from ._records import SCHEMA as RECORD_SCHEMA
 from ._records import check_decimal, check_id, check_int, check_text, id_problem, record_response
 from ._rules import MAX_EXPRESSION_CHARS, compile_expression
+from ._rules import evaluate as evaluate_rule
+from ._rules import new_context as new_rule_context
 from ._runtime import LoadedBundle, input_column, load_bundle, stage_and_load, to_float, to_string
 from ._store import (
     CORE_SCHEMA,
@@ -114,6 +117,7 @@ __all__ = [
     "DeadlineExceededError",
     "EventConflictError",
     "HubUnavailableError",
+    "ParamError",
     "PublishRefused",
     "RuleFailure",
     "ShuttingDownError",
@@ -175,6 +179,8 @@ __all__ = [
     # CEL: the one boundary to the extension (length cap, panics as RuleError)
     "MAX_EXPRESSION_CHARS",
     "compile_expression",
+    "evaluate_rule",
+    "new_rule_context",
     # the deciding policy's probabilities (the decision event's eligible set; off-policy evaluation)
     "inclusion_runs",
     "rank_probability",

@@ -43,3 +43,20 @@ def with_rule(src: Path, dst: Path, *, key: Path, rule_id: str, expression: str,
                    (rule_id, "business", applies_to, expression, "added by a careless builder"))
 
     return recatalog(src, dst, key=key, mutate=add)
+
+
+def assert_install_refused(state: Path, *, pub: Path, good: Path, bad: Path, match: str) -> None:
+    """A device with ``good`` installed refuses ``bad`` (``BundleError`` matching ``match``)
+    and keeps deciding with ``good``."""
+    import pytest
+    from nbo.sdk import BundleError, Client, ManualClock
+
+    client = Client.open(state, device_id="pos-1", trusted_keys=[pub.read_bytes()], clock=ManualClock())
+    try:
+        active = client.install_bundle(good)
+        with pytest.raises(BundleError, match=match):
+            client.install_bundle(bad)
+        assert client.bundle is not None and client.bundle.version == active.version
+        assert client.decide("c1", channel="app").bundle_version == active.version
+    finally:
+        client.close()
