@@ -62,8 +62,6 @@ def recover_state(
     reached, refuses, holds nothing for the device, or the answer was cut (nothing changed then).
     Stop the application using the state directory first.
     """
-    from . import _sync  # grpc is imported only when syncing or recovering
-
     state = Path(state_dir)
     path = state / _STATE
     marker = read_sync_marker(path) if state.is_dir() else None
@@ -74,6 +72,19 @@ def recover_state(
         device_id = marker[0]
     if not isinstance(device_id, str) or not device_id or len(device_id) > 128:
         raise InputError("device_id must be a non-empty string of at most 128 characters", field="device_id")
+    try:
+        return _recover(state, path, target, device_id=device_id, token=token, ca_file=ca_file,
+                        client_cert=client_cert, client_key=client_key, timeout=timeout, force=force)
+    except OSError as exc:  # the disk, not the hub: nothing was switched unless the report came back
+        raise StateError(f"recovering {state}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or state})"
+                         ) from exc
+
+
+def _recover(state: Path, path: Path, target: str, *, device_id: str, token: str,
+             ca_file: str | os.PathLike[str] | None, client_cert: str | os.PathLike[str] | None,
+             client_key: str | os.PathLike[str] | None, timeout: float, force: bool) -> RecoveryReport:
+    from . import _sync  # grpc is imported only when syncing or recovering
+
     state.mkdir(parents=True, exist_ok=True)
     with _sync.state_dir_lock(state):
         local = _local_position(path, device_id)
