@@ -160,8 +160,12 @@ def _learning_loop(say: Callable[..., None], *, root: Path, clients: dict[str, A
 
 
 def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = False, customers: int = 1200,
-             visits: int = 40, seed: int = 7, out: TextIO | None = None) -> DemoResult:
+             visits: int = 40, seed: int = 7, out: TextIO | None = None,
+             then: Callable[[Path], None] | None = None) -> DemoResult:
     """Run the whole loop and narrate it on ``out`` (stdout by default).
+
+    ``then`` is called with the demo directory after the loop, before it is removed (``nbo
+    demo`` serves the console over the demo's hub there until Ctrl-C).
 
     Works in ``directory`` (created; kept) or, when it is None, in a fresh temporary directory
     that is deleted at the end unless ``keep``. Raises ``ConfigError`` when the gateway or
@@ -353,8 +357,17 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
         say(f"\nThe whole loop ran in {time.perf_counter() - steps.started:.0f}s. "
             f"Evaluation report: {trained.report_path}"
             + ("" if kept else " (deleted with the demo directory; rerun with --keep)"))
-        return DemoResult(directory=root, kept=kept, report_path=trained.report_path,
-                          seconds=time.perf_counter() - steps.started, card_number_refused=card_refused == 1)
+        result = DemoResult(directory=root, kept=kept, report_path=trained.report_path,
+                            seconds=time.perf_counter() - steps.started, card_number_refused=card_refused == 1)
+        if then is not None:
+            for client in clients.values():
+                client.close()
+            clients.clear()
+            if server is not None:
+                server.stop(grace=2).wait()
+                server = None
+            then(root)
+        return result
     finally:
         for client in clients.values():
             client.close()

@@ -7,7 +7,7 @@ import sys
 def test_demo_runs_the_whole_loop(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", "import sys; from nbo.cli import main; sys.exit(main())",
-         "demo", "--customers", "400", "--visits", "12", "--dir", str(tmp_path / "demo")],
+         "demo", "--customers", "400", "--visits", "12", "--dir", str(tmp_path / "demo"), "--no-console"],
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr + out.stdout

@@ -214,6 +214,7 @@ def test_an_answer_the_device_cannot_apply_is_dead_lettered_and_the_rest_acked(
         assert any(r[1] == "card data" for r in rows)
         assert all(r[1] == "card data" or r[1].startswith("sha256:") for r in rows)
         assert all("customer_id" in r[3] for r in rows)
+        assert client.outbox_summary()["answers_dead_lettered"] == 3
     blob = b"".join(p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file())
     assert b"4111 1111 1111 1111" not in blob and b"cust\x001" not in blob
 
