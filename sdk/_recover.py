@@ -75,16 +75,20 @@ def recover_state(
     # A recovery that fails leaves nothing it created: the directories it made, its lock file.
     missing = [p for p in (state, *state.parents) if not p.exists()]
     lock_existed = (state / "sync.lock").exists()
-    state.mkdir(parents=True, exist_ok=True)
     try:
-        report = _recover_locked(state, path, target, token=token, device_id=device_id, ca_file=ca_file,
-                                 client_cert=client_cert, client_key=client_key, timeout=timeout, force=force)
-    except BaseException:
-        if missing:
-            shutil.rmtree(missing[-1], ignore_errors=True)
-        elif not lock_existed:
-            (state / "sync.lock").unlink(missing_ok=True)
-        raise
+        state.mkdir(parents=True, exist_ok=True)
+        try:
+            report = _recover_locked(state, path, target, token=token, device_id=device_id, ca_file=ca_file,
+                                     client_cert=client_cert, client_key=client_key, timeout=timeout, force=force)
+        except BaseException:
+            if missing:
+                shutil.rmtree(missing[-1], ignore_errors=True)
+            elif not lock_existed:
+                (state / "sync.lock").unlink(missing_ok=True)
+            raise
+    except OSError as exc:  # the disk, not the hub: nothing was switched unless the report came back
+        raise StateError(f"recovering {state}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or state})"
+                         ) from exc
     return report
 
 
