@@ -133,6 +133,12 @@ class Console:
         except BaseException:
             self.hub.close()
             raise
+        try:
+            self.rollups.bind(hub_url if schema is None else f"{hub_url}#{schema}")
+            self.rollups.check_marks(self.hub)
+        except BaseException:
+            self.close()
+            raise
         self.clock = clock
         self.sessions = Sessions(analyst_digests, clock=clock)
         self._refresh_seconds = refresh_seconds
