@@ -182,6 +182,9 @@ def _events(args: argparse.Namespace) -> int:
     print(format_table(["type", "pending", "acked", "dead-lettered"], rows, title=f"outbox of {device_id}"))
     if summary.get("compacted_decisions"):
         print(f"decision events compacted past the disk budget: {summary['compacted_decisions']}")
+    if summary.get("answers_dead_lettered"):
+        print(f"hub answers this device could not apply (table answer_dead_letter): "
+              f"{summary['answers_dead_lettered']}")
     print()
     if not listed:
         print(f"no {args.status} events")

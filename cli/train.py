@@ -34,8 +34,9 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
-    result = _train_function("train_from_directory")(
-        args.data, args.out, model=args.model, seed=args.seed, features=features, progress=not args.quiet
+    source, function = (args.logs, "train_from_logs") if args.logs else (args.data, "train_from_directory")
+    result = _train_function(function)(
+        source, args.out, model=args.model, seed=args.seed, features=features, progress=not args.quiet
     )
     m = result.metrics
     print(f"model    {result.model_path}")
@@ -65,12 +66,16 @@ def register(sub: Any) -> None:
 
     train = add_command(
         sub, "train", help="train a calibrated propensity model and export it to ONNX",
-        description="Train on a demo-data style directory; write propensity.onnx, metrics.json, "
+        description="Train on a demo-data style directory (--data) or on a field log written by `nbo export` "
+                    "(--logs: exactly the logged inputs); write propensity.onnx, metrics.json, "
                     "holdout.csv and report.html into --out (checked writable before training starts).",
-        examples=["nbo train --data data --out model", "nbo train --data data --out model --model logreg --quiet"],
+        examples=["nbo train --data data --out model", "nbo train --data data --out model --model logreg --quiet",
+                  "nbo train --logs log --out model-v2"],
     )
-    train.add_argument("--data", required=True, metavar="DIR",
-                       help="directory with customers.csv, transactions.csv, catalog.yaml, history.csv")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="DIR",
+                        help="directory with customers.csv, transactions.csv, catalog.yaml, history.csv")
+    source.add_argument("--logs", metavar="DIR", help="a field log written by `nbo export` (docs/learning.md)")
     train.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
     train.add_argument("--model", choices=("gbt", "logreg"), default="gbt", metavar="gbt|logreg",
                        help="model kind (default gbt)")

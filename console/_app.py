@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from nbo.sdk import ConfigError
+from nbo.sdk.core import ParamError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -60,10 +61,6 @@ _TEMPLATES = Path(__file__).parent / "templates"
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _MAX_DAYS = 3660
 _REFRESH_LIMIT = 200_000  # events folded in per page request at most: a page stays fast after a burst
-
-
-class ParamError(ValueError):
-    """A query or form parameter that is missing, unknown or malformed (HTTP 400)."""
 
 
 class Params:
@@ -135,6 +132,12 @@ class Console:
             self.rollups = RollupStore(cache)
         except BaseException:
             self.hub.close()
+            raise
+        try:
+            self.rollups.bind(hub_url if schema is None else f"{hub_url}#{schema}")
+            self.rollups.check_marks(self.hub)
+        except BaseException:
+            self.close()
             raise
         self.clock = clock
         self.sessions = Sessions(analyst_digests, clock=clock)

@@ -307,6 +307,26 @@ class RollupStore:
         rows = self.query("SELECT value FROM counters WHERE name = ?", (name,))
         return int(rows[0][0]) if rows else 0
 
+    def bind(self, hub_url: str) -> None:
+        """Tie this rollup file to one hub: a file kept (``--cache``) for another hub is refused."""
+        rows = self.query("SELECT value FROM counters WHERE name = ?", ("hub:" + hub_url,))
+        others = self.query("SELECT name FROM counters WHERE name LIKE 'hub:%' AND name != ?", ("hub:" + hub_url,))
+        if others:
+            raise StateError(f"the console's rollup file {self.path} holds the figures of another hub "
+                             f"({others[0][0][4:]}); give this hub its own --cache file")
+        if not rows:
+            with self._lock:
+                self._conn.execute("INSERT INTO counters VALUES (?, 1)", ("hub:" + hub_url,))
+
+    def check_marks(self, hub: HubReader) -> None:
+        """Refuse rollups that are ahead of the hub (a hub restored from an older backup)."""
+        acked = dict(hub.query("SELECT device_id, acked_through FROM hub_devices"))
+        for device_id, seq in self.marks().items():
+            if seq > int(acked.get(device_id, 0)):
+                raise StateError(f"the console's rollup file {self.path} has counted events of {device_id} up to "
+                                 f"seq {seq}, but the hub holds only {acked.get(device_id, 0)}: was the hub restored? "
+                                 "remove the rollup file; the console rebuilds it")
+
     def refresh(self, hub: HubReader, *, limit: int | None = None,
                 progress: Callable[[int], None] | None = None) -> int:
         """Fold the hub's new events in; returns how many were read (at most about ``limit``)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nbo.gateway import load_config
@@ -29,13 +30,34 @@ def open_console(hub_url: str | None, *, config: str | os.PathLike[str], cache: 
     return Console(url, analyst_digests=digests, cache=cache, schema=schema, refresh_seconds=refresh_seconds)
 
 
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but a SIGINT/SIGTERM ends :func:`serve` normally: uvicorn would
+        raise the signal again after its graceful shutdown, killing the process before the
+        caller removes the console's temporary rollup file."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    captured.clear()
+
+    return Server
+
+
 def serve(console: Console, listen: str, *, ready: Callable[[str], None] | None = None) -> None:
-    """Serve ``console`` on ``listen`` (``HOST:PORT``, port 0 = any free one) until SIGINT/SIGTERM.
+    """Serve ``console`` on ``listen`` (``HOST:PORT``, port 0 = any free one) until SIGINT/SIGTERM
+    (then it returns, after letting requests in flight finish).
 
     ``ready`` is called with the address (``http://HOST:PORT``) once the socket listens.
     """
     import uvicorn
 
+    _Server = _server_class()
     host, port = check_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -43,7 +65,7 @@ def serve(console: Console, listen: str, *, ready: Callable[[str], None] | None 
     except OSError as exc:
         raise ConfigError(f"--listen {listen}: cannot listen there: {exc.strerror or exc}") from exc
     actual = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(console.app, log_level="warning", access_log=False, lifespan="off"))
+    server = _Server(uvicorn.Config(console.app, log_level="warning", access_log=False, lifespan="off"))
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     if ready is not None:
         ready(f"http://{shown}:{actual}")

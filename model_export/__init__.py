@@ -18,8 +18,14 @@ if TYPE_CHECKING:  # the same names for the type checker (tests/test_typecheck.p
     from ._demo import DemoResult as DemoResult
     from ._demo import run_demo as run_demo
     from ._demo_data import generate_demo_data as generate_demo_data
+    from ._evaluate import Estimate as Estimate
+    from ._evaluate import Evaluation as Evaluation
+    from ._evaluate import evaluate_bundle as evaluate_bundle
+    from ._evaluate import evaluate_policy as evaluate_policy
+    from ._evaluate import format_evaluation as format_evaluation
     from ._features import MeasureConfig as MeasureConfig
     from ._features import derive_features as derive_features
+    from ._log_data import train_from_logs as train_from_logs
     from ._publish import PublishRefused as PublishRefused
     from ._publish import PublishResult as PublishResult
     from ._publish import publish_bundle as publish_bundle
@@ -48,11 +54,18 @@ _EXPORTS: dict[str, str] = {
     "TrainedModel": "_train",
     "MeasureConfig": "_features",
     "train_from_directory": "_train_data",
+    "train_from_logs": "_log_data",
     "load_training_data": "_train_data",
     "write_report": "_report",
     "generate_demo_data": "_demo_data",
     "run_demo": "_demo",
     "DemoResult": "_demo",
+    # off-policy evaluation (numpy; evaluate_bundle also needs pyarrow, in the train extras)
+    "evaluate_policy": "_evaluate",
+    "evaluate_bundle": "_evaluate",
+    "format_evaluation": "_evaluate",
+    "Estimate": "_evaluate",
+    "Evaluation": "_evaluate",
     # plain-text tables for terminals (the CLI and the demo)
     "format_table": "_table",
 }

@@ -228,8 +228,9 @@ def build_bundle(
             raise InputError(f"extra file not found: {local}", field="extra_files")
         extras[inner] = Path(local)
 
+    model_inputs = {i["name"]: i["type"] for entry in model_entries for i in entry["inputs"]}
     if isinstance(catalog, Mapping):
-        valid = validate_catalog(catalog, model_ids=models.keys(), name=name)
+        valid = validate_catalog(catalog, model_ids=models.keys(), model_inputs=model_inputs, name=name)
     else:
         catalog_path = Path(catalog)
         data = _read_bytes(catalog_path)
@@ -237,6 +238,7 @@ def build_bundle(
             _parse_catalog_bytes(data, catalog_path),
             source=catalog_path.name,
             model_ids=models.keys(),
+            model_inputs=model_inputs,
             name=name,
             source_sha256=hashlib.sha256(data).hexdigest(),
         )

@@ -37,9 +37,23 @@ from nbo.sdk.core import (
     compile_expression,
     id_problem,
     is_card_data,
+    new_customer_profile,
     parse_iso,
 )
 
+from ._cel_types import (
+    BOOL,
+    DOUBLE,
+    STRING,
+    CelType,
+    Fields,
+    caret_excerpt,
+    catalog_fields,
+    check_expression,
+    list_of,
+    one_of,
+    parse_type,
+)
 from ._rule_budget import slow_rules
 
 __all__ = [
@@ -51,8 +65,8 @@ __all__ = [
 
 MAX_CATALOG_FILE_BYTES = 64 * 1024 * 1024
 
-_TOP_KEYS = ("name", "channels", "exploration", "attribution", "new_customer_profile", "offers", "rules",
-             "strategies", "strategy_assignment", "contact_policies")
+_TOP_KEYS = ("name", "channels", "exploration", "attribution", "new_customer_profile", "profile_fields",
+             "context_fields", "offers", "rules", "strategies", "strategy_assignment", "contact_policies")
 _OFFER_FIELDS = ("offer_id", "name", "category", "channels", "valid_from", "valid_to", "expected_volume",
                  "margin", "duration", "lever", "model_id", "mandatory", "fallback", "attributes")
 _OFFER_REQUIRED = ("offer_id", "name", "category", "expected_volume", "margin", "duration")
@@ -97,7 +111,8 @@ class _Errors:
         if len(self.lines) == 1:
             raise CatalogError(self.lines[0])
         head = f"{self.source}: {len(self.lines)} catalog errors:"
-        raise CatalogError("\n".join([head, *(f"  {line}" for line in self.lines)]))
+        # a CEL problem's expression and caret stay indented under their own error
+        raise CatalogError("\n".join([head, *(f"  {text}" for line in self.lines for text in line.split("\n"))]))
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -205,19 +220,41 @@ def _timestamp(value: Any, *, end_of_day: bool) -> str:
     return moment.astimezone(UTC).strftime(_TS_FORMAT)
 
 
-def _cel_problem(expression: Any, allowed: Collection[str]) -> str | None:
-    """Why a CEL expression is unacceptable, or ``None``."""
+# The CEL parser's message: "... ERROR: <input>:LINE:COLUMN: Syntax error: REASON | <excerpt>"
+_CEL_POSITION_RE = re.compile(r"<input>:(\d+):(\d+): (?:Syntax error: )?(.*?)(?: \| |$)")
+
+
+def _syntax_problem(expression: str, message: str) -> str:
+    """A CEL compile error as one reason line and the expression with a caret under the position."""
+    match = _CEL_POSITION_RE.search(message)
+    if match is None:
+        return message.replace("does not compile", "CEL does not compile", 1)
+    line, column, reason = int(match.group(1)), int(match.group(2)), match.group(3).strip()
+    expecting = re.search(r"expecting \{.*", reason)
+    if expecting and re.search(r"IDENTIFIER|NUM_|STRING|'true'", expecting.group(0)):
+        # ANTLR lists every token it would take (cut short above); say what they are
+        reason = reason[:expecting.start()] + "expecting a value"
+    starts = [0] + [i + 1 for i, ch in enumerate(expression) if ch == "\n"]
+    offset = starts[min(line, len(starts)) - 1] + column - 1
+    where = f"line {line}, column {column}" if len(starts) > 1 else f"column {column}"
+    return f"CEL syntax error at {where}: {reason}\n{caret_excerpt(expression, offset)}"
+
+
+def _cel_problem(expression: Any, allowed: Collection[str], fields: Fields | None = None) -> str | None:
+    """Why a CEL expression is unacceptable (syntax, variables, then types), or ``None``."""
     if not isinstance(expression, str) or not expression.strip():
         return "must be a non-empty CEL expression string"
     try:
         # the SDK's CEL boundary: the length cap, and the parser's panics as RuleError
         program = compile_expression(expression, what="CEL")
     except RuleError as exc:
-        return str(exc).removeprefix("CEL: ").replace("does not compile", "CEL does not compile", 1)
+        return _syntax_problem(expression, str(exc).removeprefix("CEL: "))
     variables = set(program.variables()) - set(_MACRO_VAR_RE.findall(expression))
     unknown = sorted(variables - set(allowed))
     if unknown:
         return f"CEL may only reference {', '.join(sorted(allowed))}; it references {', '.join(unknown)}"
+    if fields is not None:
+        return check_expression(expression, fields, allowed=tuple(allowed))
     return None
 
 
@@ -353,7 +390,7 @@ def _check_applies_to(errors: _Errors, label: str, value: Any, offer_ids: set[st
     return str(value)
 
 
-def _validate_rules(errors: _Errors, raw: Any, offer_ids: set[str]) -> list[dict[str, Any]]:
+def _validate_rules(errors: _Errors, raw: Any, offer_ids: set[str], fields: Fields) -> list[dict[str, Any]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -381,7 +418,7 @@ def _validate_rules(errors: _Errors, raw: Any, offer_ids: set[str]) -> list[dict
             errors.add(label, "kind", f"must be one of {', '.join(RULE_KINDS)}, got {_describe(kind)}")
         applies_to = _check_applies_to(errors, label, item.get("applies_to", "*"), offer_ids)
         expression = item.get("expression")
-        problem = _cel_problem(expression, RULE_VARIABLES)
+        problem = _cel_problem(expression, RULE_VARIABLES, fields)
         if problem:
             errors.add(label, "expression", problem)
         description = item.get("description", "")
@@ -425,7 +462,7 @@ def _validate_strategies(errors: _Errors, raw: Any) -> list[dict[str, Any]]:
     return strategies
 
 
-def _validate_assignment(errors: _Errors, raw: Any, strategy_names: set[str]) -> list[dict[str, Any]]:
+def _validate_assignment(errors: _Errors, raw: Any, strategy_names: set[str], fields: Fields) -> list[dict[str, Any]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -439,7 +476,7 @@ def _validate_assignment(errors: _Errors, raw: Any, strategy_names: set[str]) ->
             continue
         _unknown_fields(errors, label, item, _ASSIGNMENT_FIELDS)
         condition = item.get("condition")
-        problem = _cel_problem(condition, CONDITION_VARIABLES)
+        problem = _cel_problem(condition, CONDITION_VARIABLES, fields)
         if problem:
             errors.add(label, "condition", problem)
         strategy = item.get("strategy")
@@ -503,20 +540,49 @@ def _validate_policies(
     return rows
 
 
+def _declared_fields(errors: _Errors, catalog: Mapping[str, Any], section: str,
+                     reserved: Collection[str]) -> dict[str, CelType]:
+    """The ``profile_fields`` / ``context_fields`` section: field name -> type."""
+    raw = catalog.get(section)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.add("top level", section, "must be a mapping of field name to type, e.g. {vip: bool}")
+        return {}
+    out: dict[str, CelType] = {}
+    for name, type_name in raw.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            errors.add(section, str(name), "a field name is letters, digits and _ (not starting with a digit)")
+            continue
+        if name in reserved:
+            errors.add(section, name, "the SDK supplies this field itself; remove it here")
+            continue
+        try:
+            out[name] = parse_type(type_name)
+        except ValueError as exc:
+            errors.add(section, name, str(exc))
+    return out
+
+
 def validate_catalog(
     catalog: Mapping[str, Any],
     *,
     source: str = "<catalog>",
     model_ids: Iterable[str] | None = None,
+    model_inputs: Mapping[str, str] | None = None,
     name: str | None = None,
     source_sha256: str | None = None,
 ) -> ValidCatalog:
     """Validate an authored catalog and normalise it into table rows.
 
     ``source`` names the file in messages; ``model_ids`` are the models of the bundle being
-    built (``None`` skips that check). ``name`` is used for ``meta.name`` when the catalog has
-    none. Every problem is collected and raised together as one ``CatalogError`` whose
-    message has one line per problem, each naming the file, the item and the field.
+    built (``None`` skips that check) and ``model_inputs`` their inputs (name -> ``float`` or
+    ``string``), whose ``customer__X`` / ``context__X`` fields rules may read. Every rule and
+    strategy condition is type-checked against the fields ``customer``, ``offer`` and
+    ``context`` have (docs/catalog.md, "Fields rules can read"). ``name`` is used for
+    ``meta.name`` when the catalog has none. Every problem is collected and raised together
+    as one ``CatalogError`` whose message has one line per problem, each naming the file, the
+    item and the field (a CEL problem adds the expression with a caret under the position).
     """
     errors = _Errors(source)
     if not isinstance(catalog, Mapping):
@@ -561,10 +627,16 @@ def validate_catalog(
     else:
         extra = sorted({ch for o in offers for ch in o["channels"]} - set(DEFAULT_CHANNELS))
         channels = [*DEFAULT_CHANNELS, *extra]
-    rules = _validate_rules(errors, catalog.get("rules"), offer_ids)
+    fields = catalog_fields(
+        offers=offers, offer_columns=_OFFER_FIELD_TYPES, channels=channels, new_customer_profile=profile,
+        profile_fields=_declared_fields(errors, catalog, "profile_fields", _MEASURE_NAMES),
+        context_fields=_declared_fields(errors, catalog, "context_fields", ("channel", "hour", "weekday")),
+        model_inputs=dict(model_inputs) if model_inputs is not None else None,
+    )
+    rules = _validate_rules(errors, catalog.get("rules"), offer_ids, fields)
     strategies = _validate_strategies(errors, catalog.get("strategies"))
     assignment = _validate_assignment(errors, catalog.get("strategy_assignment"),
-                                      {s["strategy"] for s in strategies})
+                                      {s["strategy"] for s in strategies}, fields)
     policies = _validate_policies(errors, catalog.get("contact_policies"), offer_ids, channels)
     errors.raise_if_any()
     # the rule cost budget's measured half (its static half ran with each compile above)
@@ -605,6 +677,13 @@ _OFFER_COLUMNS: dict[str, Any] = {
     "expected_volume": float, "margin": float, "duration": float, "value": float, "lever": float,
     "model_id": str, "mandatory": int, "fallback": int, "attributes": str,
 }
+# The offer as a rule sees it: the columns above, JSON and flags decoded (the SDK's offer map);
+# ``attributes`` is filled per catalog from the offers' attributes.
+_OFFER_FIELD_TYPES: dict[str, CelType] = {
+    **{column: (STRING if kind is str else DOUBLE) for column, kind in _OFFER_COLUMNS.items()},
+    "category": one_of(CATEGORIES), "channels": list_of(STRING), "mandatory": BOOL, "fallback": BOOL,
+}
+_MEASURE_NAMES = tuple(new_customer_profile())
 
 
 def _write_tables(path: Path, catalog: ValidCatalog) -> None:

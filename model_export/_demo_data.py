@@ -220,6 +220,8 @@ def demo_catalog() -> dict[str, Any]:
             "owned_products": [],
             "segment": "mass",
         },
+        # what rules read from customers.csv beyond the defaults above (the measures need no entry)
+        "profile_fields": {"age": "number", "owned_products": "list<string>"},
         "offers": offers,
         "rules": rules,
         "strategies": strategies,

@@ -265,9 +265,14 @@ def train_from_directory(
     chosen = tuple(features) if features is not None else DEFAULT_FEATURES
     out = Path(out_dir)
     created = _writable_directory(out)  # before training: a bad --out must not cost the training time
+    return _cleaned_up(created, lambda: _train_into(data_dir, out, chosen, features is None, model=model, seed=seed,
+                                                    progress=progress, started=started))
+
+
+def _cleaned_up(created: Path | None, run: Any) -> TrainResult:
     try:
-        return _train_into(data_dir, out, chosen, features is None, model=model, seed=seed,
-                           progress=progress, started=started)
+        result: TrainResult = run()
+        return result
     except BaseException:
         if created is not None:  # a failed run leaves nothing it created
             shutil.rmtree(created, ignore_errors=True)
@@ -295,14 +300,21 @@ def _writable_directory(out: Path) -> Path | None:
 
 def _train_into(data_dir: str | Path, out: Path, chosen: tuple[str, ...], default_features: bool, *,
                 model: str, seed: int, progress: bool, started: float) -> TrainResult:
+    data = load_training_data(data_dir, features=chosen)
+    return train_rows_into(data, data_dir, out, chosen, DEFAULT_CATEGORICAL if default_features else None,
+                           model=model, seed=seed, progress=progress, started=started)
+
+
+def train_rows_into(data: TrainingData, data_dir: str | Path, out: Path, chosen: Sequence[str],
+                    categorical: Sequence[str] | None, *, model: str, seed: int, progress: bool,
+                    started: float) -> TrainResult:
+    """Train on ``data`` and write the model directory (what ``nbo train`` writes, from any source)."""
     from ._report import truth_comparison, write_report
     from ._train import _progress, train_propensity
 
-    data = load_training_data(data_dir, features=chosen)
     _progress(progress, f"{len(data.rows)} shown offers, {len(set(data.customer_ids))} customers")
     trained = train_propensity(
-        data.rows, data.labels, features=chosen,
-        categorical=DEFAULT_CATEGORICAL if default_features else None,
+        data.rows, data.labels, features=list(chosen), categorical=None if categorical is None else list(categorical),
         model=model, groups=data.customer_ids, seed=seed, progress=progress,
     )
     model_path = out / MODEL_FILE

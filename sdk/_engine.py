@@ -1,11 +1,27 @@
-"""``decide``: validate the request, read state, run the pure core, record the decision.
+"""``decide`` / ``decide_many``: validate the requests, read state, run the pure core, record.
 
-The edges live here — the state store (profile, contact history, decision record and its
-event, all in one non-durable transaction whose clock reading is the decision's time) — and
-the pipeline itself is :func:`._policy.run_pipeline`. A decision receives exactly one
-:class:`~._runtime.LoadedBundle` reference and uses nothing else, so a concurrent bundle
-switch can never mix two bundles in one answer. Thread-safe: the bundle is immutable and
-every per-decision object is local.
+The edges live here; the pure core is :mod:`._policy`. One call of :func:`decide_many` (what
+:func:`decide` runs with one request, and the gateway with a batch) takes one transaction of
+the state store — non-durable, and its clock reading is the decisions' time — and, per round
+of requests (one per customer, so a customer's second request sees the first one's
+contacts), :func:`_decide_round`:
+
+1. reads the customers' stored profiles (:func:`._contacts.stored_profiles`) and the contact
+   counts the bundle's policies need (:func:`._contacts.contact_counts`), brings stored
+   measures up to now (:func:`._measures.refresh_measures`) and the points balance from the
+   ledger (:func:`._ledger.balance_in`);
+2. :func:`._policy.select`: channel, validity, rules, contact policies, strategy weights;
+3. :func:`._policy.propensities_many`: one batched ONNX run per model for every customer of
+   the round;
+4. :func:`._policy.rank`: score, mandatory/fallback, exploration (seeded by the decision id),
+   explanation;
+5. :func:`._contacts.record_decisions`: the decisions, their ``shown`` contacts and their
+   ``decision`` events, in the same transaction (skipped for a dry run, which reads only).
+
+(:func:`._policy.run_pipeline` is stages 2–4 for one customer, without I/O: what the golden
+cases run.) A decision receives exactly one :class:`~._runtime.LoadedBundle` reference and
+uses nothing else, so a concurrent bundle switch can never mix two bundles in one answer.
+Thread-safe: the bundle is immutable and every per-decision object is local.
 """
 
 from __future__ import annotations

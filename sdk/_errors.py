@@ -7,6 +7,7 @@ status codes by class (``gateway/_status.py``), the CLI to exit statuses by clas
     NboError
     ├── InputError                fix the arguments you passed (names the field)
     │   ├── PaymentDataError      card data or sensitive authentication data was offered
+    │   ├── ParamError            a console page's query or form parameter is wrong (HTTP 400)
     │   └── EventConflictError    the hub holds these sequence numbers with other events (a reset
     │                             or restored device: `nbo recover`)                 ALREADY_EXISTS
     ├── NotFoundError             an id you referred to does not exist                     NOT_FOUND
@@ -51,6 +52,7 @@ __all__ = [
     "NboError",
     "NotFoundError",
     "NotReadyError",
+    "ParamError",
     "PaymentDataError",
     "PublishRefused",
     "RuleError",
@@ -78,6 +80,10 @@ class InputError(NboError, ValueError):
 
 class PaymentDataError(InputError):
     """A card number or sensitive authentication data was offered; it was not stored."""
+
+
+class ParamError(InputError):
+    """A query or form parameter of a console page is missing, unknown or malformed (HTTP 400)."""
 
 
 class EventConflictError(InputError):

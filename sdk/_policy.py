@@ -179,6 +179,13 @@ def _apply_rules(
     alive = start.static_alive  # read-only: every step below makes a new mask
 
     for rule in start.decision_rules:  # only those that apply to some candidate
+        if cel_ctx is not None:  # the common case, a "yes", without the wrapper
+            try:
+                passed = rule.program.execute(cel_ctx) is True
+            except Exception:  # evaluate() below words the failure
+                passed = False
+            if passed:
+                continue
         failure: str | None = None
         ok: bool
         try:
@@ -390,6 +397,15 @@ def _score_stacked(
     out: list[list[float] | np.ndarray] = []
     # model → (item, positions of its rows in the item, the rows) in item order
     groups: dict[int, list[tuple[int, Any, np.ndarray]]] = {}
+    if len(items) == 1 and plan.all_offers_model >= 0 and len(items[0][0]) > _FEW_ROWS:
+        # the common case: one decision, every offer scored by the same model
+        rows, customer, context = items[0]
+        model = plan.models[plan.all_offers_model]
+        try:
+            probs = model.session.run([model.output_name], _stacked_feeds(model, [(rows, customer, context)]))[0]
+        except Exception as exc:  # onnxruntime's exception types must not reach callers
+            raise ModelError(f"model {model.model_id!r} failed: {exc}") from exc
+        return [clamp_probabilities(np.asarray(probs)[:, -1])]
     for n, (rows, _, _) in enumerate(items):
         if len(rows) <= _FEW_ROWS:
             row_list = rows.tolist()
@@ -641,21 +657,42 @@ def _rank_few(
     return order, mandatory_count, rows, props, weights, scores
 
 
+class _Lazy:
+    """An array read one Python value at a time (``.item()``: the same value ``tolist`` gives)."""
+
+    __slots__ = ("_array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+
+    def __getitem__(self, pos: int) -> Any:
+        return self._array.item(pos)
+
+
 def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: int, seed: str) -> Outcome:
     """Stage 5: score (propensity × value × weight × lever), order, explore, cut to ``limit``."""
     pool = selection.pool
     few = _rank_few(plan, selection, prop) if len(pool) <= _FEW_ROWS else None
+    rows: Any  # indexable by position: lists (a few offers) or _Lazy arrays
+    props: Any
+    weights: Any
+    scores: Any
+    eligible: tuple[int, ...]
     if few is not None:
         order, mandatory_count, rows, props, weights, scores = few
+        eligible = tuple([rows[pos] for pos in order])
     else:
         if selection.weights_by_category is None:
             weight = np.ones(len(pool), dtype=np.float64)
         else:
             weight = selection.weights_by_category[plan.category_index[pool]]
         score_array = prop * plan.value[pool] * weight * plan.lever[pool]
-        order = _ordered(plan, pool, score_array).tolist()
+        order_array = _ordered(plan, pool, score_array)
+        order = order_array.tolist()
         mandatory_count = int(plan.mandatory[pool].sum())
-        rows, props, weights, scores = pool.tolist(), prop.tolist(), weight.tolist(), score_array.tolist()
+        # Python values only for what is shown and for the eligible list (not four lists of the pool)
+        rows, props, weights, scores = _Lazy(pool), _Lazy(prop), _Lazy(weight), _Lazy(score_array)
+        eligible = tuple(pool[order_array].tolist())
 
     head, tail = order[:mandatory_count], order[mandatory_count:]
     k = len(tail)
@@ -688,7 +725,7 @@ def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: i
         strategy=selection.strategy,
         excluded=tuple(e[3] for e in excluded),
         explored=promoted is not None,
-        eligible=tuple([rows[pos] for pos in order]),
+        eligible=eligible,
         mandatory=mandatory_count,
         candidates=selection.candidates,
         removed=selection.removed,

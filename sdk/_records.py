@@ -378,8 +378,9 @@ def pending_events(store: StateStore) -> int:
 def outbox_summary(store: StateStore) -> dict[str, Any]:
     """Counts for ``nbo events``: pending, acked, dead-lettered — in total and by event type.
 
-    Also reports ``compacted_decisions`` (decision events compacted so far) and
-    ``payload_bytes`` (what the decision-log budget is measured against).
+    Also reports ``compacted_decisions`` (decision events compacted so far),
+    ``payload_bytes`` (what the decision-log budget is measured against) and
+    ``answers_dead_lettered`` (parts of hub answers this device could not apply).
     """
     summary: dict[str, Any] = {status: 0 for status in EVENT_STATUSES}
     by_type: dict[str, dict[str, int]] = {}
@@ -393,6 +394,7 @@ def outbox_summary(store: StateStore) -> dict[str, Any]:
             "SELECT d.type, 'dead_lettered', COUNT(*) FROM dead_letter d "
             "WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = d.seq) GROUP BY 1")
         compacted = tx.execute("SELECT value FROM counters WHERE name = 'compacted_decisions'")
+        (refused,) = tx.execute("SELECT COUNT(*) FROM answer_dead_letter")[0]
         (size,) = tx.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox")[0]
     for event_type, status, count in rows:
         summary[status] += int(count)
@@ -401,6 +403,7 @@ def outbox_summary(store: StateStore) -> dict[str, Any]:
     summary["by_type"] = dict(sorted(by_type.items()))
     summary["compacted_decisions"] = int(compacted[0][0]) if compacted else 0
     summary["payload_bytes"] = int(size)
+    summary["answers_dead_lettered"] = int(refused)
     return summary
 
 

@@ -62,8 +62,6 @@ def recover_state(
     reached, refuses, holds nothing for the device, or the answer was cut (nothing changed then).
     Stop the application using the state directory first.
     """
-    from . import _sync  # grpc is imported only when syncing or recovering
-
     state = Path(state_dir)
     path = state / _STATE
     marker = read_sync_marker(path) if state.is_dir() else None
@@ -74,7 +72,31 @@ def recover_state(
         device_id = marker[0]
     if not isinstance(device_id, str) or not device_id or len(device_id) > 128:
         raise InputError("device_id must be a non-empty string of at most 128 characters", field="device_id")
-    state.mkdir(parents=True, exist_ok=True)
+    # A recovery that fails leaves nothing it created: the directories it made, its lock file.
+    missing = [p for p in (state, *state.parents) if not p.exists()]
+    lock_existed = (state / "sync.lock").exists()
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        try:
+            report = _recover_locked(state, path, target, token=token, device_id=device_id, ca_file=ca_file,
+                                     client_cert=client_cert, client_key=client_key, timeout=timeout, force=force)
+        except BaseException:
+            if missing:
+                shutil.rmtree(missing[-1], ignore_errors=True)
+            elif not lock_existed:
+                (state / "sync.lock").unlink(missing_ok=True)
+            raise
+    except OSError as exc:  # the disk, not the hub: nothing was switched unless the report came back
+        raise StateError(f"recovering {state}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or state})"
+                         ) from exc
+    return report
+
+
+def _recover_locked(state: Path, path: Path, target: str, *, token: str, device_id: str,
+                    ca_file: str | os.PathLike[str] | None, client_cert: str | os.PathLike[str] | None,
+                    client_key: str | os.PathLike[str] | None, timeout: float, force: bool) -> RecoveryReport:
+    from . import _sync  # grpc is imported only when syncing or recovering
+
     with _sync.state_dir_lock(state):
         local = _local_position(path, device_id)
         building = state / "recovering"

@@ -213,6 +213,8 @@ class DecisionPlan:
     """Whether a rule, a strategy condition or a model reads ``customer.points_balance``."""
     validity_edges: tuple[float, ...]
     """Every offer's ``valid_from`` and ``valid_to``, sorted: where candidate sets change."""
+    all_offers_model: int = -1
+    """``sole_model`` when every offer uses it (no offer without a model), else -1."""
     candidate_cache: dict[str, CandidateSet] = field(init=False, default_factory=dict, repr=False, compare=False)
     """Channel → the :class:`CandidateSet` of the latest decision on it (fresh in each plan,
     also in a ``dataclasses.replace`` copy; entries are swapped whole, so threads may share it)."""
@@ -759,4 +761,5 @@ def build_plan(
             or any(i.source == "customer" and i.field == "points_balance" for m in models for i in m.inputs)
         ),
         validity_edges=tuple(sorted({float(t) for t in (*valid_from.tolist(), *valid_to.tolist()) if t == t})),
+        all_offers_model=sole_model if sole_model >= 0 and bool((model_index == sole_model).all()) else -1,
     )

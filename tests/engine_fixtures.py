@@ -277,6 +277,8 @@ def synthetic_spec(
     return {
         "name": name,
         "channels": ["pos", "app", "web", "kiosk", "email", "callcenter"],
+        "profile_fields": {"do_not_contact": "bool", "complaint_open": "bool", "credit_block": "bool",
+                           "owned_products": "list<string>", "age": "number"},
         "offers": offers,
         "rules": rules,
         "strategies": {

@@ -22,8 +22,15 @@ MODELS = ["propensity"]
 def errors_of(catalog: Any, *, model_ids: list[str] | None = MODELS) -> list[str]:
     with pytest.raises(CatalogError) as info:
         validate_catalog(catalog, source="cat.yaml", model_ids=model_ids)
-    lines = str(info.value).splitlines()
-    return [line.strip() for line in (lines[1:] if len(lines) > 1 else lines)]
+    # one error per "cat.yaml: …" line; a CEL problem continues on the lines under it
+    # (the expression and a caret), kept with it
+    errors: list[str] = []
+    for line in str(info.value).splitlines():
+        if line.strip().startswith("cat.yaml: ") and not line.strip().endswith(" catalog errors:"):
+            errors.append(line.strip())
+        elif errors:
+            errors[-1] += "\n" + line
+    return errors
 
 
 def only_error(catalog: Any, **kw: Any) -> str:
@@ -60,7 +67,9 @@ def test_cel_that_does_not_compile():
     cat = small_catalog()
     cat["rules"][1]["expression"] = "customer.age >"
     err = only_error(cat)
-    assert "rules[1] (rule_id=not_owned): expression: CEL does not compile" in err
+    assert "rules[1] (rule_id=not_owned): expression: CEL syntax error at column 15: mismatched input" in err
+    # the whole expression, and a caret under the position
+    assert err.splitlines()[1:] == ["    customer.age >", "                  ^"]
 
 
 def test_rule_may_only_reference_customer_offer_context():
@@ -86,7 +95,10 @@ def test_strategy_condition_may_only_reference_customer():
 def test_strategy_condition_that_does_not_compile():
     cat = small_catalog()
     cat["strategy_assignment"][0]["condition"] = "customer.lifecycle_stage in ["
-    assert "strategy_assignment[0]: condition: CEL does not compile" in only_error(cat)
+    err = only_error(cat)
+    assert "strategy_assignment[0]: condition: CEL syntax error at column 30: mismatched input '<EOF>' " \
+           "expecting a value" in err
+    assert err.splitlines()[1:] == ["    customer.lifecycle_stage in [", "    " + " " * 29 + "^"]
 
 
 def test_model_id_not_in_bundle():
@@ -290,8 +302,11 @@ def test_all_errors_are_reported_together():
         validate_catalog(cat, source="cat.yaml", model_ids=MODELS)
     lines = str(info.value).splitlines()
     assert lines[0] == "cat.yaml: 5 catalog errors:"
-    assert len(lines) == 6
-    assert all(line.strip().startswith("cat.yaml: ") for line in lines[1:])
+    errors = [line for line in lines[1:] if line.startswith("  cat.yaml: ")]
+    assert len(errors) == 5
+    # the CEL syntax error shows its expression and caret under its own line
+    cel = next(i for i, line in enumerate(lines) if "CEL syntax error" in line)
+    assert lines[cel + 1].strip() == "(((" and lines[cel + 2].strip() == "^"
 
 
 def test_top_level_must_be_a_mapping(tmp_path):

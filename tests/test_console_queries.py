@@ -250,3 +250,28 @@ def test_binned_auc_equals_the_exact_auc_when_scores_are_the_bins() -> None:
         assert binned_auc(bins) == pytest.approx(exact, abs=1e-12)
     assert binned_auc([(0, 5), (0, 3)]) is None
 
+
+
+def test_a_kept_rollup_file_resumes_and_belongs_to_one_hub(tmp_path: Path) -> None:
+    with hub_backend("sqlite", tmp_path / "a", clock=ManualClock(NOW)) as (hub, _, _):
+        rows = field_log("pos-001", events=80, customers=10, days=3, seed=4)
+        push(hub, "pos-001", rows[:50])
+        url = f"sqlite:{tmp_path / 'a' / 'hub.sqlite'}"
+        cache = tmp_path / "rollups.sqlite"
+        period = Period(date(2026, 9, 1), date(2026, 9, 3))
+        first = Console(url, analyst_digests=[], cache=cache)
+        assert first.refresh() == 50
+        shown = first.offers(period).totals.rows
+        first.close()
+        push(hub, "pos-001", rows[50:])
+        again = Console(url, analyst_digests=[], cache=cache)  # a restart with --cache: only the new events
+        try:
+            assert again.refresh() == 30
+            assert sum(again.offers(period).totals.column("shown")) == sum(
+                len(json.loads(p)["offers"]) for _, _, t, _, p in rows if t == "decision")
+            assert sum(r[1] for r in shown) < sum(again.offers(period).totals.column("shown"))
+        finally:
+            again.close()
+        with hub_backend("sqlite", tmp_path / "b") as (_, _, _):
+            with pytest.raises(StateError, match="another hub"):
+                Console(f"sqlite:{tmp_path / 'b' / 'hub.sqlite'}", analyst_digests=[], cache=cache)

@@ -22,6 +22,7 @@ def _catalog(prefix: str) -> dict[str, Any]:
     ]
     return {
         "name": "switch",
+        "profile_fields": {"owned_products": "list<string>"},
         "offers": offers,
         "rules": [{"rule_id": "own", "kind": "business", "applies_to": "xsell",
                    "expression": "!(offer.offer_id in customer.owned_products)"}],

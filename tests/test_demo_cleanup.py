@@ -1,15 +1,23 @@
 """Issue 7 item 1, the parts test_demo.py does not check: run as `make demo` runs it (no --dir),
 `nbo demo` works in a fresh temp directory and deletes it afterwards (--keep keeps it); it
+ends serving the console, whose printed address and token open it, until Ctrl-C (issue 16); it
 prints ranked offers in the seeds' style with their score parts, the terminals picking up v2
 by sync, and where the report HTML is.
 """
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,20 +27,73 @@ NBO = [sys.executable, "-c", "import sys; from nbo.cli import main; sys.exit(mai
 
 def run_demo(tmp: Path, *extra: str) -> tuple[str, Path]:
     tmp.mkdir()
-    out = subprocess.run([*NBO, "demo", "--customers", "400", "--visits", "12", *extra],
+    out = subprocess.run([*NBO, "demo", "--customers", "400", "--visits", "12", "--no-console", *extra],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp)})
     assert out.returncode == 0, out.stderr + out.stdout
     assert "Traceback" not in out.stderr
-    match = re.search(r"^nbo demo — working in (\S+)$", out.stdout, flags=re.M)
-    assert match is not None, out.stdout
+    return out.stdout, workdir_of(out.stdout, tmp)
+
+
+def workdir_of(text: str, tmp: Path) -> Path:
+    match = re.search(r"^nbo demo — working in (\S+)$", text, flags=re.M)
+    assert match is not None, text
     workdir = Path(match.group(1))
     assert workdir.parent == tmp  # a fresh temp directory, not the current one
-    return out.stdout, workdir
+    return workdir
+
+
+def read_lines_until(fd: int, done: Callable[[str], bool], *, timeout: float) -> list[str]:
+    """Lines from ``fd`` until one satisfies ``done`` (or EOF / the deadline); unbuffered, so a
+    line already sent is never left waiting in a buffer while ``select`` sees nothing new."""
+    lines: list[str] = []
+    pending = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            lines.append(raw.decode())
+            if done(lines[-1]):
+                return lines
+    return lines
+
+
+def run_demo_with_console(tmp: Path) -> tuple[str, Path]:
+    """`make demo` as a person runs it: the loop, then the console it prints, logged into with the
+    printed token, then Ctrl-C."""
+    tmp.mkdir()
+    proc = subprocess.Popen([*NBO, "demo", "--customers", "400", "--visits", "12"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+    assert proc.stdout is not None
+    lines = read_lines_until(proc.stdout.fileno(), lambda line: line.startswith("  analyst token: "), timeout=300)
+    try:
+        address = re.search(r"is at (http://127\.0\.0\.1:\d+)/login$", "\n".join(lines), flags=re.M)
+        assert address is not None and lines[-1].startswith("  analyst token: "), "\n".join(lines)
+        token = lines[-1].split(": ", 1)[1]
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        opener.open(address.group(1) + "/login", data=urllib.parse.urlencode({"token": token}).encode(),
+                    timeout=30).read()
+        page = opener.open(address.group(1) + "/field", timeout=30).read().decode()
+        assert "pos-1" in page and "pos-2" in page  # the demo's two terminals, as the hub holds them
+        assert 'id="kpi-terminals">3<' in page  # and the app channel
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    text = "\n".join(lines) + "\n" + rest
+    return text, workdir_of(text, tmp)
 
 
 @pytest.mark.slow
 def test_demo_cleans_up_and_prints_the_loop(tmp_path: Path) -> None:
-    text, workdir = run_demo(tmp_path / "tmp")
+    text, workdir = run_demo_with_console(tmp_path / "tmp")
     # (onnxruntime itself leaves a small ``.ses`` session file in TMPDIR on import: not the demo's.)
     assert not workdir.exists() and [p for p in (tmp_path / "tmp").iterdir() if p.name != ".ses"] == []
 

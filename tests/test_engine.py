@@ -846,6 +846,7 @@ def test_cli_decide_table_explain_json_and_errors(tmp_path: Path, capsys: pytest
          offer("F", "service", value=1, fallback=True, name="Fallback")],
         rules=[{"rule_id": "adult", "kind": "business", "applies_to": "upsell", "expression": "customer.age >= 18",
                 "description": "adults only"}],
+        profile_fields={"age": "number"},
     )
     state = tmp_path / "state"
     assert main(["decide", "--state", str(state), "--customer", "C1", "--channel", "pos"]) == 1

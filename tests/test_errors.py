@@ -10,6 +10,7 @@ import re
 
 import grpc
 import nbo.cli
+import nbo.console
 import nbo.gateway
 import nbo.model_export
 import nbo.sdk
@@ -47,9 +48,9 @@ def drawn_tree() -> dict[str, tuple[str, str | None]]:
 
 
 def defined_exceptions() -> dict[str, type[BaseException]]:
-    """Every exception class defined in any module of nbo.sdk, nbo.cli, nbo.gateway, nbo.model_export."""
+    """Every exception class defined in any module of the five nbo packages."""
     found: dict[str, type[BaseException]] = {}
-    for package in (nbo.sdk, nbo.cli, nbo.gateway, nbo.model_export):
+    for package in (nbo.sdk, nbo.cli, nbo.gateway, nbo.model_export, nbo.console):
         modules = [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
         for name in modules:
             module = importlib.import_module(name)

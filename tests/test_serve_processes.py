@@ -6,7 +6,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from gateway_helpers import (
@@ -195,3 +197,48 @@ def test_a_bundle_switch_across_processes_under_load_fails_no_call_and_metrics_c
     finally:
         stop.set()
         assert _stop(proc) == 0
+
+
+def test_sigterm_lets_a_call_in_flight_on_a_serving_process_finish(tmp_path: Path) -> None:
+    kit = bundle_kit(tmp_path / "kit")
+    config = tmp_path / "gateway.toml"
+    config.write_text(toml_text(config_data(trusted_key=kit.pub)))
+    bundle = kit.bundle(1).read_bytes()
+    port = free_port()
+    state = tmp_path / "state"
+    proc = start_serve_process(state, config, port=port, extra_args=["--processes", "2", "--grace", "30"])
+    release = threading.Event()
+
+    def upload() -> Iterator[Any]:
+        chunks = publish_chunks(bundle, chunk=4096)
+        yield next(chunks)
+        release.wait(60)  # the rest only once the gateway is stopping
+        yield from chunks
+
+    answer: list[Any] = []
+    try:
+        wait_serving(port, proc=proc, timeout=60)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        future = publish_pb2_grpc.PublishServiceStub(channel).PublishBundle.future(
+            upload(), metadata=PUBLISHER_AUTH, timeout=90)
+        spool = state / "publish-spool"
+        deadline = time.monotonic() + 30
+        while not list(spool.glob(".upload-*")):  # a serving process is inside the call
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.05)  # polling the spool directory
+        proc.send_signal(signal.SIGTERM)
+        log = serve_log(state)
+        while log.read_text().count("] event=stopping") < 2:  # both processes are draining
+            assert time.monotonic() < deadline + 30, log.read_text()
+            time.sleep(0.05)  # polling the log
+        release.set()
+        answer.append(future.result(timeout=60))
+        channel.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert answer[0].accepted and answer[0].version == 1
+    text = serve_log(state).read_text()
+    assert "event=bundle_published" in text and "[p0] event=stopped" in text and "[p1] event=stopped" in text

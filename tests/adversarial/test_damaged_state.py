@@ -249,3 +249,19 @@ def test_recover_with_a_token_of_another_device_changes_nothing(tmp_path: Path, 
         recover_state(state, target(gateway), token="device-token-pos-2")
     assert (state / "state.sqlite").stat().st_size == 0 and not list(state.glob("damaged-*"))
     assert not (state / "recovering").exists()
+
+
+def test_every_streaming_rpc_has_an_admission_limit_and_an_idle_limit() -> None:
+    """RecoverDevice streams a device's whole history: a reader that stops reading must not hold
+    a thread for ever (the limits DownloadBundle has, docs/operations.md)."""
+    from nbo.gateway._call_limits import _route
+    from nbo.v1 import common_pb2, decision_pb2, publish_pb2, sync_pb2
+
+    streaming = [f"/{service.full_name}/{method.name}"
+                 for module in (common_pb2, decision_pb2, publish_pb2, sync_pb2)
+                 for service in module.DESCRIPTOR.services_by_name.values()
+                 for method in service.methods if method.server_streaming or method.client_streaming]
+    assert "/nbo.v1.SyncService/RecoverDevice" in streaming
+    for method in streaming:
+        kind, group, idle = _route(method)
+        assert kind == "transfer" and group is not None and idle, method

@@ -16,12 +16,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from bundle_fixtures import make_keys
-from gateway_helpers import DEVICE, Gateway
+from gateway_helpers import APP, DEVICE, Gateway
 from nbo.sdk import Client, InputError, _vocabulary
 from nbo.sdk.core import AMOUNT_MAX, POINTS_MAX, QUANTITY_MAX
-from nbo.v1 import sync_pb2
+from nbo.v1 import decision_pb2, sync_pb2
 
 T0 = 1_700_000_000.0
 
@@ -125,3 +126,14 @@ def test_the_limits_are_one_definition() -> None:
     assert _ledger.POINTS_MAX is _vocabulary.POINTS_MAX == 10**9
     assert _records.QUANTITY_MAX is _hub.QUANTITY_MAX is _vocabulary.QUANTITY_MAX
     assert _hub.entry_from_payload is _ledger.entry_from_payload  # the hub reads points as the SDK does
+
+
+@pytest.mark.postgres
+def test_the_gateway_refuses_the_same_amounts(hub_gateway: Any) -> None:
+    gw = hub_gateway.gateway
+    for amount in BAD_AMOUNTS:
+        with pytest.raises(grpc.RpcError) as info:
+            gw.decision.RecordPayment(decision_pb2.RecordPaymentRequest(
+                customer_id="c-app", payment_token="tok_ok", amount=amount, currency="EUR",
+                idempotency_key=str(uuid.uuid4())), metadata=APP, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "amount" in (info.value.details() or "")
