@@ -741,6 +741,8 @@ class HubStore:
 
     def latest_bundle(self, name: str | None = None) -> BundleRecord | None:
         """The newest version of ``name``, or the most recently published bundle."""
+        if name is not None:
+            _check_bundle_name(name)
         sql = "SELECT name, version, sha256, size, file, created_at FROM hub_bundles"
         if name is not None:
             sql += " WHERE name = ? ORDER BY version DESC LIMIT 1"
@@ -754,6 +756,7 @@ class HubStore:
 
     def bundle(self, name: str, version: int) -> BundleRecord:
         """One published bundle; :class:`NotFoundError` when unknown."""
+        _check_bundle_name(name)
         with self.db.transaction() as tx:
             rows = tx.execute(
                 "SELECT name, version, sha256, size, file, created_at FROM hub_bundles WHERE name = ? AND version = ?",
@@ -874,6 +877,13 @@ def _parse(event: IncomingEvent) -> tuple[str, Any, str | None]:
     except ValueError as exc:
         return text, payload, str(exc)
     return text, payload, None
+
+
+def _check_bundle_name(name: object) -> None:
+    # A name a terminal asks for goes into a query: one that no bundle can have (a NUL, which
+    # PostgreSQL cannot even compare) is a bad request, not a database error.
+    if not isinstance(name, str) or not BUNDLE_NAME_RE.match(name):
+        raise InputError("name must be a bundle name: 1-64 letters, digits, '.', '_' or '-'", field="name")
 
 
 def _read(path: Path) -> bytes:
