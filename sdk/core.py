@@ -33,6 +33,7 @@ from ._carddata import find_card_data, is_card_data
 from ._clock import to_datetime
 from ._engine import Request, decide, decide_many, validate_mapping
 from ._errors import (
+    CelTypeError,
     DeadlineExceededError,
     EventConflictError,
     HubUnavailableError,
@@ -114,6 +115,7 @@ from ._vocabulary import (
 
 __all__ = [
     # the errors only the other packages raise or map (the whole tree: nbo.sdk._errors)
+    "CelTypeError",
     "DeadlineExceededError",
     "EventConflictError",
     "HubUnavailableError",
