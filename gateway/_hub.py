@@ -865,7 +865,7 @@ def _parse(event: IncomingEvent) -> tuple[str, Any, str | None]:
     if isinstance(payload, Mapping | list):
         # Defence in depth (devices refuse card data first): every string of the payload, keys
         # and ids included, with the SDK's scanner (canonical UUIDs are ids, not card numbers).
-        hit = find_card_data(payload, "payload")
+        hit = find_card_data(payload, "payload", numbers=True)
         if hit is not None:
             # Never stored, not even as a rejected event: the payload is replaced, the field named.
             return _REDACTED, None, (f"{hit} looks like card data (a card number or sensitive "

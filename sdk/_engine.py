@@ -385,6 +385,8 @@ def _logged_inputs(plan: DecisionPlan, customer: Mapping[str, Any], context: Map
             value = None
         elif isinstance(value, str | list | tuple):
             suspects[f"{source}.{field}"] = value
+        elif type(value) is int and abs(value) >= 10**12:
+            suspects[f"{source}.{field}"] = str(value)  # written as a number, still a PAN's digits
         inputs[name] = value
     if suspects:
         refuse_card_data(suspects)
