@@ -215,6 +215,9 @@ class DecisionPlan:
     validity_edges: tuple[float, ...]
     """Every offer's ``valid_from`` and ``valid_to``, sorted: where candidate sets change."""
     all_offers_model: int = -1
+    numeric_inputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """``{"customer"|"context": {field: input name}}`` of the models' number inputs: a request
+    value there must be a number (or null), not silently a missing value."""
     """``sole_model`` when every offer uses it (no offer without a model), else -1."""
     experiments: tuple[Experiment, ...] = ()
     """The bundle's experiments (docs/experiments.md), in catalog order."""
@@ -769,6 +772,9 @@ def build_plan(
         ),
         validity_edges=tuple(sorted({float(t) for t in (*valid_from.tolist(), *valid_to.tolist()) if t == t})),
         all_offers_model=sole_model if sole_model >= 0 and bool((model_index == sole_model).all()) else -1,
+        numeric_inputs={source: {i.field: i.name for m in models for i in m.inputs
+                                 if i.source == source and i.dtype != "string"}
+                        for source in ("customer", "context")},
     )
     try:
         experiments = parse_experiments(_json(meta.get("experiments"), None, "meta.experiments"))
