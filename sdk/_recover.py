@@ -70,8 +70,7 @@ def recover_state(
             raise InputError(f"{state} records no device id that has synced; pass the device id",
                              field="device_id")
         device_id = marker[0]
-    if not isinstance(device_id, str) or not device_id or len(device_id) > 128:
-        raise InputError("device_id must be a non-empty string of at most 128 characters", field="device_id")
+    _records.check_id(device_id, "device_id")  # the one id rule, as Client.open applies it
     # A recovery that fails leaves nothing it created: the directories it made, its lock file.
     missing = [p for p in (state, *state.parents) if not p.exists()]
     lock_existed = (state / "sync.lock").exists()
