@@ -93,6 +93,22 @@ def validate_mapping(value: Any, name: str) -> dict[str, Any]:
     return out
 
 
+def _model_values(plan: DecisionPlan, values: dict[str, Any], name: str) -> dict[str, Any]:
+    """``values`` (a request's profile or context), refusing a non-number where a model reads a number.
+
+    Otherwise the model would get a missing value (NaN) for ``"old"`` as an age and the
+    answer would quietly change; ``null`` (unknown) and booleans (0/1) stay allowed.
+    """
+    inputs = plan.numeric_inputs.get("customer" if name == "profile" else "context")
+    if inputs:
+        for key, value in values.items():
+            model_input = inputs.get(key)
+            if model_input is not None and value is not None and not isinstance(value, int | float):  # bool: 0/1
+                raise InputError(f"{name}.{key} must be a number (or null) for the model input {model_input}, "
+                                 f"not {value!r}", field=f"{name}.{key}")
+    return values
+
+
 def _number(value: Any, field: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise InputError(f"{field} must be a number or null, not {value!r}", field=field)
@@ -223,8 +239,9 @@ def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Requ
     for position, request in enumerate(requests):
         try:
             _validate(plan, request.customer_id, request.channel, request.limit)
-            item = _Item(position, request, validate_mapping(request.context, "context"),
-                         validate_mapping(request.profile, "profile"), new_decision_id())
+            item = _Item(position, request, _model_values(plan, validate_mapping(request.context, "context"), "context"),
+                         _model_values(plan, validate_mapping(request.profile, "profile"), "profile"),
+                         new_decision_id())
         except Exception as exc:  # the caller's mistake: this request only
             results[position] = exc
             continue

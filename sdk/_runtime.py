@@ -214,6 +214,9 @@ class DecisionPlan:
     validity_edges: tuple[float, ...]
     """Every offer's ``valid_from`` and ``valid_to``, sorted: where candidate sets change."""
     all_offers_model: int = -1
+    numeric_inputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """``{"customer"|"context": {field: input name}}`` of the models' number inputs: a request
+    value there must be a number (or null), not silently a missing value."""
     """``sole_model`` when every offer uses it (no offer without a model), else -1."""
     candidate_cache: dict[str, CandidateSet] = field(init=False, default_factory=dict, repr=False, compare=False)
     """Channel → the :class:`CandidateSet` of the latest decision on it (fresh in each plan,
@@ -762,4 +765,7 @@ def build_plan(
         ),
         validity_edges=tuple(sorted({float(t) for t in (*valid_from.tolist(), *valid_to.tolist()) if t == t})),
         all_offers_model=sole_model if sole_model >= 0 and bool((model_index == sole_model).all()) else -1,
+        numeric_inputs={source: {i.field: i.name for m in models for i in m.inputs
+                                 if i.source == source and i.dtype != "string"}
+                        for source in ("customer", "context")},
     )

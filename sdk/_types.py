@@ -137,7 +137,8 @@ class RecoveryReport:
     """Customers whose authoritative points balance was restored."""
     moved_aside: str | None
     """Where the replaced state files were moved (kept for inspection), or None if there were none."""
-    unsynced_left_behind: int = 0
-    """Events of the replaced state the hub never received (they stay in the moved-aside copy)."""
+    carried_over: int = 0
+    """Events of the replaced state the hub never received, queued again after ``max_seq`` (when
+    the replaced file was still readable: a new start under the same id, an older copy)."""
     not_restored: tuple[str, ...] = ()
     """Held events whose rows could not be rebuilt (each ``seq N (type): why``); normally empty."""
