@@ -48,6 +48,9 @@ from ._vocabulary import MAX_LIMIT
 __all__ = ["Request", "decide", "decide_many", "new_decision_id", "validate_mapping"]
 
 _PLAIN = frozenset({str, bool, int, type(None)})
+MAX_LIST_ITEMS = 1000
+"""Longest list a request's profile or context may carry: with rules nested at most two
+comprehensions deep (the rule cost budget), this bounds what one request can make a rule do."""
 
 
 def _check_value(value: Any, field: str) -> None:
@@ -60,6 +63,8 @@ def _check_value(value: Any, field: str) -> None:
             raise InputError(f"{field} must be a finite number, not {value!r}", field=field)
         return
     if isinstance(value, list | tuple):
+        if len(value) > MAX_LIST_ITEMS:
+            raise InputError(f"{field} has {len(value)} items; at most {MAX_LIST_ITEMS} are allowed", field=field)
         if all(isinstance(v, str) for v in value):
             return
         raise InputError(f"{field} must be a list of strings", field=field)
