@@ -74,6 +74,12 @@ class Decision:
     excluded: list[Exclusion] = field(default_factory=list)
     strategy: str = ""
     created_at: float = 0.0
+    experiment_id: str = ""
+    """The bundle experiment this customer is in ("" when in none, docs/experiments.md)."""
+    arm: str = ""
+    """The experiment's arm that made this decision ("" when in no experiment)."""
+    hash_version: int = 0
+    """The version of the assignment hash that chose the arm (0 when in no experiment)."""
 
 
 @dataclass(frozen=True, slots=True)

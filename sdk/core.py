@@ -45,6 +45,7 @@ from ._errors import (
     UsageError,
     VersionNotNewerError,
 )
+from ._experiments import ARM_KINDS, HASH_VERSION, Experiment, assign, assignment_unit, parse_experiments
 from ._keys import (
     generate_private_key,
     key_id,
@@ -154,6 +155,13 @@ __all__ = [
     "MANIFEST",
     "SIGNATURE",
     "BundleStore",
+    # experiments (docs/experiments.md)
+    "ARM_KINDS",
+    "HASH_VERSION",
+    "Experiment",
+    "assign",
+    "assignment_unit",
+    "parse_experiments",
     "StagedBundle",
     "check_name",
     "count_offers",
