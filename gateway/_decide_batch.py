@@ -4,8 +4,12 @@ Every ``Decide`` reads and writes the hub (profile and contact history; the deci
 contacts, its event), and on the SQLite hub every write transaction is serialised by the
 database's single writer lock. Deciding each request in its own transaction, with RPC threads
 queued on that lock, costs more CPU than the decisions themselves. So requests are decided in
-batches by :func:`decide_batch`: **one** hub transaction, the state read and written for all
-of them at once and one model run per model (``nbo.sdk.core.decide_many``), one commit.
+batches by :func:`decide_batch`: the profiles read for all of them at once in a read view that
+takes no write lock, the rules and one model run per model run with no transaction open
+(``nbo.sdk.core.prepare_many``), then **one** hub write transaction for the cheap rest — the
+contact history, the contact policies, the ranking and the record (``finish_many``) — and
+one commit. So a slow rule or model never holds the lock that ``AwardPoints``, pushes and
+other decisions need.
 
 :class:`DecideBatcher` feeds it: a decider thread in the serving process takes every queued
 request as one batch. A gateway uses more cores by running more serving processes
@@ -38,7 +42,14 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from nbo.sdk import Decision, StateError
-from nbo.sdk.core import DeadlineExceededError, LoadedBundle, Request, ShuttingDownError, decide_many
+from nbo.sdk.core import (
+    DeadlineExceededError,
+    LoadedBundle,
+    Request,
+    ShuttingDownError,
+    finish_many,
+    prepare_many,
+)
 
 from ._hub_state import HubStateStore
 
@@ -67,7 +78,7 @@ Runner: TypeAlias = Callable[[Sequence[DecideArgs]], Sequence[Outcome]]
 
 
 def decide_batch(state: HubStateStore, batch: Sequence[DecideArgs]) -> list[Decision | Exception]:
-    """Decide ``batch`` in one hub transaction with :func:`nbo.sdk.core.decide_many`.
+    """Decide ``batch``: :func:`nbo.sdk.core.prepare_many` outside, ``finish_many`` in one hub transaction.
 
     Requests are grouped by the bundle they carry (a hot swap can put two in one batch); a
     request's own error is its outcome; an error of the transaction itself (a read, a write,
@@ -78,15 +89,18 @@ def decide_batch(state: HubStateStore, batch: Sequence[DecideArgs]) -> list[Deci
     groups: dict[int, tuple[LoadedBundle, list[int]]] = {}
     for position, args in enumerate(batch):
         groups.setdefault(id(args.bundle), (args.bundle, []))[1].append(position)
-    with state.decision_batch([args.customer_id for args in batch]):
-        for bundle, positions in groups.values():
-            requests = [batch[p].request for p in positions]
+    # Rules and models first, with no write lock held: AwardPoints, pushes and the other
+    # processes' decisions go on meanwhile. Only the contact policies and the record wait below.
+    prepared = [(positions, prepare_many(bundle, state, [batch[p].request for p in positions]))
+                for bundle, positions in groups.values()]
+    with state.decision_batch([args.customer_id for args in batch]) as tx:
+        for positions, ready in prepared:
 
             def keep(i: int, positions: list[int] = positions) -> bool:
                 alive = batch[positions[i]].alive
                 return alive is None or alive()
 
-            for position, outcome in zip(positions, decide_many(bundle, state, requests, keep=keep), strict=True):
+            for position, outcome in zip(positions, finish_many(ready, tx, keep=keep), strict=True):
                 outcomes[position] = outcome
     return [o if o is not None else StateError("no decision was made") for o in outcomes]
 

@@ -25,7 +25,9 @@ replica sharing one PostgreSQL hub sees the same profiles, contact history and l
   key order; the SQLite hub's writer lock already serialises everything) in which every
   transaction the domain code opens on this thread joins, so reading the contact history and
   recording the decision are atomic for that customer whichever replica answers. The gateway
-  runs several decisions in one such transaction (``gateway/_decide_batch.py``).
+  runs several decisions in one such transaction (``gateway/_decide_batch.py``), after their
+  rules and models ran outside it (``nbo.sdk.core.prepare_many``, in a :meth:`HubStateStore.read`
+  view that takes no write lock).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +117,19 @@ class _RelaxedSQLite:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
 
+    def transaction(self) -> AbstractContextManager[_RelaxedSQLite]:
+        """A write transaction (``BEGIN IMMEDIATE``: waits for, then holds, the writer lock)."""
+        return self._begin("IMMEDIATE")
+
+    def reading(self) -> AbstractContextManager[_RelaxedSQLite]:
+        """A deferred (read) transaction: a snapshot of the file that takes no writer lock."""
+        return self._begin("DEFERRED")
+
     @contextmanager
-    def transaction(self) -> Iterator[_RelaxedSQLite]:
+    def _begin(self, mode: str) -> Iterator[_RelaxedSQLite]:
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute(f"BEGIN {mode}")
             except sqlite3.Error as exc:
                 raise StateError(f"hub database {self.path}: {exc}") from exc
             try:
@@ -276,14 +286,24 @@ class HubStateStore:
 
     @contextmanager
     def read(self) -> Iterator[HubTx]:
-        """A transaction used only for reading (same as :meth:`transaction` on the hub)."""
-        with self.transaction() as tx:
+        """A transaction used only for reading: it takes no write lock (joins the thread's open one, if any).
+
+        On the SQLite hub a deferred transaction (in WAL mode it never blocks a writer, nor
+        waits for one); on PostgreSQL an ordinary transaction, without advisory locks. What
+        ``decide_many`` reads before its rules and models run (``prepare_many``).
+        """
+        current = self._current()
+        if current is not None:
+            yield current
+            return
+        with self._outer(durable=False, reading=True) as tx:
             yield tx
 
     @contextmanager
-    def _outer(self, *, durable: bool) -> Iterator[HubTx]:
+    def _outer(self, *, durable: bool, reading: bool = False) -> Iterator[HubTx]:
         database: Database = self.db if durable or self._relaxed is None else self._relaxed
-        with database.transaction() as db_tx:
+        opened = self._relaxed.reading() if reading and self._relaxed is not None else database.transaction()
+        with opened as db_tx:
             if not durable and self.db.dialect == "postgresql":
                 db_tx.execute("SET LOCAL synchronous_commit TO OFF")
             tx = HubTx(self, db_tx, self.clock.now())
@@ -323,6 +343,9 @@ class HubStateStore:
                 )
                 for (key,) in keys:
                     tx.execute("SELECT pg_advisory_xact_lock(?, ?)", (_ADVISORY_NAMESPACE, key))
+                # The decisions' time is when the locks are held: a contact another replica
+                # recorded while this one waited is then never "in the future" of this decision.
+                tx.now = self.clock.now()
             yield tx
 
     @contextmanager

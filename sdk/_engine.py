@@ -1,26 +1,31 @@
 """``decide`` / ``decide_many``: validate the requests, read state, run the pure core, record.
 
-The edges live here; the pure core is :mod:`._policy`. One call of :func:`decide_many` (what
-:func:`decide` runs with one request, and the gateway with a batch) takes one transaction of
-the state store — non-durable, and its clock reading is the decisions' time — and, per round
-of requests (one per customer, so a customer's second request sees the first one's
-contacts), :func:`_decide_round`:
+The edges live here; the pure core is :mod:`._policy`. A call of :func:`decide_many` (what
+:func:`decide` runs with one request, and the gateway with a batch) has two halves, so that
+the expensive work never holds the state's write lock:
 
-1. reads the customers' stored profiles (:func:`._contacts.stored_profiles`) and the contact
-   counts the bundle's policies need (:func:`._contacts.contact_counts`), brings stored
-   measures up to now (:func:`._measures.refresh_measures`) and the points balance from the
-   ledger (:func:`._ledger.balance_in`);
-2. :func:`._policy.select`: channel, validity, rules, contact policies, strategy weights;
-3. :func:`._policy.propensities_many`: one batched ONNX run per model for every customer of
-   the round;
-4. :func:`._policy.rank`: score, mandatory/fallback, exploration (seeded by the decision id),
-   explanation;
-5. :func:`._contacts.record_decisions`: the decisions, their ``shown`` contacts and their
-   ``decision`` events, in the same transaction (skipped for a dry run, which reads only).
+1. :func:`prepare_many`, with **no write transaction open**: validates the requests, reads
+   the customers' stored profiles (:func:`._contacts.stored_profiles`) and points balances
+   (:func:`._ledger.balance_in`) in one short read view, brings stored measures up to that
+   time (:func:`._measures.refresh_measures`), then, the read view closed, runs
+   :func:`._policy.screen` (channel, validity, rules, strategy) and
+   :func:`._policy.propensities_many` — one batched ONNX run per model for every request,
+   over every offer a contact policy could leave in play;
+2. :func:`finish_many`, in **one transaction** of the state store (non-durable; its clock
+   reading is the decisions' time), per round of requests (one per customer, so a
+   customer's second request sees the first one's contacts): reads the contact counts the
+   bundle's policies need (:func:`._contacts.contact_counts`), :func:`._policy.settle` (the
+   contact policies, the pool), :func:`._policy.rank` (score, mandatory/fallback,
+   exploration seeded by the decision id, explanation) and
+   :func:`._contacts.record_decisions` (the decisions, their ``shown`` contacts and their
+   ``decision`` events; skipped for a dry run, which reads only).
 
-(:func:`._policy.run_pipeline` is stages 2–4 for one customer, without I/O: what the golden
-cases run.) A decision receives exactly one :class:`~._runtime.LoadedBundle` reference and
-uses nothing else, so a concurrent bundle switch can never mix two bundles in one answer.
+The gateway runs the two halves itself: the second inside the hub's per-customer locked
+transaction (``HubStateStore.decision_batch``), so contact policies stay exact across threads,
+processes and replicas while rules and models run outside it.
+(:func:`._policy.run_pipeline` is the whole pipeline for one customer, without I/O: what the
+golden cases run.) A decision receives exactly one :class:`~._runtime.LoadedBundle` reference
+and uses nothing else, so a concurrent bundle switch can never mix two bundles in one answer.
 Thread-safe: the bundle is immutable and every per-decision object is local.
 """
 
@@ -45,7 +50,8 @@ from ._store import StateStore, Tx
 from ._types import BundleInfo, Decision, RankedOffer
 from ._vocabulary import MAX_LIMIT
 
-__all__ = ["Request", "decide", "decide_many", "new_decision_id", "validate_mapping"]
+__all__ = ["Prepared", "Request", "decide", "decide_many", "finish_many", "new_decision_id", "prepare_many",
+           "validate_mapping"]
 
 _PLAIN = frozenset({str, bool, int, type(None)})
 MAX_LIST_ITEMS = 1000
@@ -218,66 +224,87 @@ class _Item(NamedTuple):
     decision_id: str
 
 
+class _Ready(NamedTuple):
+    """One request after :func:`prepare_many`: its inputs, its screening and its propensities."""
+
+    item: _Item
+    customer: dict[str, Any]
+    context: dict[str, Any]
+    arm: _Arm | None
+    screened: _policy.Screened
+    scores: np.ndarray | Exception
+    """The propensities of ``screened.scored`` under the deciding plan (or the model's error)."""
+    shadow_scores: dict[int, np.ndarray | Exception]
+    """Per shadow arm with other models than the deciding arm: its propensities of ``screened.scored``."""
+
+
+class Prepared(NamedTuple):
+    """Requests made ready by :func:`prepare_many`, for :func:`finish_many` to decide and record."""
+
+    bundle: LoadedBundle
+    results: list[Decision | Exception | None]
+    """By request position: the error of a request already failed (its input, its model), else None."""
+    rounds: list[list[_Ready]]
+    """Round k: the k-th request of each customer (so a customer's second request sees the first's contacts)."""
+
+
 def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Request], *,
                 record: bool = True, keep: Callable[[int], bool] | None = None) -> list[Decision | Exception]:
-    """Decide several requests in one transaction: the decision, or the error, of each, in order.
+    """Decide several requests: the decision, or the error, of each, in order.
 
-    Exactly what :func:`decide` does for each request, with the state read and written for
-    all of them at once and one model run per model (:func:`._policy.propensities_many`).
-    Requests for the same customer are decided one after the other (each sees the contacts of
-    the one before), in arrival order. A request that fails (bad input, a model error) fails
-    alone; an error of the store fails them all (nothing is written). ``record=False`` (a dry
-    run) reads the state in a read view and writes nothing. ``keep(i)``, asked for each
-    request right before its decision is recorded, may say its caller has gone (a gateway
-    call whose deadline passed while it waited for the write lock): that request is then not
-    recorded and its outcome is :class:`DeadlineExceededError`.
+    :func:`prepare_many` (read the profiles, run the rules and the models, outside any write
+    transaction), then :func:`finish_many` in one transaction of ``store`` (contact history,
+    contact policies, ranking, record). The state is read and written for all of the requests
+    at once, with one model run per model (:func:`._policy.propensities_many`). Requests for
+    the same customer are decided one after the other (each sees the contacts of the one
+    before), in arrival order. A request that fails (bad input, a model error) fails alone; an
+    error of the store fails them all (nothing is written). ``record=False`` (a dry run) reads
+    the state in a read view and writes nothing. ``keep(i)``, asked for each request right
+    before its decision is recorded, may say its caller has gone (a gateway call whose
+    deadline passed while it waited for the write lock): that request is then not recorded
+    and its outcome is :class:`DeadlineExceededError`.
+    """
+    prepared = prepare_many(bundle, store, requests)
+    if not prepared.rounds:
+        return finish_many(prepared, None, record=record, keep=keep)
+    with store.transaction() if record else store.read() as tx:
+        return finish_many(prepared, tx, record=record, keep=keep)
+
+
+def prepare_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Request]) -> Prepared:
+    """Everything of a decision that does not depend on the contact history, outside any write lock.
+
+    Validates each request, reads the customers' stored profiles and points balances in one
+    short read view of ``store`` (closed before any rule runs), then — with no transaction
+    open — runs the rules, the strategy conditions and one model run per model over every
+    offer a contact policy could leave in play. The rules and the offers' validity see the
+    time of that read; the profile is the one stored then (a purchase committed while the
+    models run is seen by the next decision, as if this one had arrived a moment earlier).
     """
     plan = bundle.plan
     if plan is None:
         raise BundleError(f"bundle {bundle.info.name} v{bundle.info.version} was loaded without a decision plan")
     results: list[Decision | Exception | None] = [None] * len(requests)
-    rounds: list[list[_Item]] = []  # round k: the k-th request of each customer
-    seen: dict[str, int] = {}
+    items: list[_Item] = []
     for position, request in enumerate(requests):
         try:
             _validate(plan, request.customer_id, request.channel, request.limit)
-            item = _Item(position, request, _model_values(plan, validate_mapping(request.context, "context"), "context"),
-                         _model_values(plan, validate_mapping(request.profile, "profile"), "profile"),
-                         new_decision_id())
+            items.append(_Item(position, request,
+                               _model_values(plan, validate_mapping(request.context, "context"), "context"),
+                               _model_values(plan, validate_mapping(request.profile, "profile"), "profile"),
+                               new_decision_id()))
         except Exception as exc:  # the caller's mistake: this request only
             results[position] = exc
-            continue
-        k = seen.get(request.customer_id, 0)
-        seen[request.customer_id] = k + 1
-        if k == len(rounds):
-            rounds.append([])
-        rounds[k].append(item)
-    if rounds:
-        with store.transaction() if record else store.read() as tx:
-            for items in rounds:
-                _decide_round(bundle, plan, tx, items, results, record=record, keep=keep)
-    return [r if r is not None else BundleError("no decision was made") for r in results]
-
-
-def _decide_round(
-    bundle: LoadedBundle, plan: DecisionPlan, tx: Tx, items: Sequence[_Item], results: list[Decision | Exception | None],
-    *, record: bool = True, keep: Callable[[int], bool] | None = None,
-) -> None:
-    """Decide ``items`` (one per customer) in ``tx``; each result goes to its position."""
-    now = tx.now
-    ids = [item.request.customer_id for item in items]
-    texts = _contacts.stored_profiles(tx, ids)
-    # Only the policies that can apply to these requests' channels, and only the kinds of
-    # event they count, are read (the others could not block anything here).
-    channels = {item.request.channel for item in items}
-    policies = [p for p in plan.policies if not p.channel or p.channel in channels]
-    histories = (
-        _contacts.contact_counts(tx, ids, now=now, windows=[p.window_seconds for p in policies],
-                                 events=[p.event for p in policies])
-        if policies else {}
-    )
+    if not items:
+        return Prepared(bundle, results, [])
+    ids = list(dict.fromkeys(item.request.customer_id for item in items))
+    with store.read() as tx:
+        now = tx.now
+        texts = _contacts.stored_profiles(tx, ids)
+        balances = {customer_id: _ledger.balance_in(tx, customer_id) for customer_id in ids
+                    if plan.reads_points_balance} if plan.reads_points_balance else {}
     when = datetime.fromtimestamp(now, tz=UTC)
-    ready: list[tuple[_Item, dict[str, Any], dict[str, Any], _policy.Selection, _Arm | None]] = []
+    screened: list[tuple[_Item, dict[str, Any], dict[str, Any], _policy.Screened, _Arm | None]] = []
     for item in items:
         request = item.request
         try:
@@ -291,29 +318,82 @@ def _decide_round(
             customer.update(stored)
             if "points_balance" not in item.overrides and plan.reads_points_balance:
                 # the loyalty ledger, not the profile, is the truth for the points balance
-                customer["points_balance"] = _ledger.balance_in(tx, request.customer_id)
+                customer["points_balance"] = balances[request.customer_id]
             customer.update(item.overrides)
             context = item.context
             context.update(channel=request.channel, hour=when.hour, weekday=when.weekday())
             arm = _arm_of(plan, request.customer_id) if plan.experiments else None
-            selection = _policy.select(arm.plan if arm is not None else plan, customer=customer, context=context,
-                                       channel=request.channel, history=histories.get(request.customer_id, ()),
-                                       now=now, explain=request.explain,
-                                       control_none=arm is not None and arm.kind == "control-none")
+            screen = _policy.screen(arm.plan if arm is not None else plan, customer=customer, context=context,
+                                    channel=request.channel, now=now, explain=request.explain,
+                                    control_none=arm is not None and arm.kind == "control-none")
         except Exception as exc:
             results[item.position] = exc
             continue
-        ready.append((item, customer, context, selection, arm))
-    scored = _scores(plan, [(sel.pool, customer, context, arm) for _, customer, context, sel, arm in ready])
+        screened.append((item, customer, context, screen, arm))
+    scored = _scores(plan, [(sc.scored, customer, context, arm) for _, customer, context, sc, arm in screened])
+    rounds: list[list[_Ready]] = []
+    seen: dict[str, int] = {}
+    for (item, customer, context, screen, arm), scores in zip(screened, scored, strict=True):
+        shadows = _shadow_scores(plan, arm, screen, customer, context) if arm is not None else {}
+        k = seen.get(item.request.customer_id, 0)
+        seen[item.request.customer_id] = k + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(_Ready(item, customer, context, arm, screen, scores, shadows))
+    return Prepared(bundle, results, rounds)
+
+
+def finish_many(prepared: Prepared, tx: Tx | None, *, record: bool = True,
+                keep: Callable[[int], bool] | None = None) -> list[Decision | Exception]:
+    """Decide and record what :func:`prepare_many` made ready, in ``tx`` (the write transaction).
+
+    Only the cheap parts, while ``tx`` holds the write lock: per round, the contact history
+    the bundle's policies count (read in ``tx``, as of its time), the contact policies, the
+    ranking on the prepared propensities, and the record (unless not ``record``). The
+    decisions are made and recorded at ``tx``'s time. ``tx`` may be None only when nothing
+    was left to decide.
+    """
+    results = prepared.results
+    if prepared.rounds:
+        if tx is None:
+            raise BundleError("finish_many needs a transaction for the requests it decides")
+        for ready in prepared.rounds:
+            _finish_round(prepared.bundle, tx, ready, results, record=record, keep=keep)
+    return [r if r is not None else BundleError("no decision was made") for r in results]
+
+
+def _finish_round(
+    bundle: LoadedBundle, tx: Tx, round_: Sequence[_Ready], results: list[Decision | Exception | None],
+    *, record: bool = True, keep: Callable[[int], bool] | None = None,
+) -> None:
+    """Decide ``round_`` (one request per customer) in ``tx``; each result goes to its position."""
+    plan = bundle.plan
+    assert plan is not None  # prepare_many refused a bundle without one
+    now = tx.now
+    ids = [ready.item.request.customer_id for ready in round_]
+    # Only the policies that can apply to these requests' channels, and only the kinds of
+    # event they count, are read (the others could not block anything here).
+    channels = {ready.item.request.channel for ready in round_}
+    policies = [p for p in plan.policies if not p.channel or p.channel in channels]
+    histories = (
+        _contacts.contact_counts(tx, ids, now=now, windows=[p.window_seconds for p in policies],
+                                 events=[p.event for p in policies])
+        if policies else {}
+    )
     records: list[_contacts.DecisionRecord] = []
-    for (item, customer, context, selection, arm), prop in zip(ready, scored, strict=True):
+    for item, customer, context, arm, screened, scores, shadow_scores in round_:
+        request = item.request
         try:
-            if isinstance(prop, Exception):
-                raise prop
+            if isinstance(scores, Exception):
+                raise scores
             deciding = plan if arm is None else arm.plan
-            outcome = _policy.rank(deciding, selection, prop, limit=item.request.limit, seed=item.decision_id,
+            selection = _policy.settle(deciding, screened, history=histories.get(request.customer_id, ()), now=now,
+                                       channel=request.channel, explain=request.explain)
+            prop = _policy.pool_scores(screened, selection.pool, scores)
+            outcome = _policy.rank(deciding, selection, prop, limit=request.limit, seed=item.decision_id,
                                    uniform_first=arm is not None and arm.kind == "control-random")
-            shadows = _shadows(plan, arm, selection, prop, customer, context, item) if arm is not None else None
+            shadows = (_shadows(plan, arm, selection, prop, screened, shadow_scores, item)
+                       if arm is not None else None)
             decision, row = _assemble(bundle.info, deciding, item, outcome, now, customer, context, arm, shadows)
         except Exception as exc:
             results[item.position] = exc
@@ -364,8 +444,24 @@ def _scores(plan: DecisionPlan, items: Sequence[tuple[np.ndarray, dict[str, Any]
     return [scores if scores is not None else BundleError("no scores") for scores in out]
 
 
+def _shadow_scores(plan: DecisionPlan, arm: _Arm, screened: _policy.Screened, customer: Mapping[str, Any],
+                   context: Mapping[str, Any]) -> dict[int, np.ndarray | Exception]:
+    """The propensities of ``screened.scored`` under each shadow arm of ``arm``'s experiment that
+    has other models than ``arm`` (run by :func:`prepare_many`, outside the write lock)."""
+    experiment = plan.experiments[arm.experiment]
+    if not experiment.shadows or arm.kind not in ("champion", "challenger"):
+        return {}
+    out: dict[int, np.ndarray | Exception] = {}
+    for index in experiment.shadows:
+        shadow = plan.arm_plans[arm.experiment][index]
+        if shadow.model_index is not arm.plan.model_index:
+            (out[index],) = _policy.propensities_many(shadow, [(screened.scored, customer, context)])
+    return out
+
+
 def _shadows(plan: DecisionPlan, arm: _Arm, selection: _policy.Selection, prop: np.ndarray,
-             customer: Mapping[str, Any], context: Mapping[str, Any], item: _Item) -> list[dict[str, Any]] | None:
+             screened: _policy.Screened, shadow_scores: Mapping[int, np.ndarray | Exception],
+             item: _Item) -> list[dict[str, Any]] | None:
     """The rankings of the experiment's shadow arms on the same moment (same offers in play,
     same exploration draw), as the decision event's ``shadow`` entries; None when there are none.
     Control arms take none: their offers in play are not the others'."""
@@ -376,13 +472,13 @@ def _shadows(plan: DecisionPlan, arm: _Arm, selection: _policy.Selection, prop: 
     limit = item.request.limit
     for index in experiment.shadows:
         shadow = plan.arm_plans[arm.experiment][index]
-        if shadow.model_index is arm.plan.model_index:
+        scored = shadow_scores.get(index)
+        if scored is None:
             shadow_prop = prop  # same models: the same propensities
+        elif isinstance(scored, Exception):
+            raise scored
         else:
-            (scored,) = _policy.propensities_many(shadow, [(selection.pool, customer, context)])
-            if isinstance(scored, Exception):
-                raise scored
-            shadow_prop = scored
+            shadow_prop = _policy.pool_scores(screened, selection.pool, scored)
         if shadow.strategy_weights is not arm.plan.strategy_weights:
             selection = _policy.reweighted(selection, shadow)
         outcome = _policy.rank(shadow, selection, shadow_prop, limit=limit, seed=item.decision_id)

@@ -44,7 +44,10 @@ __all__ = [
     "rank",
     "reweighted",
     "run_pipeline",
-    "select",
+    "Screened",
+    "pool_scores",
+    "screen",
+    "settle",
 ]
 
 HistoryRow = tuple[str, str, str, str, float] | tuple[str, str, str, str, float, int]
@@ -584,18 +587,37 @@ class Selection:
     records it (its ``funnel``)."""
 
 
-def select(
+@dataclass(slots=True)
+class Screened:
+    """What stages 1, 2 and 4 leave — everything that does not depend on contact history.
+
+    Made before a decision takes the state's write lock (:func:`screen`), together with the
+    propensities of :attr:`scored`; :func:`settle` then applies the contact policies under it.
+    """
+
+    alive: np.ndarray
+    """Offers still in play after the rules (a boolean mask over the plan's offers)."""
+    scored: np.ndarray
+    """The offers to score: every offer the pool :func:`settle` picks can hold, whatever the
+    contact history (with contact policies on the channel, the fallback offers too)."""
+    strategy: str
+    excluded: list[tuple[int, int, int, Exclusion]]
+    candidates: int
+    removed: dict[str, int]
+    control_none: bool
+
+
+def screen(
     plan: DecisionPlan,
     *,
     customer: Mapping[str, Any],
     context: Mapping[str, Any],
     channel: str,
-    history: Sequence[HistoryRow],
     now: float,
     explain: bool,
     control_none: bool = False,
-) -> Selection:
-    """Stages 1–4 of docs/decisions.md: candidates, rules, contact policies, strategy.
+) -> Screened:
+    """Stages 1, 2 and 4 of docs/decisions.md: candidates, rules, strategy — no contact history.
 
     ``control_none`` (an experiment's control-none arm): only the mandatory and fallback
     offers that are in play are left to score."""
@@ -618,19 +640,52 @@ def select(
 
     if start.any:
         alive = _apply_rules(plan, start, cel_ctx, cel_error, customer_proj, context_proj, explain, excluded, removed)
-    if plan.policies and alive.any():
-        # also with no history: a cap of 0 holds for a customer who has none
-        alive = _apply_policies(plan, alive, history, now, channel, explain, excluded, removed)
-
     strategy = choose_strategy(plan, cel_ctx)
     rows = np.flatnonzero(alive)
     if control_none:
+        scored = rows[plan.mandatory[rows] | plan.fallback[rows]]
+    elif _policies_apply(plan, channel) and len(rows):
+        scored = rows  # contact policies may take every other offer: the fallback ones may be needed
+    else:
+        normal = rows[~plan.fallback[rows]]
+        scored = normal if len(normal) else rows
+    return Screened(alive=alive, scored=scored, strategy=strategy, excluded=excluded, candidates=start.count,
+                    removed=removed, control_none=control_none)
+
+
+def _policies_apply(plan: DecisionPlan, channel: str) -> bool:
+    return any(not p.channel or p.channel == channel for p in plan.policies)
+
+
+def settle(
+    plan: DecisionPlan, screened: Screened, *, history: Sequence[HistoryRow], now: float, channel: str, explain: bool,
+) -> Selection:
+    """Stage 3 of docs/decisions.md on a :func:`screen` result: the contact policies, then the pool.
+
+    Cheap (no rule, no model): what runs while a decision holds the state's write lock, with
+    the contact history and the time read in that transaction. ``screened`` is used up (its
+    exclusion list and funnel go on into the selection)."""
+    alive = screened.alive
+    excluded, removed = screened.excluded, screened.removed
+    if plan.policies and alive.any():
+        # also with no history: a cap of 0 holds for a customer who has none
+        alive = _apply_policies(plan, alive, history, now, channel, explain, excluded, removed)
+    rows = np.flatnonzero(alive)
+    if screened.control_none:
         pool = rows[plan.mandatory[rows] | plan.fallback[rows]]
     else:
         normal = rows[~plan.fallback[rows]]
         pool = normal if len(normal) else rows  # fallback offers only when nothing else is left
-    return Selection(pool=pool, strategy=strategy, weights_by_category=plan.strategy_weights.get(strategy),
-                     excluded=excluded, candidates=start.count, removed=removed)
+    return Selection(pool=pool, strategy=screened.strategy,
+                     weights_by_category=plan.strategy_weights.get(screened.strategy), excluded=excluded,
+                     candidates=screened.candidates, removed=removed)
+
+
+def pool_scores(screened: Screened, pool: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The propensities of ``pool`` (a subset of ``screened.scored``) out of ``scores`` (those of ``scored``)."""
+    if len(pool) == len(screened.scored):
+        return scores  # the same offers: nothing was taken by a contact policy
+    return scores[np.searchsorted(screened.scored, pool)]
 
 
 def reweighted(selection: Selection, plan: DecisionPlan) -> Selection:
@@ -767,8 +822,9 @@ def run_pipeline(
     explain: bool,
     seed: str,
 ) -> Outcome:
-    """Decide: every stage of docs/decisions.md in order. Pure given its arguments (``seed`` drives ε)."""
-    selection = select(plan, customer=customer, context=context, channel=channel, history=history, now=now,
-                       explain=explain)
-    prop = propensities(plan, selection.pool, customer, context)
-    return rank(plan, selection, prop, limit=limit, seed=seed)
+    """Decide: every stage of docs/decisions.md, in the order the engine runs them (the models
+    before the contact policies). Pure given its arguments (``seed`` drives ε)."""
+    screened = screen(plan, customer=customer, context=context, channel=channel, now=now, explain=explain)
+    scores = propensities(plan, screened.scored, customer, context)
+    selection = settle(plan, screened, history=history, now=now, channel=channel, explain=explain)
+    return rank(plan, selection, pool_scores(screened, selection.pool, scores), limit=limit, seed=seed)

@@ -31,7 +31,7 @@ from ._bundle import (
 )
 from ._carddata import find_card_data, is_card_data
 from ._clock import to_datetime
-from ._engine import Request, decide, decide_many, validate_mapping
+from ._engine import Prepared, Request, decide, decide_many, finish_many, prepare_many, validate_mapping
 from ._errors import (
     CelTypeError,
     DeadlineExceededError,
@@ -180,9 +180,12 @@ __all__ = [
     "sign_manifest",
     # the decision core and the loaded bundle it runs on
     "LoadedBundle",
+    "Prepared",
     "Request",
     "decide",
     "decide_many",
+    "finish_many",
+    "prepare_many",
     "load_bundle",
     "stage_and_load",
     "validate_mapping",

@@ -20,7 +20,7 @@ from bundle_fixtures import make_bundle, make_keys, make_model, small_catalog
 from gateway_helpers import APP, bundle_kit, config_data, publish, running_gateway
 from google.protobuf import struct_pb2
 from nbo.sdk import Client, PaymentDataError
-from nbo.sdk._policy import rank, select
+from nbo.sdk._policy import rank, screen, settle
 from nbo.sdk.core import inclusion_runs, propensities, slot_probability
 from nbo.v1 import decision_pb2
 
@@ -152,8 +152,8 @@ def test_recorded_probabilities_match_the_frequencies_of_the_real_policy(tmp_pat
     assert plan is not None
     customer = {**plan.default_profile, "frequency": 3}
     context = {"channel": "pos", "hour": 12, "weekday": 2, "basket": None}
-    selection = select(plan, customer=customer, context=context, channel="pos", history=[], now=1.8e9,
-                       explain=False)
+    screened = screen(plan, customer=customer, context=context, channel="pos", now=1.8e9, explain=False)
+    selection = settle(plan, screened, history=[], now=1.8e9, channel="pos", explain=False)
     prop = propensities(plan, selection.pool, customer, context)
     n = 20_000
     counts: Counter[str] = Counter()

@@ -11,14 +11,18 @@ the hub's write lock was still recorded as shown. Now:
 - a bundle over the static budget is refused at install and at publish before any evaluation,
   with ``Health`` answering throughout;
 - a decision whose caller has gone by the time it would be recorded is not recorded;
+- rules and models run before the decision takes the hub's write lock: while a decision is
+  held in its scoring, the lock is free and ``AwardPoints`` and a terminal's push commit;
 - lists in a request's profile or context are at most 1,000 items, so what a rule can do
   over request data is bounded too.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +30,12 @@ import grpc
 import pytest
 from bundle_fixtures import make_bundle, make_keys, small_catalog
 from careless_bundles import assert_install_refused, with_rule
-from gateway_helpers import APP, PUBLISHER, config_data, publish_chunks, running_gateway
+from gateway_helpers import APP, DEVICE, PUBLISHER, config_data, publish_chunks, running_gateway
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nbo.model_export import validate_catalog
-from nbo.sdk import CatalogError
-from nbo.v1 import decision_pb2
+from nbo.sdk import CatalogError, _policy
+from nbo.v1 import decision_pb2, sync_pb2
+from sync_helpers import points
 
 
 def literal(n: int) -> str:
@@ -160,3 +165,57 @@ def test_request_lists_are_bounded_for_rules_to_run_over(tmp_path: Path, bundles
         assert info.value.details() == "profile.owned_products has 1001 items; at most 1000 are allowed"
         request.profile.update({"owned_products": [f"P{i}" for i in range(1000)]})
         assert gw.decision.Decide(request, metadata=APP, timeout=10).offers
+
+
+def test_money_does_not_wait_for_a_decision_being_scored(tmp_path: Path, bundles: tuple[Path, Path, Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decision held in its scoring (as a slow, allowed model or rule would hold it) does not
+    hold the hub's write lock: the lock is free, and AwardPoints and a terminal's push commit
+    while it is held; the decision then completes and is recorded."""
+    pub, v1, _ = bundles
+    scoring, release = threading.Event(), threading.Event()
+    real = _policy.propensities_many
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # the real model run, once the test lets it go
+        scoring.set()
+        assert release.wait(60), "the test never released the scoring"
+        return real(*args, **kwargs)
+
+    with running_gateway(tmp_path / "gw", config_data(trusted_key=pub)) as gw:
+        gw.publisher.PublishBundle(publish_chunks(v1.read_bytes()), metadata=PUBLISHER, timeout=60)
+        monkeypatch.setattr(_policy, "propensities_many", held)
+        answer: dict[str, Any] = {}
+
+        def decide() -> None:
+            try:
+                answer["reply"] = gw.decision.Decide(decision_pb2.DecideRequest(customer_id="slow", channel="app"),
+                                                     metadata=APP, timeout=60)
+            except grpc.RpcError as exc:
+                answer["error"] = exc
+
+        decider = threading.Thread(target=decide)
+        decider.start()
+        try:
+            assert scoring.wait(30), "the decision never reached its scoring"
+            # The writer lock is free while the decision is scored (no wait: timeout 0).
+            probe = sqlite3.connect(tmp_path / "gw" / "hub.sqlite", isolation_level=None, timeout=0)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+            finally:
+                probe.close()
+            award = gw.decision.AwardPoints(decision_pb2.AwardPointsRequest(
+                customer_id="slow", points=50, idempotency_key="award-while-scoring", reason="r"),
+                metadata=APP, timeout=10)
+            assert award.balance == 50
+            pushed = gw.sync.PushEvents(sync_pb2.PushEventsRequest(device_id="pos-1", events=[sync_pb2.Event(
+                event_id=str(uuid.uuid4()), device_id="pos-1", seq=1, type="points", created_at=1_700_000_000.0,
+                payload_json=json.dumps(points("slow", 5)))]), metadata=DEVICE, timeout=10)
+            assert pushed.acked_through == 1
+            assert "reply" not in answer and "error" not in answer  # still being scored all along
+        finally:
+            release.set()
+            decider.join(60)
+        assert answer["reply"].offers, answer.get("error")
+        with gw.server.hub.db.transaction() as tx:
+            assert [row[0] for row in tx.execute("SELECT customer_id FROM decisions")] == ["slow"]
