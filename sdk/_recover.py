@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _ledger, _payments, _records
-from ._errors import DamagedStateError, InputError, NboError, StateError, SyncError
+from ._errors import InputError, NboError, StateError, SyncError
 from ._store import Event, SQLiteStateStore, Tx, insert_rows, read_sync_marker, write_sync_marker
 from ._types import RecoveryReport
 
@@ -60,8 +60,8 @@ def recover_state(
     """Rebuild ``STATE/state.sqlite`` from the hub at ``target`` (``HOST:PORT``).
 
     ``device_id`` defaults to the one recorded next to the state (``hub-sync.json``). Refuses
-    (``StateError``) a state that is healthy and as far along as the hub knows — replacing it
-    would lose its unsynced events — unless ``force``; ``SyncError`` when the hub cannot be
+    (``StateError``) the state of another device, and a state that is healthy and as far along
+    as the hub knows unless ``force`` (its unsynced events are then queued again); ``SyncError`` when the hub cannot be
     reached, refuses, holds nothing for the device, or the answer was cut (nothing changed then).
     Stop the application using the state directory first.
     """
@@ -74,6 +74,9 @@ def recover_state(
                              field="device_id")
         device_id = marker[0]
     _records.check_id(device_id, "device_id")  # the one id rule, as Client.open applies it
+    if marker is not None and marker[0] != device_id:
+        raise StateError(f"{state} is the state of device {marker[0]!r} (hub-sync.json), not {device_id!r}: "
+                         "recover it under its own device id")
     # A recovery that fails leaves nothing it created: the directories it made, its lock file.
     missing = [p for p in (state, *state.parents) if not p.exists()]
     lock_existed = (state / "sync.lock").exists()
@@ -133,13 +136,13 @@ def _local_position(path: Path, device_id: str) -> tuple[int, int, int] | None:
     missing or damaged (what recovery is for)."""
     if not path.is_file() or path.stat().st_size == 0:
         return None
+    owner = _recorded_device(path)
+    if owner is not None and owner != device_id:
+        raise StateError(f"state database {path} belongs to device {owner!r}, not {device_id!r}: "
+                         "recover it under its own device id")
     try:
         store = SQLiteStateStore(path, device_id=device_id, read_only=True)
-    except DamagedStateError:
-        return None
-    except StateError as exc:
-        if "belongs to device" in str(exc) or "records device" in str(exc):
-            raise
+    except StateError:  # damaged, emptied, older than the hub knows: what recovery is for
         return None
     try:
         with store.read() as tx:
@@ -211,6 +214,19 @@ def _carry_over(tx: Tx, rows: list[_Row], next_seq: int) -> tuple[int, int]:
             pass  # queued for the hub all the same; only its local rows are missing
         carried += 1
     return carried, next_seq
+
+
+def _recorded_device(path: Path) -> str | None:
+    """The device id a state file records, if it can be read at all (else None)."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM device_meta WHERE key = 'device_id'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def _rebuild(store: SQLiteStateStore, pages: Any, *, local: tuple[int, int, int] | None, force: bool,

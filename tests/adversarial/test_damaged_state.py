@@ -258,6 +258,12 @@ def test_recover_with_a_token_of_another_device_changes_nothing(tmp_path: Path, 
     empty_file(state)
     with pytest.raises(SyncError, match="PERMISSION_DENIED"):
         recover_state(state, target(gateway), token="device-token-pos-2")
+    with pytest.raises(StateError, match="state of device 'pos-1'.*not 'pos-2'"):
+        recover_state(state, target(gateway), token="device-token-pos-2", device_id="pos-2")
+    with open_device(tmp_path / "healthy", kit):
+        pass  # a healthy state of pos-1, never synced: no marker, only its own database says whose it is
+    with pytest.raises(StateError, match="belongs to device 'pos-1'"):
+        recover_state(tmp_path / "healthy", target(gateway), token="device-token-pos-2", device_id="pos-2")
     assert (state / "state.sqlite").stat().st_size == 0 and not list(state.glob("damaged-*"))
     assert not (state / "recovering").exists()
 
