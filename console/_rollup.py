@@ -44,7 +44,7 @@ BINS = 100
 """Propensity bins of the calibration rollup (AUC is computed from them)."""
 
 _DAY = 86_400.0
-_READ_CHUNK = 20_000
+_READ_CHUNK = 5_000  # events per read and per write transaction: pages wait for at most one write
 _IN_CHUNK = 400
 
 try:  # orjson (the [gateway] extra) parses the payloads several times faster
@@ -84,6 +84,12 @@ SCHEMA: tuple[str, ...] = (
         customer_id TEXT NOT NULL, day INTEGER NOT NULL, purchases INTEGER NOT NULL DEFAULT 0,
         amount REAL NOT NULL DEFAULT 0, first_at REAL NOT NULL, last_at REAL NOT NULL,
         PRIMARY KEY(customer_id, day)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS customer_days_by_day ON customer_days(day, customer_id, last_at, amount)",
+    # per customer over all purchase days: what a period's query starts from (it then reads
+    # only the days from the period's start on, by the index above)
+    """CREATE TABLE IF NOT EXISTS customers(
+        customer_id TEXT PRIMARY KEY, first_at REAL NOT NULL, last_at REAL NOT NULL, days INTEGER NOT NULL,
+        amount REAL NOT NULL) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
 
@@ -281,6 +287,8 @@ class RollupStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self.version = 0
+        """Bumped by every write: a report cached for an older version is stale."""
         try:
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -368,6 +376,26 @@ class RollupStore:
                 found[(row[0], row[1])] = list(row[2:])
         return found
 
+    def _known_days(self, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which (customer, day) rows exist already (one primary-key seek each)."""
+        known: set[tuple[str, int]] = set()
+        for key in keys:
+            if self._conn.execute("SELECT 1 FROM customer_days WHERE customer_id = ? AND day = ?", key).fetchone():
+                known.add(key)
+        return known
+
+    def last_before(self, customers: Sequence[str], day: int) -> dict[str, float]:
+        """Each customer's last purchase time on a day before ``day`` (one index seek each)."""
+        out: dict[str, float] = {}
+        with self._lock:
+            for customer in customers:
+                rows = self._conn.execute(
+                    "SELECT last_at FROM customer_days WHERE customer_id = ? AND day < ? ORDER BY day DESC LIMIT 1",
+                    (customer, day)).fetchall()
+                if rows:
+                    out[customer] = float(rows[0][0])
+        return out
+
     def _write(self, batch: _Batch, device_id: str, mark: int) -> None:
         with self._lock:
             conn = self._conn
@@ -416,6 +444,23 @@ class RollupStore:
                     "accepted = accepted + excluded.accepted",
                     [(*k, *v) for k, v in batch.calibration.items()],
                 )
+                known = self._known_days(list(batch.customers))
+                summary: dict[str, list[float]] = {}
+                for (customer, day), (_, amount, first, last) in batch.customers.items():
+                    row = summary.get(customer)
+                    new_day = 0 if (customer, day) in known else 1
+                    if row is None:
+                        summary[customer] = [first, last, new_day, amount]
+                    else:
+                        row[0], row[1] = min(row[0], first), max(row[1], last)
+                        row[2] += new_day
+                        row[3] += amount
+                conn.executemany(
+                    "INSERT INTO customers VALUES (?, ?, ?, ?, ?) ON CONFLICT(customer_id) DO UPDATE SET "
+                    "first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at), "
+                    "days = days + excluded.days, amount = amount + excluded.amount",
+                    [(c, *v) for c, v in summary.items()],
+                )
                 conn.executemany(
                     "INSERT INTO customer_days VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(customer_id, day) DO UPDATE SET "
                     "purchases = purchases + excluded.purchases, amount = amount + excluded.amount, "
@@ -429,6 +474,7 @@ class RollupStore:
                 conn.execute("INSERT INTO marks VALUES (?, ?) ON CONFLICT(device_id) DO UPDATE SET seq = excluded.seq",
                              (device_id, mark))
                 conn.execute("COMMIT")
+                self.version += 1
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
