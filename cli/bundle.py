@@ -251,9 +251,14 @@ def _inspect(args: argparse.Namespace) -> int:
         format_table(["field", "value"], manifest_rows, title="Manifest"),
         format_table(
             ["model", "path", "sha256", "inputs", "output"],
-            [(x["id"], x["path"], x["sha256"][:16],
-              ", ".join(f"{i['name']}:{i['type']}" for i in x["inputs"]), x["output"]) for x in m["models"]],
+            [(x["id"], x["path"], x["sha256"][:16], len(x["inputs"]), x["output"]) for x in m["models"]],
             title=f"Models ({len(m['models'])})",
+        ),
+        # one row per input: a model reads tens of them, which on one line ran to 600 characters
+        format_table(
+            ["model", "input", "type", "filled from"],
+            [(x["id"], i["name"], i["type"], i["name"].replace("__", ".", 1)) for x in m["models"] for i in x["inputs"]],
+            title=f"Model inputs ({sum(len(x['inputs']) for x in m['models'])})",
         ),
         format_table(
             ["offer_id", "name", "category", "channels", "value", "lever", "model", "mandatory", "fallback",

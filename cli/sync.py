@@ -58,7 +58,8 @@ def register(sub: Any) -> None:
         description="Rebuild STATE/state.sqlite from what the hub holds for this device: its events "
         "(acknowledged, the rejected ones dead-lettered), the tables they describe (decisions, contact "
         "history, responses, purchases and measures, ledger entries, payments) and the authoritative points "
-        "balances of its customers; new events continue after the hub's highest seq. The replaced files "
+        "balances of its customers; new events continue after the hub's highest seq, and the replaced "
+        "state's unsynced events are queued again when it is still readable. The replaced files "
         "are moved to STATE/damaged-<time>/. Refuses a state that opens cleanly and is as far along as the "
         "hub knows, unless --force. Stop the application using the state directory first "
         "(docs/operations.md, Recovering a damaged device).",
@@ -75,7 +76,7 @@ def register(sub: Any) -> None:
     recover.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                          help="seconds per call; the whole transfer may take 100 times this (default 30)")
     recover.add_argument("--force", action="store_true",
-                         help="replace even a state that opens cleanly (its unsynced events are left behind)")
+                         help="rebuild even a state that opens cleanly (its unsynced events are queued again)")
     recover.set_defaults(func=_recover)
 
     events = add_command(
@@ -140,9 +141,9 @@ def _recover(args: argparse.Namespace) -> int:
     print(f"recovered device {report.device_id}: {_plural(report.events, 'event')} through seq {report.max_seq} "
           f"(hub acknowledged {report.acked_through}), dead-lettered {report.dead_lettered}, "
           f"balances {report.balances}; replaced files in {report.moved_aside or '-'}", flush=True)
-    if report.unsynced_left_behind:
-        print(f"warning: {_plural(report.unsynced_left_behind, 'event')} the hub never received stay in "
-              f"{report.moved_aside}", file=sys.stderr, flush=True)
+    if report.carried_over:
+        print(f"{_plural(report.carried_over, 'event')} the hub never received queued again: `nbo sync` pushes "
+              "them", flush=True)
     for problem in report.not_restored:
         print(f"warning: not restored: {problem}", file=sys.stderr, flush=True)
     return 0

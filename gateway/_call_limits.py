@@ -81,6 +81,7 @@ _SPARE = 2  # threads of a stream pool beyond its admission limits: they answer 
 # (kind, admission group or None, idle limit applies)
 _EXACT: dict[str, tuple[str, str | None, bool]] = {
     "/nbo.v1.SyncService/DownloadBundle": ("transfer", "download", True),
+    "/nbo.v1.SyncService/RecoverDevice": ("transfer", "download", True),  # `nbo recover`: a download too
     "/nbo.v1.PublishService/PublishBundle": ("transfer", "publish", True),
     "/grpc.health.v1.Health/Watch": ("stream", "stream", False),
 }

@@ -24,6 +24,7 @@
 
     [server]                            # optional
     processes = 2                       # serving processes on the port; default: the number of cores
+    health_probe_seconds = 5            # how often health probes hub writes and bundle expiry; 0 = never
 
     [metrics]                           # optional; Prometheus /metrics over HTTP
     port = 9464                         # 0 = any free port
@@ -69,7 +70,7 @@ RESERVED_DEVICE_ID = "app"
 _TRUST_KEYS = frozenset({"keys"})
 _HUB_KEYS = frozenset({"db"})
 _TLS_KEYS = frozenset({"cert", "key", "client_ca"})
-_SERVER_KEYS = frozenset({"processes"})
+_SERVER_KEYS = frozenset({"processes", "health_probe_seconds"})
 _METRICS_KEYS = frozenset({"port", "addr"})
 
 
@@ -98,6 +99,8 @@ class GatewayConfig:
     client_ca: Path | None = None
     processes: int | None = None
     """Serving processes of ``nbo serve`` (``[server] processes``); ``None`` = the number of cores."""
+    health_probe_seconds: float = 5.0
+    """How often the health service probes hub writes and bundle expiry (``gateway/_health.py``); 0 = never."""
     metrics_port: int | None = None
     """Port of the Prometheus ``/metrics`` endpoint; ``None`` = no endpoint."""
     metrics_addr: str = "127.0.0.1"
@@ -193,6 +196,9 @@ def parse_config(
     processes = server.get("processes")
     if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 1):
         raise ConfigError(f"{where}: server.processes must be a positive integer")
+    probe = server.get("health_probe_seconds", 5.0)
+    if isinstance(probe, bool) or not isinstance(probe, int | float) or not probe >= 0:
+        raise ConfigError(f"{where}: server.health_probe_seconds must be a number of seconds (0 = never)")
 
     metrics = _table(data, "metrics", where)
     _unknown(metrics, _METRICS_KEYS, where, prefix="metrics.")
@@ -215,6 +221,7 @@ def parse_config(
         tls_key=paths["key"],
         client_ca=paths["client_ca"],
         processes=processes,
+        health_probe_seconds=float(probe),
         metrics_port=metrics_port,
         metrics_addr=metrics_addr,
         limits=limits,

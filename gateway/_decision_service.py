@@ -146,6 +146,9 @@ def decision_pb(decision: Decision) -> decision_pb2.DecideResponse:
         bundle_version=decision.bundle_version,
         strategy=decision.strategy,
         created_at=_timestamp(decision.created_at),
+        experiment_id=decision.experiment_id,
+        arm=decision.arm,
+        hash_version=decision.hash_version,
     )
     add = response.offers.add  # built in place: no message copied per offer
     for rank, offer in enumerate(decision.offers, start=1):

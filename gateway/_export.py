@@ -123,7 +123,7 @@ def export_log(
                 (tmp / f"day={day}").mkdir()
                 writer = pq.ParquetWriter(tmp / f"day={day}" / "part-0.parquet", schema, compression="zstd")
                 days.append(day)
-            writer.write_table(pa.Table.from_pydict(batch.columns, schema=schema))
+            writer.write_table(_table(pa, batch.finish(), schema))
             rows += batch.rows
             decisions += batch.decisions
             if progress is not None:
@@ -175,6 +175,19 @@ def _schema(pa: Any, inputs: Mapping[str, str]) -> Any:
     fields = [pa.field(name, kinds[kind]) for name, kind in FIXED_COLUMNS]
     fields += [pa.field(name, pa.float64() if kind == "float" else pa.string()) for name, kind in inputs.items()]
     return pa.schema(fields)
+
+
+def _table(pa: Any, columns: Mapping[str, list[Any]], schema: Any) -> Any:
+    """The batch as an Arrow table; times arrive as epoch seconds and become UTC timestamps."""
+    arrays = []
+    for f in schema:
+        values = columns[f.name]
+        if f.name in ("decided_at", "responded_at"):
+            micros = [None if v is None else round(v * 1_000_000) for v in values]
+            arrays.append(pa.array(micros, type=pa.int64()).cast(f.type))
+        else:
+            arrays.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _columns(hub: HubStore, start: float | None, end: float | None) -> tuple[dict[str, str], list[tuple[str, int]]]:
@@ -245,11 +258,26 @@ def _range(start: float | None, end: float | None, alias: str = "") -> tuple[str
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)
 
 
+_SLOT_COLUMNS = ("position", "offer_id", "category", "selection_probability", "propensity", "value", "weight",
+                 "lever", "score", "outcome", "responded_at", "accepted", "purchases", "purchase_amount")
+"""The columns read from ``hub_rewards`` as they are, in the order :func:`_slots` selects them."""
+
+
 class _Batch:
     def __init__(self, names: Sequence[str]) -> None:
-        self.columns: dict[str, list[Any]] = {n: [] for n in names}
+        self.columns: dict[str, list[Any]] = {n: [] for n in names if n not in _SLOT_COLUMNS}
+        self.slots: list[tuple[Any, ...]] = []
         self.rows = 0
         self.decisions = 0
+
+    def finish(self) -> dict[str, list[Any]]:
+        """Every column, the slot columns transposed from their rows at once."""
+        out = dict(self.columns)
+        transposed = list(zip(*self.slots, strict=True)) if self.slots else [()] * len(_SLOT_COLUMNS)
+        for name, values in zip(_SLOT_COLUMNS, transposed, strict=True):
+            out[name] = list(values)
+        out["purchase_amount"] = [_amount(v) for v in out["purchase_amount"]]
+        return out
 
 
 def _pages(hub: HubStore, start: float | None, end: float | None,
@@ -276,59 +304,54 @@ def _pages(hub: HubStore, start: float | None, end: float | None,
         batch: _Batch | None = None
         day = ""
         for decision_id, device_id, customer_id, channel, bundle_name, version, strategy, at, text in decisions:
-            moment = datetime.fromtimestamp(float(at), UTC)
-            this_day = moment.strftime("%Y-%m-%d")
+            this_day = _day(int(float(at) // 86_400))
             if batch is None or this_day != day:
                 if batch is not None and batch.rows:
                     yield day, batch
                 batch, day = _Batch(names), this_day
+            rows = slots.get(decision_id, ())
+            batch.decisions += 1
+            k = len(rows)
+            if not k:
+                continue
             payload = loads(text)
             logged = payload.get("inputs") if isinstance(payload.get("inputs"), Mapping) else {}
             eligible = payload.get("eligible") if isinstance(payload.get("eligible"), Mapping) else None
             offers, mandatory, epsilon, shown_p = _eligible(eligible)
-            batch.decisions += 1
             cols = batch.columns
-            for row in slots.get(decision_id, ()):
-                position, offer_id = int(row[0]), row[1]
-                index = offers.index(offer_id) if offer_id in offers else -1
-                cols["decided_at"].append(moment)
-                cols["decision_id"].append(decision_id)
-                cols["device_id"].append(device_id)
-                cols["channel"].append(channel)
-                cols["bundle_name"].append(bundle_name)
-                cols["bundle_version"].append(int(version))
-                cols["customer_id"].append(customer_id)
-                cols["strategy"].append(strategy)
-                cols["position"].append(position)
-                cols["offer_id"].append(offer_id)
-                cols["category"].append(row[2])
-                for k, name in enumerate(("selection_probability", "propensity", "value", "weight", "lever",
-                                          "score")):
-                    cols[name].append(row[3 + k])
-                cols["outcome"].append(row[9])
-                cols["responded_at"].append(None if row[10] is None else datetime.fromtimestamp(float(row[10]), UTC))
-                cols["accepted"].append(int(row[11]))
-                cols["purchases"].append(int(row[12]))
-                cols["purchase_amount"].append(Decimal(row[13]))
-                if eligible is None:
-                    cols["eligible_offers"].append(None)
-                    cols["eligible_pscore"].append(None)
-                    cols["eligible_shown"].append(None)
+            # what the decision's slots share, once per decision
+            for name, value in (("decided_at", float(at)), ("decision_id", decision_id), ("device_id", device_id),
+                                ("channel", channel), ("bundle_name", bundle_name), ("bundle_version", int(version)),
+                                ("customer_id", customer_id), ("strategy", strategy),
+                                ("eligible_offers", offers if eligible is not None else None),
+                                ("eligible_shown", shown_p)):
+                cols[name].extend([value] * k)
+            for name, kind in inputs.items():
+                value = logged.get(name)
+                if kind == "float":
+                    number = to_float(value)
+                    cols[name].extend([None if math.isnan(number) else number] * k)
                 else:
-                    cols["eligible_offers"].append(offers)
-                    cols["eligible_pscore"].append(_at_position(position, mandatory, len(offers), epsilon))
-                    cols["eligible_shown"].append(shown_p)
-                cols["eligible_index"].append(index)
-                for name, kind in inputs.items():
-                    value = logged.get(name)
-                    if kind == "float":
-                        number = to_float(value)
-                        cols[name].append(None if math.isnan(number) else number)
-                    else:
-                        cols[name].append(to_string(value))
-                batch.rows += 1
+                    cols[name].extend([to_string(value)] * k)
+            index_of = {o: i for i, o in enumerate(offers)}
+            batch.slots.extend(rows)
+            for row in rows:
+                cols["eligible_pscore"].append(
+                    None if eligible is None else _at_position(int(row[0]), mandatory, len(offers), epsilon))
+                cols["eligible_index"].append(index_of.get(row[1], -1))
+            batch.rows += k
         if batch is not None and batch.rows:
             yield day, batch
+
+
+@functools.lru_cache(maxsize=64)
+def _day(days: int) -> str:
+    return datetime.fromtimestamp(days * 86_400, UTC).strftime("%Y-%m-%d")
+
+
+@functools.lru_cache(maxsize=4096)
+def _amount(text: str) -> Decimal:
+    return Decimal(text)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -357,8 +380,13 @@ def _eligible(eligible: Mapping[str, Any] | None) -> tuple[list[str], int, float
     if eligible is None:
         return [], 0, 0.0, None
     offers = [str(o) for o in eligible.get("offers", [])]
-    shown = [float(p) for p, n in eligible.get("p", []) for _ in range(int(n))]
-    return offers, int(eligible.get("mandatory", 0)), float(eligible.get("epsilon", 0.0)), shown
+    runs = tuple((float(p), int(n)) for p, n in eligible.get("p", []))
+    return offers, int(eligible.get("mandatory", 0)), float(eligible.get("epsilon", 0.0)), _expand(runs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _expand(runs: tuple[tuple[float, int], ...]) -> list[float]:
+    return [p for p, n in runs for _ in range(n)]
 
 
 def _json_loads() -> Callable[[Any], Any]:

@@ -741,6 +741,8 @@ class HubStore:
 
     def latest_bundle(self, name: str | None = None) -> BundleRecord | None:
         """The newest version of ``name``, or the most recently published bundle."""
+        if name is not None:
+            _check_bundle_name(name)
         sql = "SELECT name, version, sha256, size, file, created_at FROM hub_bundles"
         if name is not None:
             sql += " WHERE name = ? ORDER BY version DESC LIMIT 1"
@@ -754,6 +756,7 @@ class HubStore:
 
     def bundle(self, name: str, version: int) -> BundleRecord:
         """One published bundle; :class:`NotFoundError` when unknown."""
+        _check_bundle_name(name)
         with self.db.transaction() as tx:
             rows = tx.execute(
                 "SELECT name, version, sha256, size, file, created_at FROM hub_bundles WHERE name = ? AND version = ?",
@@ -862,7 +865,7 @@ def _parse(event: IncomingEvent) -> tuple[str, Any, str | None]:
     if isinstance(payload, Mapping | list):
         # Defence in depth (devices refuse card data first): every string of the payload, keys
         # and ids included, with the SDK's scanner (canonical UUIDs are ids, not card numbers).
-        hit = find_card_data(payload, "payload")
+        hit = find_card_data(payload, "payload", numbers=True)
         if hit is not None:
             # Never stored, not even as a rejected event: the payload is replaced, the field named.
             return _REDACTED, None, (f"{hit} looks like card data (a card number or sensitive "
@@ -874,6 +877,13 @@ def _parse(event: IncomingEvent) -> tuple[str, Any, str | None]:
     except ValueError as exc:
         return text, payload, str(exc)
     return text, payload, None
+
+
+def _check_bundle_name(name: object) -> None:
+    # A name a terminal asks for goes into a query: one that no bundle can have (a NUL, which
+    # PostgreSQL cannot even compare) is a bad request, not a database error.
+    if not isinstance(name, str) or not BUNDLE_NAME_RE.match(name):
+        raise InputError("name must be a bundle name: 1-64 letters, digits, '.', '_' or '-'", field="name")
 
 
 def _read(path: Path) -> bytes:

@@ -14,6 +14,8 @@ Metrics (names are stable; see ``docs/operations.md``):
   terminals are).
 - ``nbo_rpc_total`` / ``nbo_rpc_errors_total`` — calls and failed calls per method and status code.
 - ``nbo_bundle_version`` — version of the bundle the gateway's engine serves.
+- ``nbo_hub_writable`` — 1 while the hub takes writes (``gateway/_health.py``), else 0;
+  ``nbo_bundle_expired`` — 1 while the served bundle is past its ``expires_at``.
 - ``nbo_stream_limit_total`` — streams cut by a time limit (labels ``rpc``, ``reason``: ``idle``
   or ``total``); ``nbo_stream_refused_total`` — streams refused because as many were already
   open (label ``rpc``). See ``gateway/_call_limits.py``.
@@ -71,6 +73,14 @@ class GatewayMetrics:
             "nbo_bundle_version", "Version of the bundle the gateway engine serves (0 = none).",
             registry=self.registry,
             multiprocess_mode="livemin",  # under `nbo serve`: the version every serving process has
+        )
+        self.hub_writable = Gauge(
+            "nbo_hub_writable", "1 while the hub store takes writes (the health probe's last result), else 0.",
+            registry=self.registry, multiprocess_mode="livemin",
+        )
+        self.bundle_expired = Gauge(
+            "nbo_bundle_expired", "1 while the bundle the engine serves is past its expires_at (it keeps serving).",
+            registry=self.registry, multiprocess_mode="livemax",
         )
         self.stream_limit = Counter(
             "nbo_stream_limit", "Streams cancelled by the gateway's idle or total time limit.", ["rpc", "reason"],

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-from nbo.sdk import InputError, NotFoundError
+from nbo.sdk import InputError, NboError, NotFoundError
 from nbo.sdk.core import VersionNotNewerError, sha256_file
 from nbo.v1 import publish_pb2, publish_pb2_grpc
 
@@ -65,17 +65,24 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
         self, request_iterator: Iterator[publish_pb2.PublishChunk], context: grpc.ServicerContext
     ) -> publish_pb2.PublishBundleResponse:
         with rpc_errors(context, "PublishBundle"):
-            path = self._receive(request_iterator)
+            path, filename = self._receive(request_iterator)
             try:
                 return self._accept(path)
+            except NboError as exc:  # say the publisher's file, not the spool's temporary name
+                exc.args = (str(exc).replace(path.name, filename),)
+                raise
             finally:
                 path.unlink(missing_ok=True)
         abort_with(context, grpc.StatusCode.INTERNAL, "internal error")  # not reached: errors abort above
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def _receive(self, chunks: Iterator[publish_pb2.PublishChunk]) -> Path:
-        """Spool the stream to a temp file; check the announced size and SHA-256."""
+    def _receive(self, chunks: Iterator[publish_pb2.PublishChunk]) -> tuple[Path, str]:
+        """Spool the stream to a temp file; check the announced size and SHA-256.
+
+        Returns the file and the name to call it in messages: the uploader's file name
+        (``metadata.filename``, its last part, printable) or "the upload".
+        """
         first = next(chunks, None)
         if first is None or not first.HasField("metadata"):
             raise InputError("the first chunk must carry metadata (filename, total_size, sha256)", field="metadata")
@@ -125,7 +132,8 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return path
+        shown = Path(meta.filename.replace("\\", "/")).name[:120]
+        return path, shown if shown and shown.isprintable() else "the upload"
 
     def _accept(self, path: Path) -> publish_pb2.PublishBundleResponse:
         sha = sha256_file(path)

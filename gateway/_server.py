@@ -41,6 +41,7 @@ from ._decide_batch import DecideBatcher, decide_batch
 from ._decision_service import DecisionServicer
 from ._decode_guard import DecodeGuard
 from ._engine_host import EngineHost
+from ._health import HealthMonitor
 from ._hub import HubStore
 from ._hub_state import HubStateStore
 from ._metrics import GatewayMetrics, MetricsInterceptor
@@ -252,6 +253,11 @@ def create_server(
 
         for name in ("", *services):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if config.health_probe_seconds > 0:
+            monitor = HealthMonitor(hub=hub, engine=engine, health_servicer=health_servicer, write_services=services,
+                                    metrics=metrics, clock=engine.clock)
+            monitor.start(config.health_probe_seconds)
+            closers.append(monitor.close)
         reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
         _probe_listen(listen, reuse_port=reuse_port)

@@ -209,6 +209,9 @@ def serve(
         processes = config.processes if config.processes is not None else (os.cpu_count() or 1)
     if processes < 1:
         raise ConfigError(f"--processes must be at least 1, got {processes}")
+    if not config.trusted_keys:
+        log.warning("event=no_trusted_keys the configuration has no [trust] keys: every bundle published to "
+                    "this gateway will be refused; add [trust] keys = [\"signing.pub\"]")
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     guard = PortGuard(listen)

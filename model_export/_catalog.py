@@ -54,6 +54,7 @@ from ._cel_types import (
     one_of,
     parse_type,
 )
+from ._experiments import validate_experiments
 from ._rule_budget import slow_rules
 
 __all__ = [
@@ -66,7 +67,8 @@ __all__ = [
 MAX_CATALOG_FILE_BYTES = 64 * 1024 * 1024
 
 _TOP_KEYS = ("name", "channels", "exploration", "attribution", "new_customer_profile", "profile_fields",
-             "context_fields", "offers", "rules", "strategies", "strategy_assignment", "contact_policies")
+             "context_fields", "offers", "rules", "strategies", "strategy_assignment", "contact_policies",
+             "experiments")
 _OFFER_FIELDS = ("offer_id", "name", "category", "channels", "valid_from", "valid_to", "expected_volume",
                  "margin", "duration", "lever", "model_id", "mandatory", "fallback", "attributes")
 _OFFER_REQUIRED = ("offer_id", "name", "category", "expected_volume", "margin", "duration")
@@ -638,6 +640,8 @@ def validate_catalog(
     assignment = _validate_assignment(errors, catalog.get("strategy_assignment"),
                                       {s["strategy"] for s in strategies}, fields)
     policies = _validate_policies(errors, catalog.get("contact_policies"), offer_ids, channels)
+    experiments = validate_experiments(errors.add, catalog.get("experiments"), model_ids=ids, offers=offers,
+                                       strategy_names={s["strategy"] for s in strategies})
     errors.raise_if_any()
     # the rule cost budget's measured half (its static half ran with each compile above)
     for table, index, fld, message in slow_rules(rules=rules, conditions=assignment, offers=offers,
@@ -659,6 +663,8 @@ def validate_catalog(
         "new_customer_profile": json.dumps(profile, sort_keys=True),
         "source_sha256": source_sha256,
     }
+    if experiments:
+        meta["experiments"] = json.dumps(experiments, sort_keys=True)
     return ValidCatalog(
         source=source,
         offers=tuple(offers),

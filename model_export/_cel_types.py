@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbo.sdk.core import CelTypeError
+
 __all__ = [
     "BOOL",
     "DOUBLE",
@@ -300,12 +302,6 @@ class _Token:
     end: int
 
 
-class CelTypeError(Exception):
-    """A problem at ``pos`` in the expression (internal; :func:`check_expression` returns its text)."""
-
-    def __init__(self, message: str, pos: int) -> None:
-        super().__init__(message)
-        self.pos = pos
 
 
 _RESERVED = frozenset({"as", "break", "const", "continue", "else", "for", "function", "if", "import", "let",

@@ -2,7 +2,9 @@
 
 sample data → training + report → signed bundle → gateway with a SQLite hub → two offline POS
 terminals deciding and recording → sync → a second bundle published and picked up → an
-app-backend client deciding over gRPC. Every step uses the public front doors (``nbo.sdk``,
+app-backend client deciding over gRPC → the learning loop: a week in the field, the hub's log
+exported, a model trained on it, evaluated off-policy against the running bundle and published
+only when it is better. Every step uses the public front doors (``nbo.sdk``,
 ``nbo.model_export``, ``nbo.gateway``, the gRPC stubs of ``nbo.v1``) the way a user would.
 
 This is the one module of ``nbo.model_export`` that starts a gateway; it imports
@@ -99,6 +101,64 @@ def _offer_line(decision: Any) -> str:
     return " / ".join(f"{o.category.upper()} {o.name} {o.score:,.0f}" for o in decision.offers)
 
 
+def _learning_loop(say: Callable[..., None], *, root: Path, clients: dict[str, Any], hub: str, server: Any,
+                   profiles: dict[str, dict[str, Any]], catalog_v2: dict[str, Any], keys: Any, rng: random.Random,
+                   visits: int, customer_ids: list[str]) -> None:
+    """Customers answer every shown offer by the demo world's ground truth; the hub's log trains
+    and judges a new model, which is published only on a `better` verdict."""
+    from datetime import UTC, datetime
+
+    from nbo.gateway import export_log
+
+    from ._bundle_build import build_bundle
+    from ._demo_data import true_propensity
+    from ._evaluate import evaluate_bundle
+    from ._log_data import train_from_logs
+    from ._publish import publish_bundle
+
+    offers = {o["offer_id"]: {"category": o["category"], **(o.get("attributes") or {})}
+              for o in catalog_v2["offers"]}
+    for n in range(visits):
+        device_id = TERMINALS[n % 2]
+        customer_id = customer_ids[rng.randrange(len(customer_ids))]
+        decision = clients[device_id].decide(customer_id, channel="pos", profile=profiles[customer_id], limit=3)
+        now = datetime.now(UTC)
+        context = {"channel": "pos", "hour": now.hour, "weekday": now.weekday()}
+        for offer in decision.offers:
+            if offer.mandatory:
+                continue
+            p = true_propensity(profiles[customer_id], offers[offer.offer_id], context)
+            clients[device_id].record_response(decision.decision_id, offer.offer_id,
+                                               "accepted" if rng.random() < p else "ignored")
+    for device_id, client in clients.items():
+        client.sync(hub, token=_device_token(device_id))
+    exported = export_log(server.hub, root / "log")
+    say(f"      {visits} more visits synced; exported {exported.rows:,} shown slots of {exported.decisions:,} "
+        f"decisions → {exported.directory} ({len(exported.days)} day partitions, Parquet)")
+    trained = train_from_logs(exported.directory, root / "model-v3", model="gbt", progress=False)
+    say(f"      trained on the logged inputs: holdout AUC {trained.metrics['auc']:.3f}, "
+        f"ONNX parity {trained.metrics['parity_max_abs_diff']:.1e}")
+    bundle_v3 = build_bundle(catalog=catalog_v2, models={"propensity": trained.model_path}, name="demo-retail",
+                             version=3, key=keys.private_key, out=root / "bundle-v3.zip")
+    evaluation = evaluate_bundle(exported.directory, bundle_v3.path, n_bootstrap=200)
+    rows = []
+    for metric, title in (("acceptance", "acceptance rate per offer shown"), ("value", "value per visit")):
+        for est in ("snips", "dr"):
+            c, lg = getattr(evaluation.candidate, metric)[est], getattr(evaluation.logging, metric)[est]
+            d = getattr(evaluation.difference, metric)[est]
+            rows.append([title, est.upper(), f"{lg.value:.3g}", f"{c.value:.3g} [{c.low:.3g}, {c.high:.3g}]",
+                         f"{d.value:+.3g} [{d.low:+.3g}, {d.high:+.3g}]"])
+    say(format_table(["what", "estimator", "running v2", "new model v3 [95% interval]", "difference"], rows,
+                     title="How v3 would have done on the same customers (off-policy, from the log)"))
+    for warning in evaluation.warnings:
+        say(f"      warning: {warning}")
+    if evaluation.verdict == "better":
+        publish_bundle(bundle_v3.path, hub, token=PUBLISHER_TOKEN)
+        say("      verdict: better — bundle v3 published; terminals pick it up on their next sync")
+    else:
+        say(f"      verdict: {evaluation.verdict} — v3 is not published; v2 keeps serving")
+
+
 def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = False, customers: int = 1200,
              visits: int = 40, seed: int = 7, out: TextIO | None = None,
              then: Callable[[Path], None] | None = None) -> DemoResult:
@@ -137,7 +197,7 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{root}: cannot create the demo directory: {exc.strerror or exc}") from None
-    steps = _Steps(9, say)
+    steps = _Steps(10, say)
     rng = random.Random(seed)
     server = None
     clients: dict[str, Any] = {}
@@ -290,6 +350,10 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
             say(f"      {len(response.excluded)} offers excluded by rules or contact policies, e.g.: "
                 + "; ".join(f"{e.offer_id} ({e.kind}: {e.description})" for e in response.excluded[:2]))
             channel.close()
+        with steps.step("The learning loop: a week in the field → export → train → evaluate → publish if better"):
+            _learning_loop(say, root=root, clients=clients, hub=hub, server=server, profiles=profiles,
+                           catalog_v2=catalog_v2, keys=keys, rng=rng, visits=max(300, 10 * visits),
+                           customer_ids=sorted(profiles))
         say(f"\nThe whole loop ran in {time.perf_counter() - steps.started:.0f}s. "
             f"Evaluation report: {trained.report_path}"
             + ("" if kept else " (deleted with the demo directory; rerun with --keep)"))

@@ -567,6 +567,8 @@ def _compare(a: Mapping[str, np.ndarray], groups: np.ndarray, positions: np.ndar
                 if who != "logging" and unsupported > 0:
                     gap = unsupported * reach[metric] * scale
                     low, high = low - gap, high + gap
+                    if who == "candidate":
+                        low = max(low, 0.0)  # rewards are never negative
                 metrics[metric][est] = Estimate(value=point[(who, metric, est)], low=low, high=high,
                                                 ess=ess if who != "logging" else float(len(w)),
                                                 max_weight=top if who != "logging" else 1.0)

@@ -195,18 +195,21 @@ def _sensitive_name(name: str) -> bool:
     return bool(_SAD_NAME.match(normalise(name).strip()) or is_card_data(name))
 
 
-def find_card_data(value: object, field: str) -> str | None:
+def find_card_data(value: object, field: str, *, numbers: bool = False) -> str | None:
     """The name of the first field holding card data or sensitive authentication data, or None.
 
-    Text is scanned; numbers are not (measures such as 2**63 - 1 are not card numbers, and
-    free text is where people paste one). Walks mappings (keys and values) and lists
+    Text is scanned; numbers only with ``numbers=True`` — integers of 13 or more digits, read
+    as their digits — for what is written as it is (a pushed event's payload, a decision's
+    logged model inputs): a request's measures such as 2**63 - 1 are not refused for it. Walks mappings (keys and values) and lists
     recursively; nested fields are named ``field.key`` / ``field[i]``. A key that is itself card
     data, or names it, is reported as its parent field (``"field name"`` at the top), never by
     its text; a label and its value split over neighbouring items of a list of texts
     (``["cvv", "123"]``) as the list.
     """
-    if type(value) in _SCALARS:
-        return None  # numbers are not scanned (the common case first: the ABC check below is slow)
+    if type(value) in _SCALARS:  # the common case first: the ABC check below is slow
+        if numbers and type(value) is int and abs(value) >= 10**12:
+            return field if is_card_data(str(value)) else None
+        return None
     if isinstance(value, str):
         return field if is_card_data(value) else None
     if isinstance(value, list | tuple):
@@ -221,8 +224,8 @@ def find_card_data(value: object, field: str) -> str | None:
                 return None
             return next((f"{field}[{i}]" for i, item in enumerate(value) if is_card_data(item)), field)
         for i, item in enumerate(value):
-            if type(item) not in _SCALARS:
-                hit = find_card_data(item, f"{field}[{i}]")
+            if numbers or type(item) not in _SCALARS:
+                hit = find_card_data(item, f"{field}[{i}]", numbers=numbers)
                 if hit is not None:
                     return hit
         return None
@@ -230,13 +233,13 @@ def find_card_data(value: object, field: str) -> str | None:
         for key, item in value.items():
             if isinstance(key, str) and _sensitive_name(key):
                 return field or "field name"
-            if type(item) in _SCALARS:
+            if type(item) in _SCALARS and not (numbers and type(item) is int):
                 continue
             if isinstance(item, str):
                 if is_card_data(item):
                     return f"{field}.{key}" if field else str(key)
             else:
-                hit = find_card_data(item, f"{field}.{key}" if field else str(key))
+                hit = find_card_data(item, f"{field}.{key}" if field else str(key), numbers=numbers)
                 if hit is not None:
                     return hit
     return None

@@ -105,7 +105,9 @@ class DecisionRecord(NamedTuple):
     no NaN/Infinity; the caller records a non-finite score part as None). They become the
     event's payload as they are, and so do ``inputs`` (the models' raw customer and context
     values, by input name), ``eligible`` (the offers in play with their probabilities,
-    docs/learning.md) and ``funnel`` (candidates and removals per rule, docs/decisions.md), when given.
+    docs/learning.md), ``funnel`` (candidates and removals per rule, docs/decisions.md),
+    ``experiment`` (id, arm, kind, hash version) and ``shadow`` (the shadow arms' rankings,
+    docs/experiments.md), when given.
     """
 
     decision_id: str
@@ -118,6 +120,8 @@ class DecisionRecord(NamedTuple):
     inputs: Mapping[str, Any] | None = None
     eligible: Mapping[str, Any] | None = None
     funnel: Mapping[str, Any] | None = None
+    experiment: Mapping[str, Any] | None = None
+    shadow: Sequence[Mapping[str, Any]] | None = None
 
 
 def record_decisions(tx: Tx, records: Sequence[DecisionRecord]) -> None:
@@ -159,4 +163,8 @@ def _payload(r: DecisionRecord) -> dict[str, Any]:
         payload["eligible"] = r.eligible
     if r.funnel is not None:
         payload["funnel"] = r.funnel
+    if r.experiment is not None:
+        payload["experiment"] = r.experiment
+    if r.shadow:
+        payload["shadow"] = r.shadow
     return payload

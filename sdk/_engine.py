@@ -34,7 +34,9 @@ from datetime import UTC, datetime
 from math import isfinite
 from typing import Any, NamedTuple
 
-from . import _contacts, _ledger, _measures, _policy
+import numpy as np
+
+from . import _contacts, _experiments, _ledger, _measures, _policy
 from ._carddata import find_card_data, is_card_data, payment_data_error, refuse_card_data
 from ._errors import BundleError, DeadlineExceededError, InputError
 from ._records import check_id
@@ -46,6 +48,9 @@ from ._vocabulary import MAX_LIMIT
 __all__ = ["Request", "decide", "decide_many", "new_decision_id", "validate_mapping"]
 
 _PLAIN = frozenset({str, bool, int, type(None)})
+MAX_LIST_ITEMS = 1000
+"""Longest list a request's profile or context may carry: with rules nested at most two
+comprehensions deep (the rule cost budget), this bounds what one request can make a rule do."""
 
 
 def _check_value(value: Any, field: str) -> None:
@@ -58,6 +63,8 @@ def _check_value(value: Any, field: str) -> None:
             raise InputError(f"{field} must be a finite number, not {value!r}", field=field)
         return
     if isinstance(value, list | tuple):
+        if len(value) > MAX_LIST_ITEMS:
+            raise InputError(f"{field} has {len(value)} items; at most {MAX_LIST_ITEMS} are allowed", field=field)
         if all(isinstance(v, str) for v in value):
             return
         raise InputError(f"{field} must be a list of strings", field=field)
@@ -86,6 +93,22 @@ def validate_mapping(value: Any, name: str) -> dict[str, Any]:
             _MEASURE_CHECKS[key](item, f"profile.{key}")
         out[key] = list(item) if isinstance(item, tuple) else item
     return out
+
+
+def _model_values(plan: DecisionPlan, values: dict[str, Any], name: str) -> dict[str, Any]:
+    """``values`` (a request's profile or context), refusing a non-number where a model reads a number.
+
+    Otherwise the model would get a missing value (NaN) for ``"old"`` as an age and the
+    answer would quietly change; ``null`` (unknown) and booleans (0/1) stay allowed.
+    """
+    inputs = plan.numeric_inputs.get("customer" if name == "profile" else "context")
+    if inputs:
+        for key, value in values.items():
+            model_input = inputs.get(key)
+            if model_input is not None and value is not None and not isinstance(value, int | float):  # bool: 0/1
+                raise InputError(f"{name}.{key} must be a number (or null) for the model input {model_input}, "
+                                 f"not {value!r}", field=f"{name}.{key}")
+    return values
 
 
 def _number(value: Any, field: str) -> None:
@@ -218,8 +241,9 @@ def decide_many(bundle: LoadedBundle, store: StateStore, requests: Sequence[Requ
     for position, request in enumerate(requests):
         try:
             _validate(plan, request.customer_id, request.channel, request.limit)
-            item = _Item(position, request, validate_mapping(request.context, "context"),
-                         validate_mapping(request.profile, "profile"), new_decision_id())
+            item = _Item(position, request, _model_values(plan, validate_mapping(request.context, "context"), "context"),
+                         _model_values(plan, validate_mapping(request.profile, "profile"), "profile"),
+                         new_decision_id())
         except Exception as exc:  # the caller's mistake: this request only
             results[position] = exc
             continue
@@ -253,7 +277,7 @@ def _decide_round(
         if policies else {}
     )
     when = datetime.fromtimestamp(now, tz=UTC)
-    ready: list[tuple[_Item, dict[str, Any], dict[str, Any], _policy.Selection]] = []
+    ready: list[tuple[_Item, dict[str, Any], dict[str, Any], _policy.Selection, _Arm | None]] = []
     for item in items:
         request = item.request
         try:
@@ -271,21 +295,26 @@ def _decide_round(
             customer.update(item.overrides)
             context = item.context
             context.update(channel=request.channel, hour=when.hour, weekday=when.weekday())
-            selection = _policy.select(plan, customer=customer, context=context, channel=request.channel,
-                                       history=histories.get(request.customer_id, ()), now=now,
-                                       explain=request.explain)
+            arm = _arm_of(plan, request.customer_id) if plan.experiments else None
+            selection = _policy.select(arm.plan if arm is not None else plan, customer=customer, context=context,
+                                       channel=request.channel, history=histories.get(request.customer_id, ()),
+                                       now=now, explain=request.explain,
+                                       control_none=arm is not None and arm.kind == "control-none")
         except Exception as exc:
             results[item.position] = exc
             continue
-        ready.append((item, customer, context, selection))
-    scored = _policy.propensities_many(plan, [(sel.pool, customer, context) for _, customer, context, sel in ready])
+        ready.append((item, customer, context, selection, arm))
+    scored = _scores(plan, [(sel.pool, customer, context, arm) for _, customer, context, sel, arm in ready])
     records: list[_contacts.DecisionRecord] = []
-    for (item, customer, context, selection), prop in zip(ready, scored, strict=True):
+    for (item, customer, context, selection, arm), prop in zip(ready, scored, strict=True):
         try:
             if isinstance(prop, Exception):
                 raise prop
-            outcome = _policy.rank(plan, selection, prop, limit=item.request.limit, seed=item.decision_id)
-            decision, row = _assemble(bundle.info, plan, item, outcome, now, customer, context)
+            deciding = plan if arm is None else arm.plan
+            outcome = _policy.rank(deciding, selection, prop, limit=item.request.limit, seed=item.decision_id,
+                                   uniform_first=arm is not None and arm.kind == "control-random")
+            shadows = _shadows(plan, arm, selection, prop, customer, context, item) if arm is not None else None
+            decision, row = _assemble(bundle.info, deciding, item, outcome, now, customer, context, arm, shadows)
         except Exception as exc:
             results[item.position] = exc
             continue
@@ -296,6 +325,74 @@ def _decide_round(
         results[item.position] = decision
     if record:
         _contacts.record_decisions(tx, records)
+
+
+class _Arm(NamedTuple):
+    """A decision's experiment arm: who, and the plan it decides with."""
+
+    experiment: int
+    experiment_id: str
+    arm_id: str
+    kind: str
+    plan: DecisionPlan
+
+
+def _arm_of(plan: DecisionPlan, customer_id: str) -> _Arm | None:
+    """The experiment arm of ``customer_id`` (one hash or two per decision), or None."""
+    found = _experiments.assign(plan.experiments, customer_id)
+    if found is None:
+        return None
+    arm = plan.experiments[found.experiment].arms[found.arm]
+    return _Arm(found.experiment, found.experiment_id, found.arm_id, arm.kind,
+                plan.arm_plans[found.experiment][found.arm])
+
+
+def _scores(plan: DecisionPlan, items: Sequence[tuple[np.ndarray, dict[str, Any], dict[str, Any], _Arm | None]]
+            ) -> Sequence[np.ndarray | Exception]:
+    """:func:`._policy.propensities_many` of each item under its arm's plan (one run per plan)."""
+    if all(arm is None or arm.plan is plan for *_, arm in items):
+        return _policy.propensities_many(plan, [(pool, customer, context) for pool, customer, context, _ in items])
+    out: list[np.ndarray | Exception | None] = [None] * len(items)
+    groups: dict[int, tuple[DecisionPlan, list[int]]] = {}
+    for n, (*_, arm) in enumerate(items):
+        deciding = plan if arm is None else arm.plan
+        groups.setdefault(id(deciding), (deciding, []))[1].append(n)
+    for deciding, members in groups.values():
+        part = _policy.propensities_many(deciding, [items[n][:3] for n in members])
+        for n, scores in zip(members, part, strict=True):
+            out[n] = scores
+    return [scores if scores is not None else BundleError("no scores") for scores in out]
+
+
+def _shadows(plan: DecisionPlan, arm: _Arm, selection: _policy.Selection, prop: np.ndarray,
+             customer: Mapping[str, Any], context: Mapping[str, Any], item: _Item) -> list[dict[str, Any]] | None:
+    """The rankings of the experiment's shadow arms on the same moment (same offers in play,
+    same exploration draw), as the decision event's ``shadow`` entries; None when there are none.
+    Control arms take none: their offers in play are not the others'."""
+    experiment = plan.experiments[arm.experiment]
+    if not experiment.shadows or arm.kind not in ("champion", "challenger"):
+        return None
+    out: list[dict[str, Any]] = []
+    limit = item.request.limit
+    for index in experiment.shadows:
+        shadow = plan.arm_plans[arm.experiment][index]
+        if shadow.model_index is arm.plan.model_index:
+            shadow_prop = prop  # same models: the same propensities
+        else:
+            (scored,) = _policy.propensities_many(shadow, [(selection.pool, customer, context)])
+            if isinstance(scored, Exception):
+                raise scored
+            shadow_prop = scored
+        if shadow.strategy_weights is not arm.plan.strategy_weights:
+            selection = _policy.reweighted(selection, shadow)
+        outcome = _policy.rank(shadow, selection, shadow_prop, limit=limit, seed=item.decision_id)
+        out.append({
+            "arm": experiment.arms[index].arm_id,
+            "offers": [shadow.offer_ids[s.offer] for s in outcome.shown],
+            "scores": [s.score if isfinite(s.score) else None for s in outcome.shown],
+            "eligible": _eligible(shadow, outcome, limit),
+        })
+    return out
 
 
 def _logged_inputs(plan: DecisionPlan, customer: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
@@ -310,6 +407,8 @@ def _logged_inputs(plan: DecisionPlan, customer: Mapping[str, Any], context: Map
             value = None
         elif isinstance(value, str | list | tuple):
             suspects[f"{source}.{field}"] = value
+        elif type(value) is int and abs(value) >= 10**12:
+            suspects[f"{source}.{field}"] = str(value)  # written as a number, still a PAN's digits
         inputs[name] = value
     if suspects:
         refuse_card_data(suspects)
@@ -323,10 +422,10 @@ def _eligible(plan: DecisionPlan, outcome: _policy.Outcome, limit: int) -> dict[
     eligible = outcome.eligible
     return {
         "offers": [ids[i] for i in eligible],
-        "p": _policy.inclusion_runs(mandatory=outcome.mandatory, eligible=len(eligible), epsilon=plan.epsilon,
-                                    limit=limit),
+        "p": _policy.inclusion_runs(mandatory=outcome.mandatory, eligible=len(eligible),
+                                    epsilon=plan.epsilon if outcome.epsilon is None else outcome.epsilon, limit=limit),
         "mandatory": outcome.mandatory,
-        "epsilon": plan.epsilon,
+        "epsilon": plan.epsilon if outcome.epsilon is None else outcome.epsilon,
     }
 
 
@@ -338,7 +437,8 @@ def _funnel(outcome: _policy.Outcome) -> dict[str, Any]:
 
 def _assemble(
     info: BundleInfo, plan: DecisionPlan, item: _Item, outcome: _policy.Outcome, now: float,
-    customer: Mapping[str, Any], context: Mapping[str, Any],
+    customer: Mapping[str, Any], context: Mapping[str, Any], arm: _Arm | None = None,
+    shadows: list[dict[str, Any]] | None = None,
 ) -> tuple[Decision, _contacts.DecisionRecord]:
     """The caller's :class:`Decision` and what is recorded of it (JSON-clean offers)."""
     request = item.request
@@ -373,8 +473,14 @@ def _assemble(
         excluded=list(outcome.excluded) if request.explain else [],
         strategy=strategy,
         created_at=now,
+        experiment_id="" if arm is None else arm.experiment_id,
+        arm="" if arm is None else arm.arm_id,
+        hash_version=0 if arm is None else _experiments.HASH_VERSION,
     )
     record = _contacts.DecisionRecord(item.decision_id, request.customer_id, request.channel, info.name,
                                       info.version, strategy, recorded, _logged_inputs(plan, customer, context),
-                                      _eligible(plan, outcome, request.limit), _funnel(outcome))
+                                      _eligible(plan, outcome, request.limit), _funnel(outcome),
+                                      None if arm is None else {"id": arm.experiment_id, "arm": arm.arm_id,
+                                                                "kind": arm.kind, "hash": _experiments.HASH_VERSION},
+                                      shadows)
     return decision, record

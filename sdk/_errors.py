@@ -19,8 +19,10 @@ status codes by class (``gateway/_status.py``), the CLI to exit statuses by clas
     │   └── PublishRefused        the gateway refused a bundle upload (its status in the message)
     ├── CatalogError              the authored catalog is invalid (names file, item, field)
     ├── RuleError                 a CEL rule does not compile or cannot be evaluated
-    │   └── RuleFailure           one evaluation failed on this data (internal: the engine turns
-    │                             it into an exclusion; never reaches a caller)
+    │   ├── RuleFailure           one evaluation failed on this data (internal: the engine turns
+    │   │                         it into an exclusion; never reaches a caller)
+    │   └── CelTypeError          a rule's types do not check at build time (internal: the build
+    │                             reports its text, naming the rule)
     ├── ModelError                a model cannot be trained, exported or loaded
     ├── LedgerError               a loyalty operation is refused (e.g. redeem beyond balance)
     ├── StateError                the local state database is unusable (corrupt, locked, full)
@@ -41,6 +43,7 @@ from __future__ import annotations
 __all__ = [
     "BundleError",
     "CatalogError",
+    "CelTypeError",
     "ConfigError",
     "DamagedStateError",
     "DeadlineExceededError",
@@ -128,6 +131,14 @@ class RuleError(NboError):
 
 class RuleFailure(RuleError):
     """A rule or condition could not be evaluated on this data (internal; becomes an exclusion)."""
+
+
+class CelTypeError(RuleError):
+    """A type problem at ``pos`` in a CEL expression (internal: the bundle build reports its text)."""
+
+    def __init__(self, message: str, pos: int) -> None:
+        super().__init__(message)
+        self.pos = pos
 
 
 class ModelError(NboError):

@@ -19,7 +19,7 @@ Semantics (also in ``docs/ledger.md``):
   (``reverses`` = the lot's entry id, idempotency key ``expire:<lot id>``), so the hub sees
   the expiry as an ordinary event. A lot expires at most once.
 * **Idempotency**: a repeated key returns the first entry unchanged; the same key with
-  different arguments raises ``LedgerError("idempotency key reused with different
+  different arguments raises ``LedgerError("idempotency key … was already used with different
   arguments")``. Keys are unique per store (device), across customers and operations.
 * **Reversal** is exact and happens once per entry. Reversing an award removes its points
   (from its own lot first, then FIFO), and is refused with ``LedgerError`` if the customer's
@@ -48,6 +48,7 @@ from ._records import (
     check_instant,
     check_int,
     check_text,
+    key_reused,
 )
 from ._store import StateStore, Tx
 from ._types import LedgerEntry
@@ -329,11 +330,16 @@ def _first_result(tx: Tx, entry_id: str, call: tuple[Any, ...]) -> LedgerEntry |
         return None
     first = _row_to_entry(rows[0])
     if first.kind == "reverse":
-        same = call[0] == "reverse" and (first.reverses, first.reason) == (call[1], call[3])
+        names: tuple[str, ...] = ("call", "entry_id", "reason")
+        was: tuple[Any, ...] = ("reverse", first.reverses, first.reason)
+        now: tuple[Any, ...] = (call[0], call[1], call[3]) if call[0] == "reverse" else (call[0], None, call[3])
     else:
-        same = (first.kind, first.customer_id, first.points, first.reason, first.expires_at) == call
-    if not same:
-        raise LedgerError("idempotency key reused with different arguments")
+        names = ("call", "customer_id", "points", "reason", "expires_at")
+        was = (first.kind, first.customer_id, first.points, first.reason, first.expires_at)
+        now = call
+    if was != now:
+        raise LedgerError(key_reused(first.idempotency_key, dict(zip(names, was, strict=True)),
+                                     dict(zip(names, now, strict=True))))
     return first
 
 

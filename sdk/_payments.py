@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from ._carddata import find_card_data, refuse_card_data
 from ._errors import InputError
-from ._records import check_decimal, check_id, check_optional_id, format_decimal
+from ._records import check_decimal, check_id, check_optional_id, format_decimal, key_reused
 from ._store import StateStore
 from ._types import PaymentRecord
 from ._vocabulary import KEY_MAX, PAYMENT_TOKEN_MAX
@@ -98,8 +98,11 @@ def record_payment(store: StateStore, customer_id: str, *, payment_token: str, a
             "created_at FROM payments WHERE idempotency_key = ?", (idempotency_key,))
         if rows:
             payment_id, *first, created_at = rows[0]
-            if first != [customer_id, payment_token, amount_text, code, store_id, decision_id, offer_id]:
-                raise InputError("idempotency key reused with different arguments", field="idempotency_key")
+            this = [customer_id, payment_token, amount_text, code, store_id, decision_id, offer_id]
+            if first != this:
+                names = ("customer_id", "payment_token", "amount", "currency", "store_id", "decision_id", "offer_id")
+                raise InputError(key_reused(idempotency_key, dict(zip(names, first, strict=True)),
+                                            dict(zip(names, this, strict=True))), field="idempotency_key")
             return PaymentRecord(
                 payment_id=payment_id, customer_id=customer_id, payment_token=payment_token, amount=value,
                 currency=code, created_at=float(created_at), idempotency_key=idempotency_key,

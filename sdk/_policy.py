@@ -42,6 +42,7 @@ __all__ = [
     "slot_probability",
     "propensities_many",
     "rank",
+    "reweighted",
     "run_pipeline",
     "select",
 ]
@@ -79,6 +80,8 @@ class Outcome:
     """Offers valid and offered on the channel (before any rule)."""
     removed: Mapping[str, int] = field(default_factory=dict)
     """Per rule or contact policy id: the offers it took out of play first."""
+    epsilon: float | None = None
+    """The exploration rate this ranking used, when not the plan's (a control-random arm)."""
 
 
 # -- stage 1: candidates -----------------------------------------------------------------
@@ -590,8 +593,12 @@ def select(
     history: Sequence[HistoryRow],
     now: float,
     explain: bool,
+    control_none: bool = False,
 ) -> Selection:
-    """Stages 1–4 of docs/decisions.md: candidates, rules, contact policies, strategy."""
+    """Stages 1–4 of docs/decisions.md: candidates, rules, contact policies, strategy.
+
+    ``control_none`` (an experiment's control-none arm): only the mandatory and fallback
+    offers that are in play are left to score."""
     excluded: list[tuple[int, int, int, Exclusion]] = []
     start = candidate_set(plan, channel, now)
     alive = start.mask
@@ -617,10 +624,20 @@ def select(
 
     strategy = choose_strategy(plan, cel_ctx)
     rows = np.flatnonzero(alive)
-    normal = rows[~plan.fallback[rows]]
-    pool = normal if len(normal) else rows  # fallback offers only when nothing else is left
+    if control_none:
+        pool = rows[plan.mandatory[rows] | plan.fallback[rows]]
+    else:
+        normal = rows[~plan.fallback[rows]]
+        pool = normal if len(normal) else rows  # fallback offers only when nothing else is left
     return Selection(pool=pool, strategy=strategy, weights_by_category=plan.strategy_weights.get(strategy),
                      excluded=excluded, candidates=start.count, removed=removed)
+
+
+def reweighted(selection: Selection, plan: DecisionPlan) -> Selection:
+    """``selection`` with the strategy weights of ``plan`` (a shadow arm ranking the same moment)."""
+    return Selection(pool=selection.pool, strategy=selection.strategy,
+                     weights_by_category=plan.strategy_weights.get(selection.strategy), excluded=[],
+                     candidates=selection.candidates, removed=selection.removed)
 
 
 def _rank_few(
@@ -669,8 +686,13 @@ class _Lazy:
         return self._array.item(pos)
 
 
-def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: int, seed: str) -> Outcome:
-    """Stage 5: score (propensity × value × weight × lever), order, explore, cut to ``limit``."""
+def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: int, seed: str,
+         uniform_first: bool = False) -> Outcome:
+    """Stage 5: score (propensity × value × weight × lever), order, explore, cut to ``limit``.
+
+    ``uniform_first`` (an experiment's control-random arm): the first place after the
+    mandatory offers goes to a uniformly random eligible offer — the exploration of
+    :func:`rank_probability` with ε = (k − 1)/k, so every offer's probability is still exact."""
     pool = selection.pool
     few = _rank_few(plan, selection, prop) if len(pool) <= _FEW_ROWS else None
     rows: Any  # indexable by position: lists (a few offers) or _Lazy arrays
@@ -696,7 +718,7 @@ def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: i
 
     head, tail = order[:mandatory_count], order[mandatory_count:]
     k = len(tail)
-    epsilon = plan.epsilon
+    epsilon = (k - 1) / k if uniform_first and k > 1 else 0.0 if uniform_first else plan.epsilon
     promoted = explore(k, epsilon, random.Random(seed)) if epsilon > 0 else None
     if promoted is not None:
         tail = [tail[promoted], *tail[:promoted], *tail[promoted + 1:]]
@@ -729,6 +751,7 @@ def rank(plan: DecisionPlan, selection: Selection, prop: np.ndarray, *, limit: i
         mandatory=mandatory_count,
         candidates=selection.candidates,
         removed=selection.removed,
+        epsilon=epsilon if uniform_first else None,
     )
 
 

@@ -303,7 +303,13 @@ def record_purchase(store: StateStore, customer_id: str, *, amount: Decimal | st
                     and (when is None or first[0][3] == when))
             if same:
                 return
-            raise InputError("idempotency key reused with different arguments", field="idempotency_key")
+            raise InputError(key_reused(
+                idempotency_key,
+                {"customer_id": first[0][0], "amount": Decimal(first[0][1]), "quantity": first[0][2],
+                 "timestamp": first[0][3]},
+                {"customer_id": customer_id, "amount": value, "quantity": quantity,
+                 **({"timestamp": when} if when is not None else {})},
+            ), field="idempotency_key")
         purchase_id = str(uuid.uuid4())
         tx.execute(
             "INSERT INTO purchases(purchase_id, customer_id, amount, quantity, ts, created_at, idempotency_key) "
@@ -489,3 +495,22 @@ def compact_decisions(store: StateStore, *, budget_bytes: int) -> int:
                 "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value",
                 (compacted,))
         return compacted
+
+
+def key_reused(key: str, first: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """The message for an idempotency key used again with other arguments: which key, what differs.
+
+    ``first`` and ``now`` map argument names to the first call's and this call's values; only
+    the arguments that differ are named (values shortened; they are already validated, so
+    they hold no card data).
+    """
+
+    def shown(value: Any) -> str:
+        text = format(value, "f") if isinstance(value, Decimal) else repr(value)
+        return text if len(text) <= 40 else text[:39] + "…"
+
+    differ = [f"{name} {shown(first[name])} then, {shown(now[name])} now" for name in now
+              if name in first and first[name] != now[name]]
+    detail = "; ".join(differ) if differ else "other arguments"
+    return f"idempotency key {shown(key)} was already used with different arguments ({detail})"
+

@@ -15,8 +15,11 @@ put the device back where the hub last saw it (docs/operations.md, Recovering a 
 
 The new database is built in ``STATE/recovering/`` and switched in only when the hub's answer
 was complete; the replaced files are moved to ``STATE/damaged-<UTC time>/``, never deleted.
-Events the replaced database held that the hub never received are not replayed: they stay in
-that copy (the report counts them when the copy is readable).
+When the replaced file is still readable (it passes ``quick_check``: a device that started
+afresh under the same id, an older copy put back), its events the hub never received are
+queued again after the hub's highest seq, with their rows — except what the hub already holds
+(the same event, or the same ledger entry, purchase, payment, decision or response by its
+idempotency key). A damaged file's events are not trusted: they stay in the moved-aside copy.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _ledger, _payments, _records
-from ._errors import DamagedStateError, InputError, NboError, StateError, SyncError
+from ._errors import InputError, NboError, StateError, SyncError
 from ._store import Event, SQLiteStateStore, Tx, insert_rows, read_sync_marker, write_sync_marker
 from ._types import RecoveryReport
 
@@ -57,13 +60,11 @@ def recover_state(
     """Rebuild ``STATE/state.sqlite`` from the hub at ``target`` (``HOST:PORT``).
 
     ``device_id`` defaults to the one recorded next to the state (``hub-sync.json``). Refuses
-    (``StateError``) a state that is healthy and as far along as the hub knows — replacing it
-    would lose its unsynced events — unless ``force``; ``SyncError`` when the hub cannot be
+    (``StateError``) the state of another device, and a state that is healthy and as far along
+    as the hub knows unless ``force`` (its unsynced events are then queued again); ``SyncError`` when the hub cannot be
     reached, refuses, holds nothing for the device, or the answer was cut (nothing changed then).
     Stop the application using the state directory first.
     """
-    from . import _sync  # grpc is imported only when syncing or recovering
-
     state = Path(state_dir)
     path = state / _STATE
     marker = read_sync_marker(path) if state.is_dir() else None
@@ -72,11 +73,38 @@ def recover_state(
             raise InputError(f"{state} records no device id that has synced; pass the device id",
                              field="device_id")
         device_id = marker[0]
-    if not isinstance(device_id, str) or not device_id or len(device_id) > 128:
-        raise InputError("device_id must be a non-empty string of at most 128 characters", field="device_id")
-    state.mkdir(parents=True, exist_ok=True)
+    _records.check_id(device_id, "device_id")  # the one id rule, as Client.open applies it
+    if marker is not None and marker[0] != device_id:
+        raise StateError(f"{state} is the state of device {marker[0]!r} (hub-sync.json), not {device_id!r}: "
+                         "recover it under its own device id")
+    # A recovery that fails leaves nothing it created: the directories it made, its lock file.
+    missing = [p for p in (state, *state.parents) if not p.exists()]
+    lock_existed = (state / "sync.lock").exists()
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        try:
+            report = _recover_locked(state, path, target, token=token, device_id=device_id, ca_file=ca_file,
+                                     client_cert=client_cert, client_key=client_key, timeout=timeout, force=force)
+        except BaseException:
+            if missing:
+                shutil.rmtree(missing[-1], ignore_errors=True)
+            elif not lock_existed:
+                (state / "sync.lock").unlink(missing_ok=True)
+            raise
+    except OSError as exc:  # the disk, not the hub: nothing was switched unless the report came back
+        raise StateError(f"recovering {state}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or state})"
+                         ) from exc
+    return report
+
+
+def _recover_locked(state: Path, path: Path, target: str, *, token: str, device_id: str,
+                    ca_file: str | os.PathLike[str] | None, client_cert: str | os.PathLike[str] | None,
+                    client_key: str | os.PathLike[str] | None, timeout: float, force: bool) -> RecoveryReport:
+    from . import _sync  # grpc is imported only when syncing or recovering
+
     with _sync.state_dir_lock(state):
         local = _local_position(path, device_id)
+        unsynced = _unsynced(path)
         building = state / "recovering"
         shutil.rmtree(building, ignore_errors=True)  # a recovery cut earlier: start over
         building.mkdir()
@@ -85,7 +113,8 @@ def recover_state(
             try:
                 counts = _rebuild(store, _sync.fetch_recovery(
                     target, device_id=device_id, token=token, ca_file=ca_file, client_cert=client_cert,
-                    client_key=client_key, timeout=timeout), local=local, force=force, device_id=device_id)
+                    client_key=client_key, timeout=timeout), local=local, force=force, device_id=device_id,
+                    unsynced=unsynced)
             finally:
                 store.close()
             _fold_wal(building / _STATE)
@@ -95,11 +124,11 @@ def recover_state(
             _fsync(state)
         finally:
             shutil.rmtree(building, ignore_errors=True)
-        acked, max_seq, events, dead, balances, unrestored = counts
+        acked, max_seq, events, dead, balances, unrestored, carried = counts
         write_sync_marker(path, device_id=device_id, acked_through=acked)
     return RecoveryReport(device_id=device_id, acked_through=acked, max_seq=max_seq, events=events,
                           dead_lettered=dead, balances=balances, moved_aside=str(moved) if moved else None,
-                          unsynced_left_behind=local[2] if local is not None else 0, not_restored=unrestored)
+                          carried_over=carried, not_restored=unrestored)
 
 
 def _local_position(path: Path, device_id: str) -> tuple[int, int, int] | None:
@@ -107,13 +136,13 @@ def _local_position(path: Path, device_id: str) -> tuple[int, int, int] | None:
     missing or damaged (what recovery is for)."""
     if not path.is_file() or path.stat().st_size == 0:
         return None
+    owner = _recorded_device(path)
+    if owner is not None and owner != device_id:
+        raise StateError(f"state database {path} belongs to device {owner!r}, not {device_id!r}: "
+                         "recover it under its own device id")
     try:
         store = SQLiteStateStore(path, device_id=device_id, read_only=True)
-    except DamagedStateError:
-        return None
-    except StateError as exc:
-        if "belongs to device" in str(exc) or "records device" in str(exc):
-            raise
+    except StateError:  # damaged, emptied, older than the hub knows: what recovery is for
         return None
     try:
         with store.read() as tx:
@@ -127,8 +156,81 @@ def _local_position(path: Path, device_id: str) -> tuple[int, int, int] | None:
         store.close()
 
 
+_Row = tuple[int, str, str, float, str]
+
+
+def _unsynced(path: Path) -> list[_Row] | None:
+    """The replaced state's events the hub had not acknowledged (not dead-lettered), in seq order,
+    when the file is still readable (an older copy, a new start under the same id); None when it
+    is missing, empty or damaged (its pages cannot be trusted)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            if conn.execute("PRAGMA quick_check").fetchall() != [("ok",)]:
+                return None
+            rows = conn.execute(
+                "SELECT o.seq, o.event_id, o.type, o.created_at, o.payload FROM outbox o WHERE o.acked = 0 "
+                "AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = o.seq) ORDER BY o.seq").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return [(int(seq), str(e), str(t), float(c), str(p)) for seq, e, t, c, p in rows]
+
+
+# Per event type: the row that would already exist had the hub (or an earlier carried event)
+# recorded the same thing — the idempotency the recording calls themselves enforce.
+_ALREADY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "points": ("SELECT 1 FROM ledger_entries WHERE entry_id = ?", ("entry_id",)),
+    "purchase": ("SELECT 1 FROM purchases WHERE idempotency_key = ?", ("idempotency_key",)),
+    "payment": ("SELECT 1 FROM payments WHERE idempotency_key = ?", ("idempotency_key",)),
+    "decision": ("SELECT 1 FROM decisions WHERE decision_id = ?", ("decision_id",)),
+    "response": ("SELECT 1 FROM responses WHERE decision_id = ? AND offer_id = ?", ("decision_id", "offer_id")),
+}
+
+
+def _carry_over(tx: Tx, rows: list[_Row], next_seq: int) -> tuple[int, int]:
+    """Queue the replaced state's unsynced events again after the hub's highest seq, with the
+    rows they describe; skip those the hub already holds. (carried, last seq)."""
+    carried = 0
+    for _, event_id, type_, created_at, text in rows:
+        if tx.execute("SELECT 1 FROM outbox WHERE event_id = ?", (event_id,)):
+            continue  # the hub holds this very event (pushed from a later state than this copy)
+        try:
+            payload = json.loads(text)
+            sql, keys = _ALREADY.get(type_, ("", ()))
+            if sql and tx.execute(sql, tuple(payload[k] for k in keys)):
+                continue  # the same award/purchase/payment/decision/response is already recorded
+        except (KeyError, TypeError, ValueError):
+            pass  # not one we can compare: keep it (the hub validates it like any pushed event)
+        next_seq += 1
+        tx.execute("INSERT INTO outbox(seq, event_id, type, created_at, payload, acked) VALUES (?, ?, ?, ?, ?, 0)",
+                   (next_seq, event_id, type_, created_at, text))
+        try:
+            _restore(tx, next_seq, type_, created_at, text)
+        except (KeyError, TypeError, ValueError, ArithmeticError, InputError):
+            pass  # queued for the hub all the same; only its local rows are missing
+        carried += 1
+    return carried, next_seq
+
+
+def _recorded_device(path: Path) -> str | None:
+    """The device id a state file records, if it can be read at all (else None)."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM device_meta WHERE key = 'device_id'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
+
+
 def _rebuild(store: SQLiteStateStore, pages: Any, *, local: tuple[int, int, int] | None, force: bool,
-             device_id: str) -> tuple[int, int, int, int, int, tuple[str, ...]]:
+             device_id: str, unsynced: list[_Row] | None) -> tuple[int, int, int, int, int, tuple[str, ...], int]:
     acked = max_seq = events = dead = customers = 0
     unrestored: list[str] = []
     complete = False
@@ -144,8 +246,8 @@ def _rebuild(store: SQLiteStateStore, pages: Any, *, local: tuple[int, int, int]
             if local is not None and local[0] >= acked and local[1] >= max_seq and not force:
                 raise StateError(
                     f"the state of device {device_id!r} opens cleanly and is as far along as the hub knows "
-                    f"(seq {local[1]}, hub acknowledged {acked}): replacing it would lose its {local[2]} "
-                    "unsynced event(s); nothing to recover (force it with --force)")
+                    f"(seq {local[1]}, hub acknowledged {acked}): nothing to recover (it holds {local[2]} "
+                    "unsynced event(s); --force rebuilds it anyway and queues them again)")
         if page.events:
             with store.transaction() as tx:
                 for seq, event_id, type_, created_at, payload, rejected in page.events:
@@ -169,11 +271,16 @@ def _rebuild(store: SQLiteStateStore, pages: Any, *, local: tuple[int, int, int]
         complete = page.complete
     if not complete:
         raise SyncError("RecoverDevice: the hub's answer ended early; nothing was changed, run `nbo recover` again")
+    carried = 0
     with store.transaction(durable=True) as tx:
-        tx.execute("UPDATE counters SET value = ? WHERE name = 'outbox_seq'", (max_seq,))
+        # Balances first: they cover the hub's events; carried entries come after them (seq > max_seq).
         _ledger.apply_central_balances(tx, balances, acked_through=max_seq)
         customers = len(balances)
-    return acked, max_seq, events, dead, customers, tuple(unrestored)
+        last = max_seq
+        if unsynced:
+            carried, last = _carry_over(tx, unsynced, max_seq)
+        tx.execute("UPDATE counters SET value = ? WHERE name = 'outbox_seq'", (last,))
+    return acked, max_seq, events, dead, customers, tuple(unrestored), carried
 
 
 class _At:

@@ -30,6 +30,7 @@ from . import _rules
 from ._bundle import BundleStore, StagedBundle
 from ._carddata import is_card_data
 from ._errors import BundleError, RuleError
+from ._experiments import Experiment, parse_experiments
 from ._measures import new_customer_profile
 from ._records import id_problem
 from ._types import BundleInfo
@@ -214,7 +215,16 @@ class DecisionPlan:
     validity_edges: tuple[float, ...]
     """Every offer's ``valid_from`` and ``valid_to``, sorted: where candidate sets change."""
     all_offers_model: int = -1
+    numeric_inputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """``{"customer"|"context": {field: input name}}`` of the models' number inputs: a request
+    value there must be a number (or null), not silently a missing value."""
     """``sole_model`` when every offer uses it (no offer without a model), else -1."""
+    experiments: tuple[Experiment, ...] = ()
+    """The bundle's experiments (docs/experiments.md), in catalog order."""
+    arm_plans: tuple[tuple[DecisionPlan, ...], ...] = ()
+    """Per experiment, per arm: the plan that arm decides with (this plan itself for the
+    champion and the control arms; for a challenger this plan with its models, levers and
+    strategy weights replaced). Arm plans have no experiments of their own."""
     candidate_cache: dict[str, CandidateSet] = field(init=False, default_factory=dict, repr=False, compare=False)
     """Channel → the :class:`CandidateSet` of the latest decision on it (fresh in each plan,
     also in a ``dataclasses.replace`` copy; entries are swapped whole, so threads may share it)."""
@@ -723,7 +733,7 @@ def build_plan(
     customer_fields = _rules.merge_fields(per_decision_refs, "customer")
     used_models = set(model_index.tolist()) - {-1}
     sole_model = used_models.pop() if len(used_models) == 1 else -1
-    return DecisionPlan(
+    base = DecisionPlan(
         offer_ids=offer_ids,
         names=tuple(str(o.get("name") or o["offer_id"]) for o in offer_maps),
         categories=categories,
@@ -762,4 +772,60 @@ def build_plan(
         ),
         validity_edges=tuple(sorted({float(t) for t in (*valid_from.tolist(), *valid_to.tolist()) if t == t})),
         all_offers_model=sole_model if sole_model >= 0 and bool((model_index == sole_model).all()) else -1,
+        numeric_inputs={source: {i.field: i.name for m in models for i in m.inputs
+                                 if i.source == source and i.dtype != "string"}
+                        for source in ("customer", "context")},
     )
+    try:
+        experiments = parse_experiments(_json(meta.get("experiments"), None, "meta.experiments"))
+    except ValueError as exc:
+        raise BundleError(f"{what}: {exc}") from None
+    if not experiments:
+        return base
+    arm_plans = tuple(
+        tuple(_arm_plan(base, arm, model_pos, cat_pos, default_profile, warm_context,
+                        what=f"{what}: experiment {exp.experiment_id!r} arm {arm.arm_id!r}") for arm in exp.arms)
+        for exp in experiments
+    )
+    return replace(base, experiments=experiments, arm_plans=arm_plans)
+
+
+def _arm_plan(base: DecisionPlan, arm: Any, model_pos: Mapping[str, int], cat_pos: Mapping[str, int],
+              profile: Mapping[str, Any], warm_context: Mapping[str, Any], *, what: str) -> DecisionPlan:
+    """The plan a challenger arm decides with: ``base`` with the arm's models, levers and
+    strategy weights; ``base`` itself for any other arm (or a challenger that replaces nothing)."""
+    if arm.kind != "challenger" or not (arm.models or arm.levers or arm.strategy_weights):
+        return base
+    model_index = base.model_index
+    if arm.models:
+        model_index = base.model_index.copy()
+        for old, new in arm.models.items():
+            if old not in model_pos or new not in model_pos:
+                raise BundleError(f"{what}: replaces model {old!r} by {new!r}; both must be in the bundle")
+            model_index[base.model_index == model_pos[old]] = model_pos[new]
+        model_index.flags.writeable = False
+        for new in set(arm.models.values()):
+            k = model_pos[new]
+            _warm(base.models[k], np.flatnonzero(model_index == k), profile, warm_context)
+    lever = base.lever
+    if arm.levers:
+        lever = base.lever.copy()
+        for offer_id, value in arm.levers.items():
+            if offer_id not in base.offer_position:
+                raise BundleError(f"{what}: sets the lever of offer {offer_id!r}, which is not in the bundle")
+            lever[base.offer_position[offer_id]] = _number(value, what=f"{what} lever {offer_id!r}", default=1.0)
+        lever.flags.writeable = False
+    strategy_weights = dict(base.strategy_weights)
+    for strategy, weights in (arm.strategy_weights or {}).items():
+        if strategy not in strategy_weights:
+            raise BundleError(f"{what}: sets weights of strategy {strategy!r}, which is not in the bundle")
+        arr = strategy_weights[strategy].copy()
+        for category, w in weights.items():
+            if category in cat_pos:
+                arr[cat_pos[category]] = _number(w, what=f"{what} weight {strategy!r}.{category!r}", default=1.0)
+        arr.flags.writeable = False
+        strategy_weights[strategy] = arr
+    used = set(model_index.tolist()) - {-1}
+    sole = used.pop() if len(used) == 1 else -1
+    return replace(base, model_index=model_index, lever=lever, strategy_weights=strategy_weights, sole_model=sole,
+                   all_offers_model=sole if sole >= 0 and bool((model_index == sole).all()) else -1)

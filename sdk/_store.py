@@ -14,6 +14,7 @@ schemas they are given at open.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -30,6 +31,8 @@ from ._vocabulary import EVENT_TYPES
 
 __all__ = ["CORE_SCHEMA", "SYNC_MARKER", "Event", "SQLiteStateStore", "StateStore", "Tx", "read_sync_marker",
            "write_sync_marker"]
+
+log = logging.getLogger("nbo.sdk")
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -398,9 +401,15 @@ class SQLiteStateStore:
     def note_synced(self, acked_through: int) -> None:
         """Record outside the database that the hub acknowledged this device through ``acked_through``
         (:data:`SYNC_MARKER`); from then on a missing, empty or older state file is refused at open."""
-        if acked_through > self._marker_acked:
+        if acked_through <= self._marker_acked:
+            return
+        try:
             write_sync_marker(self.path, device_id=self.device_id, acked_through=acked_through)
-            self._marker_acked = acked_through
+        except OSError as exc:  # the sync itself succeeded; the next one writes the marker again
+            log.warning("event=sync_marker_unwritten path=%s error=%s", self.path.with_name(SYNC_MARKER),
+                        exc.strerror or exc)
+            return
+        self._marker_acked = acked_through
 
     def close(self) -> None:
         if self._checkpointer is not None:

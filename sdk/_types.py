@@ -74,6 +74,12 @@ class Decision:
     excluded: list[Exclusion] = field(default_factory=list)
     strategy: str = ""
     created_at: float = 0.0
+    experiment_id: str = ""
+    """The bundle experiment this customer is in ("" when in none, docs/experiments.md)."""
+    arm: str = ""
+    """The experiment's arm that made this decision ("" when in no experiment)."""
+    hash_version: int = 0
+    """The version of the assignment hash that chose the arm (0 when in no experiment)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +143,8 @@ class RecoveryReport:
     """Customers whose authoritative points balance was restored."""
     moved_aside: str | None
     """Where the replaced state files were moved (kept for inspection), or None if there were none."""
-    unsynced_left_behind: int = 0
-    """Events of the replaced state the hub never received (they stay in the moved-aside copy)."""
+    carried_over: int = 0
+    """Events of the replaced state the hub never received, queued again after ``max_seq`` (when
+    the replaced file was still readable: a new start under the same id, an older copy)."""
     not_restored: tuple[str, ...] = ()
     """Held events whose rows could not be rebuilt (each ``seq N (type): why``); normally empty."""

@@ -71,7 +71,7 @@ POLICY_SCOPES: tuple[str, ...] = ("offer", "category", "all")
 POLICY_EVENTS: tuple[str, ...] = ("shown", *OUTCOMES)
 """What a contact policy counts: shows, or one kind of response."""
 
-BUNDLE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+BUNDLE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would let a trailing "\n" in
 """A bundle name or model id: 1–64 of ``A-Z a-z 0-9 . _ -``, not starting with a dot."""
 
 # -- decisions -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ._carddata import find_card_data, is_card_data
 from ._clock import to_datetime
 from ._engine import Request, decide, decide_many, validate_mapping
 from ._errors import (
+    CelTypeError,
     DeadlineExceededError,
     EventConflictError,
     HubUnavailableError,
@@ -44,6 +45,7 @@ from ._errors import (
     UsageError,
     VersionNotNewerError,
 )
+from ._experiments import ARM_KINDS, HASH_VERSION, Experiment, assign, assignment_unit, parse_experiments
 from ._keys import (
     generate_private_key,
     key_id,
@@ -114,6 +116,7 @@ from ._vocabulary import (
 
 __all__ = [
     # the errors only the other packages raise or map (the whole tree: nbo.sdk._errors)
+    "CelTypeError",
     "DeadlineExceededError",
     "EventConflictError",
     "HubUnavailableError",
@@ -152,6 +155,13 @@ __all__ = [
     "MANIFEST",
     "SIGNATURE",
     "BundleStore",
+    # experiments (docs/experiments.md)
+    "ARM_KINDS",
+    "HASH_VERSION",
+    "Experiment",
+    "assign",
+    "assignment_unit",
+    "parse_experiments",
     "StagedBundle",
     "check_name",
     "count_offers",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 import subprocess
@@ -72,12 +73,14 @@ def test_build_verify_inspect(tmp_path, capsys, keys, model):
 
     code, out, err = run(capsys, "bundle", "inspect", str(bundle))
     assert code == 0, err
-    for title in ("Manifest", "Models (1)", "Offers (5)", "Rules (4)", "Strategies (3)",
+    for title in ("Manifest", "Models (1)", "Model inputs (4)", "Offers (5)", "Rules (4)", "Strategies (3)",
                   "Strategy assignment (3, first match wins)", "Contact policies (2)"):
         assert title in out
-    for text in ("CARD_GOLD", "customer__frequency:float", "no_repeat_after_decline", "signature not checked",
-                 "upsell=1.5"):
+    for text in ("CARD_GOLD", "no_repeat_after_decline", "signature not checked", "upsell=1.5"):
         assert text in out
+    # one row per model input, with the field it reads: no 600-character line
+    assert re.search(r"^propensity +customer__frequency +float +customer\.frequency$", out, flags=re.M)
+    assert max(len(line) for line in out.splitlines()) < 200
 
 
 def test_json_catalog_builds_too(tmp_path, capsys, keys, model):

@@ -10,6 +10,7 @@ real gateway on 127.0.0.1:0.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -146,3 +147,59 @@ def test_the_readme_first_pos_snippet_runs_twice(tmp_path: Path) -> None:
     for result in (first, second):
         assert result.returncode == 0 and result.stderr == "", result.stderr
         assert re.search(r"= \d+\.\d", result.stdout), result.stdout  # it printed ranked offers
+
+
+def test_a_profile_value_of_the_wrong_type_for_a_model_input_is_an_error(tmp_path: Path) -> None:
+    from bundle_fixtures import make_bundle, make_keys, make_model
+    from nbo.sdk import Client, InputError
+
+    key, pub = make_keys(tmp_path / "keys")
+    model = make_model(tmp_path / "m.onnx", inputs=(("customer__age", "float"), ("context__basket", "float"),
+                                                    ("offer__category", "string")))
+    bundle = make_bundle(tmp_path / "bundles", key=key, models={"propensity": model})
+    state = tmp_path / "pos-1"
+    with Client.open(state, device_id="pos-1", trusted_keys=[pub]) as client:
+        client.install_bundle(bundle)
+        with pytest.raises(InputError) as info:
+            client.decide("C1", channel="pos", profile={"age": "old"}, dry_run=True)
+        assert info.value.field == "profile.age"
+        with pytest.raises(InputError, match=r"context.basket must be a number \(or null\) for the model input "
+                                             r"context__basket, not 'many'"):
+            client.decide("C1", channel="pos", context={"basket": "many"}, dry_run=True)
+        # null (unknown) and numbers are fine
+        assert client.decide("C1", channel="pos", profile={"age": None}, context={"basket": 3}, dry_run=True).offers
+    result = run([*NBO_CLI, "decide", "--state", str(state), "--customer", "C1", "--channel", "pos", "--dry-run",
+                  "--profile", '{"age": "old"}'])
+    one_line(result, "profile.age must be a number (or null) for the model input customer__age, not 'old'")
+
+
+def test_a_gateway_without_trusted_keys_warns_at_start(tmp_path: Path) -> None:
+    from gateway_helpers import free_port, serve_log, start_serve_process, wait_serving
+
+    data = config_data(trusted_key=tmp_path / "unused.pub")
+    del data["trust"]
+    config = tmp_path / "gateway.toml"
+    config.write_text(toml_text(data), encoding="utf-8")
+    port = free_port()
+    proc = start_serve_process(tmp_path / "gw", config, port=port)
+    try:
+        wait_serving(port, proc=proc)
+        log = serve_log(tmp_path / "gw").read_text(encoding="utf-8")
+        assert "WARNING" in log and "no [trust] keys: every bundle published to this gateway will be refused" in log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_publishing_a_file_that_is_not_a_zip_names_the_users_file(tmp_path: Path) -> None:
+    from gateway_helpers import PUBLISHER_TOKEN
+
+    subprocess.run([*NBO_CLI, "keys", "generate", "--out", str(tmp_path)], check=True, capture_output=True)
+    mine = tmp_path / "my-bundle.zip"
+    mine.write_bytes(b"this is not a zip file\n" * 10)
+    with running_gateway(tmp_path / "gw", config_data(trusted_key=tmp_path / "signing.pub")) as gateway:
+        result = subprocess.run([*NBO_CLI, "publish", str(mine), "--hub", f"127.0.0.1:{gateway.port}", "--quiet"],
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "NBO_TOKEN": PUBLISHER_TOKEN})
+    line = one_line(result, "my-bundle.zip is not a readable zip")
+    assert ".upload-" not in line

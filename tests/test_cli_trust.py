@@ -113,6 +113,13 @@ def _matrix(kit: Kit, sandbox: Path) -> Iterator[tuple[str, list[str]]]:
                                             "--dry-run"]
         yield f"sync/{label}", ["sync", "--state", str(t), "--hub", CLOSED_HUB, "--device-id", "d", "--timeout", "2"]
         yield f"events/{label}", ["events", "--state", str(t), "--device-id", "d"]
+        yield f"recover/{label}", ["recover", "--state", str(t), "--hub", CLOSED_HUB, "--device-id", "d",
+                                   "--timeout", "2"]
+        yield f"export/{label}", ["export", "--hub", f"sqlite:///{t / 'hub.sqlite'}", "--out",
+                                  str(sandbox / "export-out"), "--quiet"]
+        yield f"evaluate/{label}", ["evaluate", "--logs", str(t), "--bundle", str(t / "b.zip"), "--quiet"]
+        yield f"console/{label}", ["console", "--hub", f"sqlite:///{t / 'hub.sqlite'}", "--listen", "127.0.0.1:0",
+                                   "--config", str(t / "gateway.toml")]
     # commands whose argument is where they write: a place that cannot be written
     yield "keys generate/under a file", ["keys", "generate", "--out", str(blocker / "keys")]
     yield "demo-data/under a file", ["demo-data", "--out", str(blocker / "data"), "--customers", "10"]

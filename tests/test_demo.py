@@ -12,12 +12,16 @@ def test_demo_runs_the_whole_loop(tmp_path):
     )
     assert out.returncode == 0, out.stderr + out.stdout
     text = out.stdout
-    for marker in ("[9/9]", "holdout AUC", "card number refused", "pushed", "hub balance",
+    for marker in ("[10/10]", "holdout AUC", "exported", "How v3 would have done", "SNIPS", "verdict:", "card number refused", "pushed", "hub balance",
                    "Acceptance by offer", "demo-retail v2", "on the app — bundle demo-retail v2"):
         assert marker in text, marker
     assert "Traceback" not in out.stderr
     # the terminals' events all reached the hub: nothing pending after sync
-    sync_table = text.split("[6/9]")[1].split("[7/9]")[0]
+    sync_table = text.split("[6/10]")[1].split("[7/10]")[0]
     rows = [line.split() for line in sync_table.splitlines() if line.startswith("pos-")]
     assert len(rows) == 2 and all(r[-1] == "0" and int(r[1]) > 0 for r in rows)
     assert (tmp_path / "demo" / "model" / "report.html").exists()
+    # the learning loop: a Parquet log, a model trained on it, a verdict that decided the publication
+    assert (tmp_path / "demo" / "log" / "_nbo_log.json").exists()
+    assert (tmp_path / "demo" / "model-v3" / "propensity.onnx").exists()
+    assert ("bundle v3 published" in text) == ("verdict: better" in text)

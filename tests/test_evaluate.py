@@ -306,3 +306,20 @@ def test_train_on_the_log_then_evaluate_the_new_model(field: dict[str, Any], tmp
     bad = subprocess.run([*NBO_CLI, "train", "--logs", str(tmp_path / "nothing"), "--out", str(tmp_path / "m2")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and not (tmp_path / "m2").exists()
+
+
+def test_a_log_with_a_zero_selection_probability_is_refused(field: dict[str, Any], tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    log = _only_devices(field["log"], tmp_path / "zero", "sim-0")
+    part = next(log.glob("day=*/*.parquet"))
+    table = pq.read_table(part)
+    column = table.schema.get_field_index("selection_probability")
+    values = table["selection_probability"].to_pylist()
+    values[0] = 0.0
+    pq.write_table(table.set_column(column, "selection_probability", pa.array(values, pa.float64())), part)
+    candidate, _ = signed(tmp_path, "c0", catalog(epsilon=0.0))
+    with pytest.raises(InputError, match="selection probability 0.0") as info:
+        evaluate_bundle(log, candidate, n_bootstrap=10)
+    assert info.value.field == "logs"

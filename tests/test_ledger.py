@@ -94,24 +94,28 @@ def test_repeated_key_returns_the_first_entry_and_writes_nothing(client: Client,
     assert len(outbox(client)) == 2
 
 
-@pytest.mark.parametrize("call", [
-    lambda c: c.award_points("C1", 51, idempotency_key="k", reason="r"),
-    lambda c: c.award_points("C2", 50, idempotency_key="k", reason="r"),
-    lambda c: c.award_points("C1", 50, idempotency_key="k", reason="other"),
-    lambda c: c.award_points("C1", 50, idempotency_key="k", reason="r", expires_at=datetime(2030, 1, 1, tzinfo=UTC)),
-    lambda c: c.redeem_points("C1", 50, idempotency_key="k", reason="r"),
+@pytest.mark.parametrize(("call", "differs"), [
+    (lambda c: c.award_points("C1", 51, idempotency_key="k", reason="r"), "(points 50 then, 51 now)"),
+    (lambda c: c.award_points("C2", 50, idempotency_key="k", reason="r"), "(customer_id 'C1' then, 'C2' now)"),
+    (lambda c: c.award_points("C1", 50, idempotency_key="k", reason="other"), "(reason 'r' then, 'other' now)"),
+    (lambda c: c.award_points("C1", 50, idempotency_key="k", reason="r", expires_at=datetime(2030, 1, 1, tzinfo=UTC)),
+     "(expires_at None then, 1893456000.0 now)"),
+    (lambda c: c.redeem_points("C1", 50, idempotency_key="k", reason="r"),
+     "(call 'award' then, 'redeem' now; points 50 then, -50 now)"),
 ])
-def test_same_key_with_different_arguments_is_refused(client: Client, call):
+def test_same_key_with_different_arguments_is_refused(client: Client, call, differs):
     client.award_points("C1", 50, idempotency_key="k", reason="r")
-    with pytest.raises(LedgerError, match="idempotency key reused with different arguments"):
+    # the message names the key and each argument that differs
+    with pytest.raises(LedgerError) as info:
         call(client)
+    assert str(info.value) == f"idempotency key 'k' was already used with different arguments {differs}"
     assert client.points_balance("C1") == 50 and len(outbox(client)) == 1
 
 
 def test_key_reuse_across_operations_is_refused(client: Client):
     award = client.award_points("C1", 50, idempotency_key="a", reason="r")
     client.reverse_points(award.entry_id, idempotency_key="rev", reason="oops")
-    with pytest.raises(LedgerError, match="different arguments"):
+    with pytest.raises(LedgerError, match=r"key 'rev' was already used with different arguments \(reason 'oops' then"):
         client.reverse_points(award.entry_id, idempotency_key="rev", reason="another reason")
     with pytest.raises(LedgerError, match="different arguments"):
         client.award_points("C1", 50, idempotency_key="rev", reason="r")

@@ -57,3 +57,13 @@ def test_lazy_front_doors_show_the_type_checker_the_same_names(package: str) -> 
                 assert isinstance(stmt, ast.ImportFrom) and stmt.level == 1
                 checked.update({alias.name: str(stmt.module) for alias in stmt.names})
     assert checked == module._EXPORTS
+
+
+def test_every_package_is_linked_for_the_type_checker() -> None:
+    """A package added to pyproject.toml without its mypy-path/ link would be Any to every other."""
+    import tomllib
+
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for package, directory in mapping.items():
+        link = ROOT / "mypy-path" / Path(*package.split("."))
+        assert link.is_symlink() and link.resolve() == (ROOT / directory).resolve(), package

@@ -19,12 +19,14 @@ from typing import Any
 
 import grpc
 import pytest
-from bundle_fixtures import small_catalog
+from bundle_fixtures import make_bundle, make_keys, make_model, small_catalog
 from careless_bundles import recatalog
 from gateway_helpers import APP, DEVICE, Gateway
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nbo.gateway import HubStore
+from nbo.gateway._hub import IncomingEvent
 from nbo.model_export import validate_catalog
 from nbo.sdk import BundleError, CatalogError, Client, InputError, ManualClock, PaymentDataError
 from nbo.sdk.core import check_id, find_card_data, is_card_data
@@ -404,3 +406,30 @@ def test_a_device_refuses_a_bundle_whose_offer_id_is_card_data(tmp_path: Path, d
         assert "offer_id looks like card data" in str(info.value) and "4111" not in str(info.value)
         assert client.bundle is None
     assert b"4111 1111 1111 1111" not in _blob(tmp_path / "state")
+
+
+# -- a PAN typed as a number, where numbers are written as they are -------------------------------------
+
+
+def test_a_pan_typed_as_a_number_is_refused_where_it_would_be_written(tmp_path: Path) -> None:
+    key, pub = make_keys(tmp_path / "keys")
+    model = make_model(tmp_path / "src" / "propensity.onnx",
+                       inputs=(("customer__frequency", "float"), ("context__basket", "float")))
+    zip_path = make_bundle(tmp_path / "bundles", key=key, models={"propensity": model})
+    with Client.open(tmp_path / "state", device_id="pos-1", trusted_keys=[pub.read_bytes()]) as client:
+        client.install_bundle(zip_path)
+        # context__basket is a model input: its raw value goes into the decision event
+        with pytest.raises(PaymentDataError) as info:
+            client.decide("c-ok", channel="pos", context={"basket": int(PAN)})
+        assert info.value.field == "context.basket" and PAN not in str(info.value)
+        client.decide("c-ok", channel="pos", context={"basket": 2**40, "unread": int(PAN)})  # nothing logged of it
+    assert PAN.encode() not in _blob(tmp_path / "state")
+    hub = HubStore.open(None, state_dir=tmp_path / "hub")
+    try:
+        payload = {"decision_id": str(uuid.uuid4()), "customer_id": "c-ok", "channel": "pos", "bundle_name": "b",
+                   "bundle_version": 1, "strategy": "", "offers": [], "inputs": {"context__basket": int(PAN)}}
+        result = hub.ingest("pos-1", [IncomingEvent(1, str(uuid.uuid4()), "decision", T0, json.dumps(payload))])
+        assert result.acked_through == 1 and "payload.inputs.context__basket" in result.rejected[0].reason
+    finally:
+        hub.close()
+    assert PAN.encode() not in _blob(tmp_path / "hub")

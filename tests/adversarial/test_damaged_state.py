@@ -155,14 +155,20 @@ def test_an_older_copy_of_the_state_is_refused(tmp_path: Path, gateway: Gateway,
     backup = tmp_path / "backup.sqlite"
     synced_device(state, kit, gateway)
     with open_device(state, kit) as client:
-        client._store._conn.execute(f"VACUUM INTO '{backup}'")  # last night's backup
         client.award_points("c1", 70, idempotency_key="k2", reason="purchase")
+        client._store._conn.execute(f"VACUUM INTO '{backup}'")  # last night's backup: k2 not yet synced
+        client.sync(target(gateway), token=DEVICE_TOKEN)
+        client.award_points("c1", 30, idempotency_key="k3", reason="purchase")
         client.sync(target(gateway), token=DEVICE_TOKEN)
     for suffix in ("-wal", "-shm"):
         (state / f"state.sqlite{suffix}").unlink(missing_ok=True)
     backup.replace(state / "state.sqlite")
     with pytest.raises(DamagedStateError, match="older copy.*nbo recover"):
         open_device(state, kit)
+    report = recover_state(state, target(gateway), token=DEVICE_TOKEN)
+    assert report.carried_over == 0  # the copy's unsynced k2 reached the hub later: not queued twice
+    with open_device(state, kit) as client:
+        assert client.points_balance("c1") == 150 and client.pending_events() == 0
 
 
 def test_a_wiped_device_is_refused_by_the_hub_and_recovered(tmp_path: Path, gateway: Gateway,
@@ -178,11 +184,14 @@ def test_a_wiped_device_is_refused_by_the_hub_and_recovered(tmp_path: Path, gate
         with pytest.raises(SyncError, match="ALREADY_EXISTS.*nbo recover"):
             client.sync(target(gateway), token=DEVICE_TOKEN)
     report = recover_state(state, target(gateway), token=DEVICE_TOKEN, device_id=DEVICE)
-    assert (report.max_seq, report.unsynced_left_behind) == (1, 1)
+    # The award made after the wipe is not lost: it is queued again after the hub's seq 1.
+    assert (report.max_seq, report.carried_over) == (1, 1)
     with open_device(state, kit) as client:
         assert client.points_balance("c1") == 50
+        assert client.points_balance("c2") == 5 and client.pending_events() == 1
         assert client.acked_through() == 1
-        client.award_points("c2", 5, idempotency_key="after", reason="purchase")
+        first = client.award_points("c2", 5, idempotency_key="after", reason="purchase")  # the till retries
+        assert client.pending_events() == 1 and first.points == 5
         assert client.sync(target(gateway), token=DEVICE_TOKEN).acked_through == 2
     assert gateway.server.hub.balance("c2") == 5
 
@@ -235,9 +244,11 @@ def test_recover_refuses_a_healthy_state_unless_forced(tmp_path: Path, gateway: 
     with open_device(state, kit) as client:
         assert client.points_balance("c1") == 57  # untouched
     report = recover_state(state, target(gateway), token=DEVICE_TOKEN, force=True)
-    assert report.unsynced_left_behind == 1 and report.moved_aside is not None
+    assert report.carried_over == 1 and report.moved_aside is not None  # the unsynced award queued again
     with open_device(state, kit) as client:
-        assert client.points_balance("c1") == 50
+        assert client.points_balance("c1") == 57
+        assert client.sync(target(gateway), token=DEVICE_TOKEN).errors == ()
+    assert gateway.server.hub.balance("c1") == 57
 
 
 def test_recover_with_a_token_of_another_device_changes_nothing(tmp_path: Path, gateway: Gateway,
@@ -247,5 +258,27 @@ def test_recover_with_a_token_of_another_device_changes_nothing(tmp_path: Path, 
     empty_file(state)
     with pytest.raises(SyncError, match="PERMISSION_DENIED"):
         recover_state(state, target(gateway), token="device-token-pos-2")
+    with pytest.raises(StateError, match="state of device 'pos-1'.*not 'pos-2'"):
+        recover_state(state, target(gateway), token="device-token-pos-2", device_id="pos-2")
+    with open_device(tmp_path / "healthy", kit):
+        pass  # a healthy state of pos-1, never synced: no marker, only its own database says whose it is
+    with pytest.raises(StateError, match="belongs to device 'pos-1'"):
+        recover_state(tmp_path / "healthy", target(gateway), token="device-token-pos-2", device_id="pos-2")
     assert (state / "state.sqlite").stat().st_size == 0 and not list(state.glob("damaged-*"))
     assert not (state / "recovering").exists()
+
+
+def test_every_streaming_rpc_has_an_admission_limit_and_an_idle_limit() -> None:
+    """RecoverDevice streams a device's whole history: a reader that stops reading must not hold
+    a thread for ever (the limits DownloadBundle has, docs/operations.md)."""
+    from nbo.gateway._call_limits import _route
+    from nbo.v1 import common_pb2, decision_pb2, publish_pb2, sync_pb2
+
+    streaming = [f"/{service.full_name}/{method.name}"
+                 for module in (common_pb2, decision_pb2, publish_pb2, sync_pb2)
+                 for service in module.DESCRIPTOR.services_by_name.values()
+                 for method in service.methods if method.server_streaming or method.client_streaming]
+    assert "/nbo.v1.SyncService/RecoverDevice" in streaming
+    for method in streaming:
+        kind, group, idle = _route(method)
+        assert kind == "transfer" and group is not None and idle, method

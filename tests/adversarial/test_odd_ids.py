@@ -24,7 +24,7 @@ from gateway_helpers import (
     DEVICE_TOKEN,
 )
 from nbo.sdk import Client, InputError, ManualClock, _sync
-from nbo.sdk.core import ID_MAX, check_id, id_problem
+from nbo.sdk.core import BUNDLE_NAME_RE, ID_MAX, check_id, id_problem
 from nbo.v1 import common_pb2, decision_pb2, sync_pb2
 
 T0 = 1_700_000_000.0
@@ -132,6 +132,14 @@ def test_every_rpc_refuses_odd_ids(hub_gateway: Any) -> None:
             with pytest.raises(grpc.RpcError) as info:
                 method(request, metadata=APP)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value.details())
+        for bundle_call in (
+            lambda v=value: list(gw.sync.DownloadBundle(sync_pb2.DownloadBundleRequest(name=v, version=1),
+                                                        metadata=DEVICE)),
+            lambda v=value: gw.sync.GetLatestBundle(sync_pb2.GetLatestBundleRequest(name=v), metadata=DEVICE),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                bundle_call()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value.details())
     # the gateway is still answering, and the hub holds nothing of them
     assert gw.decision.GetBalance(decision_pb2.GetBalanceRequest(customer_id="c-ok"), metadata=APP).balance == 0
 
@@ -218,3 +226,8 @@ def test_an_answer_the_device_cannot_apply_is_dead_lettered_and_the_rest_acked(
     blob = b"".join(p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file())
     assert b"4111 1111 1111 1111" not in blob and b"cust\x001" not in blob
 
+
+
+def test_a_bundle_name_with_a_trailing_newline_is_not_a_bundle_name() -> None:
+    # "$" matches before a final "\n": the pattern ends with \Z, so every user of it refuses one.
+    assert BUNDLE_NAME_RE.match("small") and not BUNDLE_NAME_RE.match("small\n")

@@ -10,7 +10,9 @@ the hub's write lock was still recorded as shown. Now:
   at build, a measured evaluation on sample data (at most 5 ms), each refusal naming the rule;
 - a bundle over the static budget is refused at install and at publish before any evaluation,
   with ``Health`` answering throughout;
-- a decision whose caller has gone by the time it would be recorded is not recorded.
+- a decision whose caller has gone by the time it would be recorded is not recorded;
+- lists in a request's profile or context are at most 1,000 items, so what a rule can do
+  over request data is bounded too.
 """
 
 from __future__ import annotations
@@ -142,3 +144,19 @@ def test_a_decision_whose_caller_gave_up_is_not_recorded(tmp_path: Path, bundles
             shown = [row[0] for row in tx.execute("SELECT DISTINCT customer_id FROM contact_history")]
         assert recorded == ["waited"]
         assert shown == ["waited"]
+
+
+def test_request_lists_are_bounded_for_rules_to_run_over(tmp_path: Path, bundles: tuple[Path, Path, Path]) -> None:
+    """What the static budget leaves to the data: a rule's comprehension over a request's list
+    runs over at most 1,000 items (the request is refused naming the field otherwise)."""
+    pub, v1, _ = bundles
+    with running_gateway(tmp_path / "gw", config_data(trusted_key=pub)) as gw:
+        gw.publisher.PublishBundle(publish_chunks(v1.read_bytes()), metadata=PUBLISHER, timeout=60)
+        request = decision_pb2.DecideRequest(customer_id="c1", channel="app")
+        request.profile.update({"owned_products": [f"P{i}" for i in range(1001)]})
+        with pytest.raises(grpc.RpcError) as info:
+            gw.decision.Decide(request, metadata=APP, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "profile.owned_products has 1001 items; at most 1000 are allowed"
+        request.profile.update({"owned_products": [f"P{i}" for i in range(1000)]})
+        assert gw.decision.Decide(request, metadata=APP, timeout=10).offers

@@ -15,13 +15,23 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from gateway_helpers import APP, DEVICE, PUBLISHER, Gateway, bundle_kit, config_data, publish, running_gateway
+from gateway_helpers import (
+    APP,
+    DEVICE,
+    PUBLISHER,
+    Gateway,
+    bundle_kit,
+    config_data,
+    publish,
+    running_gateway,
+    wait_for,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nbo.gateway import create_server, parse_config
 from nbo.gateway._call_limits import CallLimits
@@ -31,15 +41,6 @@ from nbo.v1 import decision_pb2, decision_pb2_grpc, publish_pb2, publish_pb2_grp
 # the server's send after the first 64 KiB.
 STALLED_CHANNEL = (("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0))
 BIG = 8 * 1024 * 1024
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Stalls:

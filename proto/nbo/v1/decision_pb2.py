@@ -26,15 +26,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15nbo/v1/decision.proto\x12\x06nbo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\rDecideRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x07profile\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x42\n\n\x08_profileB\x08\n\x06_limit\"\xf4\x01\n\x0bRankedOffer\x12\x10\n\x08offer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x0e\n\x06weight\x18\x07 \x01(\x01\x12\r\n\x05lever\x18\x08 \x01(\x01\x12\r\n\x05score\x18\t \x01(\x01\x12\x11\n\tmandatory\x18\n \x01(\x08\x12\x10\n\x08\x66\x61llback\x18\x0b \x01(\x08\x12\x1d\n\x15selection_probability\x18\x0c \x01(\x01\x12\x0c\n\x04rank\x18\r \x01(\x05\"Q\n\tExclusion\x12\x10\n\x08offer_id\x18\x01 \x01(\t\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\x84\x02\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x13\n\x0b\x62undle_name\x18\x04 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x05 \x01(\x03\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12#\n\x06offers\x18\x07 \x03(\x0b\x32\x13.nbo.v1.RankedOffer\x12#\n\x08\x65xcluded\x18\x08 \x03(\x0b\x32\x11.nbo.v1.Exclusion\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x15RecordResponseRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08offer_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.nbo.v1.Outcome\"a\n\x16RecordResponseResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08offer_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.nbo.v1.Outcome\"\x93\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x33\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x15\n\x08reverses\x18\t \x01(\tH\x01\x88\x01\x01\x42\r\n\x0b_expires_atB\x0b\n\t_reverses\"\xa6\x01\n\x12\x41wardPointsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x33\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x42\r\n\x0b_expires_at\"J\n\x13\x41wardPointsResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.nbo.v1.LedgerEntry\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"c\n\x13RedeemPointsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"K\n\x14RedeemPointsResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.nbo.v1.LedgerEntry\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"(\n\x11GetBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\":\n\x12GetBalanceResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"\xef\x01\n\x14RecordPaymentRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x15\n\rpayment_token\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x15\n\x08store_id\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65\x63ision_id\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08offer_id\x18\x08 \x01(\tH\x02\x88\x01\x01\x42\x0b\n\t_store_idB\x0e\n\x0c_decision_idB\x0b\n\t_offer_id\"\xac\x02\n\rPaymentRecord\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x15\n\rpayment_token\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x15\n\x08store_id\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65\x63ision_id\x18\t \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08offer_id\x18\n \x01(\tH\x02\x88\x01\x01\x42\x0b\n\t_store_idB\x0e\n\x0c_decision_idB\x0b\n\t_offer_id\"?\n\x15RecordPaymentResponse\x12&\n\x07payment\x18\x01 \x01(\x0b\x32\x15.nbo.v1.PaymentRecord*c\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x14\n\x10OUTCOME_DECLINED\x10\x02\x12\x13\n\x0fOUTCOME_IGNORED\x10\x03\x32\xc1\x03\n\x0f\x44\x65\x63isionService\x12\x37\n\x06\x44\x65\x63ide\x12\x15.nbo.v1.DecideRequest\x1a\x16.nbo.v1.DecideResponse\x12O\n\x0eRecordResponse\x12\x1d.nbo.v1.RecordResponseRequest\x1a\x1e.nbo.v1.RecordResponseResponse\x12\x46\n\x0b\x41wardPoints\x12\x1a.nbo.v1.AwardPointsRequest\x1a\x1b.nbo.v1.AwardPointsResponse\x12I\n\x0cRedeemPoints\x12\x1b.nbo.v1.RedeemPointsRequest\x1a\x1c.nbo.v1.RedeemPointsResponse\x12\x43\n\nGetBalance\x12\x19.nbo.v1.GetBalanceRequest\x1a\x1a.nbo.v1.GetBalanceResponse\x12L\n\rRecordPayment\x12\x1c.nbo.v1.RecordPaymentRequest\x1a\x1d.nbo.v1.RecordPaymentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15nbo/v1/decision.proto\x12\x06nbo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\rDecideRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x07profile\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x42\n\n\x08_profileB\x08\n\x06_limit\"\xf4\x01\n\x0bRankedOffer\x12\x10\n\x08offer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x0e\n\x06weight\x18\x07 \x01(\x01\x12\r\n\x05lever\x18\x08 \x01(\x01\x12\r\n\x05score\x18\t \x01(\x01\x12\x11\n\tmandatory\x18\n \x01(\x08\x12\x10\n\x08\x66\x61llback\x18\x0b \x01(\x08\x12\x1d\n\x15selection_probability\x18\x0c \x01(\x01\x12\x0c\n\x04rank\x18\r \x01(\x05\"Q\n\tExclusion\x12\x10\n\x08offer_id\x18\x01 \x01(\t\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xbe\x02\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x13\n\x0b\x62undle_name\x18\x04 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x05 \x01(\x03\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12#\n\x06offers\x18\x07 \x03(\x0b\x32\x13.nbo.v1.RankedOffer\x12#\n\x08\x65xcluded\x18\x08 \x03(\x0b\x32\x11.nbo.v1.Exclusion\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rexperiment_id\x18\n \x01(\t\x12\x0b\n\x03\x61rm\x18\x0b \x01(\t\x12\x14\n\x0chash_version\x18\x0c \x01(\x05\"`\n\x15RecordResponseRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08offer_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.nbo.v1.Outcome\"a\n\x16RecordResponseResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08offer_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.nbo.v1.Outcome\"\x93\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x33\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x15\n\x08reverses\x18\t \x01(\tH\x01\x88\x01\x01\x42\r\n\x0b_expires_atB\x0b\n\t_reverses\"\xa6\x01\n\x12\x41wardPointsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x33\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x42\r\n\x0b_expires_at\"J\n\x13\x41wardPointsResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.nbo.v1.LedgerEntry\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"c\n\x13RedeemPointsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"K\n\x14RedeemPointsResponse\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.nbo.v1.LedgerEntry\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"(\n\x11GetBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\":\n\x12GetBalanceResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"\xef\x01\n\x14RecordPaymentRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x15\n\rpayment_token\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x15\n\x08store_id\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65\x63ision_id\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08offer_id\x18\x08 \x01(\tH\x02\x88\x01\x01\x42\x0b\n\t_store_idB\x0e\n\x0c_decision_idB\x0b\n\t_offer_id\"\xac\x02\n\rPaymentRecord\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x15\n\rpayment_token\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x15\n\x08store_id\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65\x63ision_id\x18\t \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08offer_id\x18\n \x01(\tH\x02\x88\x01\x01\x42\x0b\n\t_store_idB\x0e\n\x0c_decision_idB\x0b\n\t_offer_id\"?\n\x15RecordPaymentResponse\x12&\n\x07payment\x18\x01 \x01(\x0b\x32\x15.nbo.v1.PaymentRecord*c\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x14\n\x10OUTCOME_DECLINED\x10\x02\x12\x13\n\x0fOUTCOME_IGNORED\x10\x03\x32\xc1\x03\n\x0f\x44\x65\x63isionService\x12\x37\n\x06\x44\x65\x63ide\x12\x15.nbo.v1.DecideRequest\x1a\x16.nbo.v1.DecideResponse\x12O\n\x0eRecordResponse\x12\x1d.nbo.v1.RecordResponseRequest\x1a\x1e.nbo.v1.RecordResponseResponse\x12\x46\n\x0b\x41wardPoints\x12\x1a.nbo.v1.AwardPointsRequest\x1a\x1b.nbo.v1.AwardPointsResponse\x12I\n\x0cRedeemPoints\x12\x1b.nbo.v1.RedeemPointsRequest\x1a\x1c.nbo.v1.RedeemPointsResponse\x12\x43\n\nGetBalance\x12\x19.nbo.v1.GetBalanceRequest\x1a\x1a.nbo.v1.GetBalanceResponse\x12L\n\rRecordPayment\x12\x1c.nbo.v1.RecordPaymentRequest\x1a\x1d.nbo.v1.RecordPaymentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nbo.v1.decision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=2503
-  _globals['_OUTCOME']._serialized_end=2602
+  _globals['_OUTCOME']._serialized_start=2561
+  _globals['_OUTCOME']._serialized_end=2660
   _globals['_DECIDEREQUEST']._serialized_start=97
   _globals['_DECIDEREQUEST']._serialized_end=298
   _globals['_RANKEDOFFER']._serialized_start=301
@@ -42,31 +42,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXCLUSION']._serialized_start=547
   _globals['_EXCLUSION']._serialized_end=628
   _globals['_DECIDERESPONSE']._serialized_start=631
-  _globals['_DECIDERESPONSE']._serialized_end=891
-  _globals['_RECORDRESPONSEREQUEST']._serialized_start=893
-  _globals['_RECORDRESPONSEREQUEST']._serialized_end=989
-  _globals['_RECORDRESPONSERESPONSE']._serialized_start=991
-  _globals['_RECORDRESPONSERESPONSE']._serialized_end=1088
-  _globals['_LEDGERENTRY']._serialized_start=1091
-  _globals['_LEDGERENTRY']._serialized_end=1366
-  _globals['_AWARDPOINTSREQUEST']._serialized_start=1369
-  _globals['_AWARDPOINTSREQUEST']._serialized_end=1535
-  _globals['_AWARDPOINTSRESPONSE']._serialized_start=1537
-  _globals['_AWARDPOINTSRESPONSE']._serialized_end=1611
-  _globals['_REDEEMPOINTSREQUEST']._serialized_start=1613
-  _globals['_REDEEMPOINTSREQUEST']._serialized_end=1712
-  _globals['_REDEEMPOINTSRESPONSE']._serialized_start=1714
-  _globals['_REDEEMPOINTSRESPONSE']._serialized_end=1789
-  _globals['_GETBALANCEREQUEST']._serialized_start=1791
-  _globals['_GETBALANCEREQUEST']._serialized_end=1831
-  _globals['_GETBALANCERESPONSE']._serialized_start=1833
-  _globals['_GETBALANCERESPONSE']._serialized_end=1891
-  _globals['_RECORDPAYMENTREQUEST']._serialized_start=1894
-  _globals['_RECORDPAYMENTREQUEST']._serialized_end=2133
-  _globals['_PAYMENTRECORD']._serialized_start=2136
-  _globals['_PAYMENTRECORD']._serialized_end=2436
-  _globals['_RECORDPAYMENTRESPONSE']._serialized_start=2438
-  _globals['_RECORDPAYMENTRESPONSE']._serialized_end=2501
-  _globals['_DECISIONSERVICE']._serialized_start=2605
-  _globals['_DECISIONSERVICE']._serialized_end=3054
+  _globals['_DECIDERESPONSE']._serialized_end=949
+  _globals['_RECORDRESPONSEREQUEST']._serialized_start=951
+  _globals['_RECORDRESPONSEREQUEST']._serialized_end=1047
+  _globals['_RECORDRESPONSERESPONSE']._serialized_start=1049
+  _globals['_RECORDRESPONSERESPONSE']._serialized_end=1146
+  _globals['_LEDGERENTRY']._serialized_start=1149
+  _globals['_LEDGERENTRY']._serialized_end=1424
+  _globals['_AWARDPOINTSREQUEST']._serialized_start=1427
+  _globals['_AWARDPOINTSREQUEST']._serialized_end=1593
+  _globals['_AWARDPOINTSRESPONSE']._serialized_start=1595
+  _globals['_AWARDPOINTSRESPONSE']._serialized_end=1669
+  _globals['_REDEEMPOINTSREQUEST']._serialized_start=1671
+  _globals['_REDEEMPOINTSREQUEST']._serialized_end=1770
+  _globals['_REDEEMPOINTSRESPONSE']._serialized_start=1772
+  _globals['_REDEEMPOINTSRESPONSE']._serialized_end=1847
+  _globals['_GETBALANCEREQUEST']._serialized_start=1849
+  _globals['_GETBALANCEREQUEST']._serialized_end=1889
+  _globals['_GETBALANCERESPONSE']._serialized_start=1891
+  _globals['_GETBALANCERESPONSE']._serialized_end=1949
+  _globals['_RECORDPAYMENTREQUEST']._serialized_start=1952
+  _globals['_RECORDPAYMENTREQUEST']._serialized_end=2191
+  _globals['_PAYMENTRECORD']._serialized_start=2194
+  _globals['_PAYMENTRECORD']._serialized_end=2494
+  _globals['_RECORDPAYMENTRESPONSE']._serialized_start=2496
+  _globals['_RECORDPAYMENTRESPONSE']._serialized_end=2559
+  _globals['_DECISIONSERVICE']._serialized_start=2663
+  _globals['_DECISIONSERVICE']._serialized_end=3112
 # @@protoc_insertion_point(module_scope)

@@ -81,7 +81,7 @@ class Exclusion(_message.Message):
     def __init__(self, offer_id: _Optional[str] = ..., rule_id: _Optional[str] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "customer_id", "channel", "bundle_name", "bundle_version", "strategy", "offers", "excluded", "created_at")
+    __slots__ = ("decision_id", "customer_id", "channel", "bundle_name", "bundle_version", "strategy", "offers", "excluded", "created_at", "experiment_id", "arm", "hash_version")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,9 @@ class DecideResponse(_message.Message):
     OFFERS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    HASH_VERSION_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     customer_id: str
     channel: str
@@ -100,7 +103,10 @@ class DecideResponse(_message.Message):
     offers: _containers.RepeatedCompositeFieldContainer[RankedOffer]
     excluded: _containers.RepeatedCompositeFieldContainer[Exclusion]
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, decision_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., channel: _Optional[str] = ..., bundle_name: _Optional[str] = ..., bundle_version: _Optional[int] = ..., strategy: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[RankedOffer, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    experiment_id: str
+    arm: str
+    hash_version: int
+    def __init__(self, decision_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., channel: _Optional[str] = ..., bundle_name: _Optional[str] = ..., bundle_version: _Optional[int] = ..., strategy: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[RankedOffer, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., arm: _Optional[str] = ..., hash_version: _Optional[int] = ...) -> None: ...
 
 class RecordResponseRequest(_message.Message):
     __slots__ = ("decision_id", "offer_id", "outcome")
