@@ -413,7 +413,10 @@ class Console:
         report = self.models()
         charts = {label: _charts.calibration([(r[2], r[3], r[1]) for r in table.rows], title=f"calibration {label}")
                   for label, table in report.curves.items()}
-        return ({"_started": started, "report": report, "charts": charts}, {"models": report.models})
+        tables = {"models": report.models}
+        if report.experiments is not None:
+            tables["experiments"] = report.experiments
+        return ({"_started": started, "report": report, "charts": charts}, tables)
 
 
 def _num(value: Any) -> str:

@@ -422,7 +422,8 @@ class ModelReport:
     curves: Mapping[str, Table] = field(default_factory=dict)
     """Per model row label: calibration points (predicted mean, observed rate, shown) by decile."""
     experiments: Table | None = None
-    """Experiment verdicts, when the hub records experiments (``None``: it does not)."""
+    """Per experiment arm: decisions, offers shown, accepted, acceptance rate, value accepted
+    (``None``: no decision in the hub was in an experiment)."""
 
 
 def model_report(hub: HubReader, rollups: RollupStore, *, catalog_models: Mapping[tuple[str, int], Mapping[str, str]]
@@ -459,7 +460,13 @@ def model_report(hub: HubReader, rollups: RollupStore, *, catalog_models: Mappin
                                                         "observed_rate"), tuple(points))
     models_table = Table(("bundle", "version", "model", "shown", "accepted", "mean_predicted", "observed_rate",
                           "auc"), tuple(out))
-    return ModelReport(models=models_table, curves=curves, experiments=None)
+    arms = rollups.query("SELECT experiment, arm, kind, decisions, shown, accepted, value_accepted FROM arms "
+                         "ORDER BY experiment, arm")
+    experiments = Table(("experiment", "arm", "kind", "decisions", "offers_shown", "accepted", "acceptance_rate",
+                         "value_accepted"), tuple(
+        (e, a, k, int(d), int(s), int(acc), _round(_rate(acc, s)), round(float(v), 2))
+        for e, a, k, d, s, acc, v in arms)) if arms else None
+    return ModelReport(models=models_table, curves=curves, experiments=experiments)
 
 
 def binned_auc(bins: Sequence[tuple[int, int]]) -> float | None:
