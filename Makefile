@@ -11,10 +11,13 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "make: setting up $(VENV): nbo-edge and its dependencies (once, or when pyproject.toml changes; about a minute) ..."
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "make: installing nbo-edge[dev] into $(VENV) ..."
+	@$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+	@echo "make: $(VENV) is ready"
 
 demo: $(STAMP)
 	$(VENV)/bin/nbo demo

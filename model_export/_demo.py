@@ -14,6 +14,7 @@ This is the one module of ``nbo.model_export`` that starts a gateway; it imports
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import shutil
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -159,6 +160,46 @@ def _learning_loop(say: Callable[..., None], *, root: Path, clients: dict[str, A
         say(f"      verdict: {evaluation.verdict} — v3 is not published; v2 keeps serving")
 
 
+def _toml(config: Mapping[str, Any]) -> str:
+    """The demo gateway's configuration mapping as TOML (strings and lists of strings only)."""
+    lines = []
+    for token in config["tokens"]:
+        lines.append("[[tokens]]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in token.items())
+        lines.append("")
+    for table in ("trust", "hub"):
+        lines.append(f"[{table}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in config[table].items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _say_gateway(say: Callable[..., None], root: Path, serving: str | None) -> None:
+    """How to reach the kept gateway: where it is, its tokens, the app-backend example against it."""
+    target = serving or "127.0.0.1:50051"
+    say("\nThe gateway is kept: state " f"{root / 'gateway'}, configuration {root / 'gateway.toml'}")
+    if serving:
+        say(f"  serving at {serving} until the console stops (Ctrl-C)")
+    else:
+        say(f"  start it:  nbo serve --state {root / 'gateway'} --listen {target} --config {root / 'gateway.toml'}")
+    say(f"  tokens:    app {APP_TOKEN} · publisher {PUBLISHER_TOKEN} · "
+        + " · ".join(f"device {d} {_device_token(d)}" for d in TERMINALS))
+    say(f"  try it:    python examples/mobile_backend_client.py --target {target} --token {APP_TOKEN}")
+
+
+def _hub_acceptance(hub: Any, top: int = 8) -> list[list[Any]]:
+    """Responses and acceptances per offer as the hub's event log holds them (most responses first)."""
+    responses: Counter[str] = Counter()
+    accepted: Counter[str] = Counter()
+    for event in hub.events():
+        if event["type"] != "response":
+            continue
+        payload = json.loads(event["payload"]) if isinstance(event["payload"], str) else event["payload"]
+        responses[payload["offer_id"]] += 1
+        accepted[payload["offer_id"]] += payload["outcome"] == "accepted"
+    return [[offer_id, n, accepted[offer_id], accepted[offer_id] / n] for offer_id, n in responses.most_common(top)]
+
+
 def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = False, customers: int = 1200,
              visits: int = 40, seed: int = 7, out: TextIO | None = None,
              then: Callable[[Path], None] | None = None) -> DemoResult:
@@ -224,7 +265,7 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
             say(f"      {bundle_v1.path.name}: key id {keys.key_id}, {bundle_v1.offer_count} offers")
 
         with steps.step("Starting the gateway on a free loopback port (SQLite hub)"):
-            config = parse_config({
+            gateway_config = {
                 "tokens": [
                     {"token": APP_TOKEN, "role": "app"},
                     {"token": PUBLISHER_TOKEN, "role": "publisher"},
@@ -232,7 +273,10 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
                 ],
                 "trust": {"keys": [str(keys.public_key)]},
                 "hub": {"db": f"sqlite:///{root / 'gateway' / 'hub.sqlite'}"},
-            })
+            }
+            config = parse_config(gateway_config)
+            # the same configuration as a file: `nbo serve` starts this gateway again from the kept directory
+            (root / "gateway.toml").write_text(_toml(gateway_config), encoding="utf-8")
             server, port = create_server(config, state_dir=root / "gateway", listen="127.0.0.1:0",
                                          bundle_poll_seconds=0)
             server.start()
@@ -247,8 +291,6 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
                 clients[device_id] = Client.open(root / device_id, device_id=device_id,
                                                  trusted_keys=[keys.public_key])
                 clients[device_id].install_bundle(bundle_v1.path)
-            accepted: Counter[str] = Counter()
-            shown: Counter[str] = Counter()
             card_refused = 0
             for i, customer_id in enumerate(customer_ids):
                 client = clients[TERMINALS[i % 2]]
@@ -257,7 +299,6 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
                     say(f"      {customer_id} ({decision.strategy or 'no strategy'}): {_offer_line(decision)}")
                 # the regulatory notice is shown first when due; the response is about the sales offer
                 top = next((o for o in decision.offers if not o.mandatory), decision.offers[0])
-                shown[top.offer_id] += 1
                 outcome = "accepted" if rng.random() < top.propensity else "declined"
                 client.record_response(decision.decision_id, top.offer_id, outcome)
                 amount = Decimal(rng.randrange(500, 20000)) / 100
@@ -269,8 +310,6 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
                                       currency="EUR", idempotency_key=f"{decision.decision_id}:pay",
                                       store_id="store-7", decision_id=decision.decision_id,
                                       offer_id=top.offer_id)
-                if outcome == "accepted":
-                    accepted[top.offer_id] += 1
                 if i == 0:
                     try:  # a cashier types the card number into the token field: refused, never stored
                         client.record_payment(customer_id, payment_token="4111 1111 1111 1111", amount="1.00",
@@ -295,7 +334,7 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
             say(format_table(["terminal", "pushed", "acked through", "dead-lettered", "balances", "pending"],
                                rows))
 
-        with steps.step("Balances at the hub (app backend, gRPC GetBalance)"):
+        with steps.step("What the hub holds now: balances (gRPC GetBalance), responses (its event log)"):
             channel = grpc.insecure_channel(hub)
             stub = decision_pb2_grpc.DecisionServiceStub(channel)
             auth = (("authorization", f"Bearer {APP_TOKEN}"),)
@@ -306,8 +345,8 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
                 terminal = clients[TERMINALS[customer_ids.index(customer_id) % 2]]
                 rows.append([customer_id, hub_balance, terminal.points_balance(customer_id)])
             say(format_table(["customer", "hub balance", "terminal balance"], rows))
-            rows = [[offer_id, n, accepted[offer_id], accepted[offer_id] / n] for offer_id, n in shown.most_common(8)]
-            say(format_table(["top offer shown", "shown", "accepted", "rate"], rows, title="Acceptance by offer"))
+            say(format_table(["offer", "responses", "accepted", "acceptance rate"], _hub_acceptance(server.hub),
+                             title="Acceptance by offer, from the response events the hub holds (top 8)"))
 
         with steps.step("Publishing bundle v2 (a campaign lever) and watching the terminals pick it up"):
             # v2: the business pushes the gold-tier campaign (lever 1.5) — terminals pick it up on sync
@@ -359,14 +398,16 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
             + ("" if kept else " (deleted with the demo directory; rerun with --keep)"))
         result = DemoResult(directory=root, kept=kept, report_path=trained.report_path,
                             seconds=time.perf_counter() - steps.started, card_number_refused=card_refused == 1)
+        if kept:
+            _say_gateway(say, root, hub if then is not None else None)
         if then is not None:
             for client in clients.values():
                 client.close()
             clients.clear()
-            if server is not None:
+            if server is not None and not kept:
                 server.stop(grace=2).wait()
                 server = None
-            then(root)
+            then(root)  # a kept demo's gateway keeps serving meanwhile, for the app-backend example
         return result
     finally:
         for client in clients.values():

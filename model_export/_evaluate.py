@@ -164,36 +164,24 @@ def _check_bootstrap(n_bootstrap: Any) -> int:
     return n_bootstrap
 
 
-class _Resampler:
-    """Bootstrap resampling counts per row: rows drawn with replacement, or whole groups."""
-
-    def __init__(self, n: int, groups: np.ndarray | None, seed: int) -> None:
-        self.n = n
-        self.groups = groups
-        self.n_units = n if groups is None else int(groups.max()) + 1
-        self.rng = np.random.default_rng(seed)
-
-    def counts(self) -> np.ndarray:
-        drawn = np.bincount(self.rng.integers(0, self.n_units, self.n_units), minlength=self.n_units)
-        return drawn if self.groups is None else drawn[self.groups]
-
-
-def _ips(c: np.ndarray | None, w: np.ndarray, r: np.ndarray) -> float:
-    if c is None:
-        return float(np.mean(w * r))
-    return float(c @ (w * r) / c.sum())
+def _totals(terms: np.ndarray, groups: np.ndarray | None, seed: int, n_bootstrap: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Column sums of ``terms`` (n rows × k per-row terms): over the log, and over each of
+    ``n_bootstrap`` resamples of rows (or of whole groups) — one matrix product per resample."""
+    if groups is not None:
+        units = int(groups.max()) + 1
+        terms = np.column_stack([np.bincount(groups, weights=terms[:, j], minlength=units)
+                                 for j in range(terms.shape[1])])
+    units = terms.shape[0]
+    rng = np.random.default_rng(seed)
+    resampled = np.empty((n_bootstrap, terms.shape[1]))
+    for b in range(n_bootstrap):
+        resampled[b] = np.bincount(rng.integers(0, units, units), minlength=units) @ terms
+    return terms.sum(axis=0), resampled
 
 
-def _snips(c: np.ndarray | None, w: np.ndarray, r: np.ndarray) -> float:
-    total = float(w.sum() if c is None else c @ w)
-    if total <= 0:
-        return math.nan  # no logged round the policy would have chosen: undefined
-    return float((w @ r if c is None else c @ (w * r)) / total)
-
-
-def _dr(c: np.ndarray | None, w: np.ndarray, r: np.ndarray, dm: np.ndarray, q: np.ndarray) -> float:
-    terms = dm + w * (r - q)
-    return float(terms.mean() if c is None else c @ terms / c.sum())
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
 
 
 def _interval(samples: list[float]) -> tuple[float, float]:
@@ -209,23 +197,26 @@ def _estimates(w: np.ndarray, r: np.ndarray, dm: np.ndarray | None, q: np.ndarra
     n_bootstrap = _check_bootstrap(n_bootstrap)
     ess = float(w.sum() ** 2 / (w @ w)) if (w @ w) > 0 else 0.0
     top = float(w.max()) if len(w) else 0.0
-    fns: dict[str, Callable[[np.ndarray | None], float]] = {
-        "ips": lambda c: _ips(c, w, r),
-        "snips": lambda c: _snips(c, w, r),
-    }
+    columns = [w * r, w, np.ones_like(w)]
     if dm is not None and q is not None:
-        fns["dr"] = lambda c: _dr(c, w, r, dm, q)
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    resampler = _Resampler(len(w), groups, seed)
-    for _ in range(n_bootstrap):
-        c = resampler.counts().astype(np.float64)
-        for k, fn in fns.items():
-            samples[k].append(fn(c))
-    out = {}
-    for k, fn in fns.items():
+        columns.append(dm + w * (r - q))
+    point, resampled = _totals(np.column_stack(columns), groups, seed, n_bootstrap)
+
+    def values(tot: np.ndarray) -> dict[str, float]:
+        out = {"ips": _ratio(tot[0], tot[2]), "snips": _ratio(tot[0], tot[1])}
+        if len(tot) > 3:
+            out["dr"] = _ratio(tot[3], tot[2])
+        return out
+
+    samples: dict[str, list[float]] = {k: [] for k in values(point)}
+    for tot in resampled:
+        for k, v in values(tot).items():
+            samples[k].append(v)
+    result = {}
+    for k, v in values(point).items():
         low, high = _interval(samples[k])
-        out[k] = Estimate(value=fn(None), low=low, high=high, ess=ess, max_weight=top)
-    return out
+        result[k] = Estimate(value=v, low=low, high=high, ess=ess, max_weight=top)
+    return result
 
 
 # -- the bundle API ---------------------------------------------------------------------------------
@@ -532,23 +523,29 @@ def _compare(a: Mapping[str, np.ndarray], groups: np.ndarray, positions: np.ndar
         ("logging", "value"): (ones, a["val"], a["dm_log_val"], a["q_val"], per_decision),
     }
 
-    def estimators(c: np.ndarray | None) -> dict[tuple[str, str, str], float]:
+    columns: list[np.ndarray] = []
+    for ww, r, dm, q, _ in specs.values():
+        columns += [ww * r, ww, dm + ww * (r - q)]
+    columns.append(ones)
+    point_totals, resampled = _totals(np.column_stack(columns), groups, seed, n_bootstrap)
+
+    def estimators(tot: np.ndarray) -> dict[tuple[str, str, str], float]:
         out = {}
-        for (who, metric), (ww, r, dm, q, scale) in specs.items():
-            out[(who, metric, "ips")] = _ips(c, ww, r) * scale
-            out[(who, metric, "snips")] = _snips(c, ww, r) * scale
-            out[(who, metric, "dr")] = _dr(c, ww, r, dm, q) * scale
+        n_rows = tot[-1]
+        for j, ((who, metric), (*_, scale)) in enumerate(specs.items()):
+            wr, w_sum, dr = tot[3 * j], tot[3 * j + 1], tot[3 * j + 2]
+            out[(who, metric, "ips")] = _ratio(wr, n_rows) * scale
+            out[(who, metric, "snips")] = _ratio(wr, w_sum) * scale
+            out[(who, metric, "dr")] = _ratio(dr, n_rows) * scale
         for metric in ("acceptance", "value"):
             for est in ("ips", "snips", "dr"):
                 out[("difference", metric, est)] = out[("candidate", metric, est)] - out[("logging", metric, est)]
         return out
 
-    point = estimators(None)
-    resampler = _Resampler(len(w), groups, seed)
+    point = estimators(point_totals)
     samples: dict[tuple[str, str, str], list[float]] = {k: [] for k in point}
-    for _ in range(n_bootstrap):
-        c = resampler.counts().astype(np.float64)
-        for k, v in estimators(c).items():
+    for tot in resampled:
+        for k, v in estimators(tot).items():
             samples[k].append(v)
     # Mass the candidate puts where the logging policy never goes cannot be estimated from the
     # log: the intervals are widened by what it could be worth (0 to the largest reward there).

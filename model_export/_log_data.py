@@ -28,13 +28,13 @@ def load_log_training_data(logs: str | Path) -> tuple[TrainingData, list[str], l
 
     info, directory = read_log(logs)
     logged: Mapping[str, str] = info.get("inputs") or {}
-    bundles: dict[tuple[str, int], Any] = {}
+    bundles: dict[tuple[str, int], Any] = {}  # (name, version) -> DecisionPlan
     for rel in info.get("bundles") or []:
         loaded = load_bundle_file(directory / rel)
-        bundles[(loaded.info.name, loaded.info.version)] = loaded
+        bundles[(loaded.info.name, loaded.info.version)] = loaded.plan
     offer_inputs: dict[str, str] = {}
-    for loaded in bundles.values():
-        for model in loaded.plan.models:
+    for plan in bundles.values():
+        for model in plan.models:
             for inp in model.inputs:
                 if inp.source == "offer":
                     offer_inputs[inp.name] = "string" if inp.dtype == "string" else "float"
@@ -53,11 +53,10 @@ def load_log_training_data(logs: str | Path) -> tuple[TrainingData, list[str], l
         t = batch.to_pydict()
         for i in range(batch.num_rows):
             key = (t["bundle_name"][i], int(t["bundle_version"][i]))
-            loaded = bundles.get(key)
-            if loaded is None:
+            plan = bundles.get(key)
+            if plan is None:
                 raise InputError(f"the log names bundle {key[0]} v{key[1]}, which is not in {directory / '_bundles'} "
                                  "(the hub did not hold it), so its offers' inputs are unknown", field="logs")
-            plan = loaded.plan
             pos = plan.offer_position.get(t["offer_id"][i])
             if pos is None or plan.model_index[pos] < 0:
                 continue  # an offer no model scores (a notice, a fallback): nothing to learn for the model

@@ -120,6 +120,7 @@ def _matrix(kit: Kit, sandbox: Path) -> Iterator[tuple[str, list[str]]]:
         yield f"evaluate/{label}", ["evaluate", "--logs", str(t), "--bundle", str(t / "b.zip"), "--quiet"]
         yield f"console/{label}", ["console", "--hub", f"sqlite:///{t / 'hub.sqlite'}", "--listen", "127.0.0.1:0",
                                    "--config", str(t / "gateway.toml")]
+        yield f"evaluate/{label}", ["evaluate", "--logs", str(t), "--bundle", str(kit.bundle), "--quiet"]
     # commands whose argument is where they write: a place that cannot be written
     yield "keys generate/under a file", ["keys", "generate", "--out", str(blocker / "keys")]
     yield "demo-data/under a file", ["demo-data", "--out", str(blocker / "data"), "--customers", "10"]

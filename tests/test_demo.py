@@ -20,6 +20,12 @@ def test_demo_runs_the_whole_loop(tmp_path):
     sync_table = text.split("[6/10]")[1].split("[7/10]")[0]
     rows = [line.split() for line in sync_table.splitlines() if line.startswith("pos-")]
     assert len(rows) == 2 and all(r[-1] == "0" and int(r[1]) > 0 for r in rows)
+    # the acceptance table is the hub's: its response events, one per visit of stage 5
+    hub_stage = text.split("[7/10]")[1].split("[8/10]")[0]
+    assert "from the response events the hub holds" in hub_stage
+    table = hub_stage.split("from the response events the hub holds")[1]
+    responses = [int(line.split()[1]) for line in table.splitlines() if line.split() and line.split()[1].isdigit()]
+    assert 0 < sum(responses) <= 12
     assert (tmp_path / "demo" / "model" / "report.html").exists()
     # the learning loop: a Parquet log, a model trained on it, a verdict that decided the publication
     assert (tmp_path / "demo" / "log" / "_nbo_log.json").exists()

@@ -8,9 +8,11 @@ by sync, and where the report HTML is.
 from __future__ import annotations
 
 import http.cookiejar
+import json
 import os
 import re
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -121,7 +123,30 @@ def test_demo_cleans_up_and_prints_the_loop(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_keep_keeps_the_directory(tmp_path: Path) -> None:
+def test_demo_keep_keeps_the_directory_and_a_gateway_the_app_example_can_use(tmp_path: Path) -> None:
     text, workdir = run_demo(tmp_path / "tmp", "--keep")
     assert (workdir / "model" / "report.html").exists()
     assert f"kept {workdir}" in text
+    # The kept gateway: its configuration and tokens are printed; the printed command starts it
+    # and the printed app-backend command works against it.
+    start = re.search(r"^  start it:  (nbo serve .*)$", text, flags=re.M)
+    try_it = re.search(r"^  try it:    python (examples/mobile_backend_client\.py .*)$", text, flags=re.M)
+    assert start and try_it and "app demo-app-token" in text, text
+    from gateway_helpers import free_port, wait_serving
+
+    port = free_port()
+    serve = shlex.split(start.group(1).replace("127.0.0.1:50051", f"127.0.0.1:{port}"))
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([*NBO, *serve[1:], "--processes", "1"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_serving(port, proc=proc)
+        client = shlex.split(try_it.group(1).replace("127.0.0.1:50051", f"127.0.0.1:{port}"))
+        result = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / client[0]), *client[1:]],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        answer = json.loads(result.stdout.split("RESULT ", 1)[1])
+        assert answer["bundle_version"] >= 2 and answer["offers"] and answer["over_redeem"] == "FAILED_PRECONDITION"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()

@@ -39,7 +39,7 @@ def test_pos_offline_sells_with_the_hub_down_and_catches_up() -> None:
     checkouts = re.findall(r"^checkout +\d+ +(C\d+) .* points balance (\d+)$", text, flags=re.M)
     assert len(checkouts) == 8 and all(int(points) > 0 for _, points in checkouts)
     # every sync attempt while the hub is down fails cleanly and the outbox only grows
-    waiting = [int(n) for n in re.findall(r"sync failed \(SyncError: .*UNAVAILABLE.*\); (\d+) events wait", text)]
+    waiting = [int(n) for n in re.findall(r"sync failed \(HubUnavailableError: .*UNAVAILABLE.*\); (\d+) events wait", text)]
     assert len(waiting) == 2 and 0 < waiting[0] < waiting[1]
     offline = re.search(r"offline: 8 checkouts served, 2 sync attempts failed, (\d+) events waiting", text)
     assert offline is not None

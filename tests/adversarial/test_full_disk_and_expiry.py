@@ -74,7 +74,6 @@ def full_disk_gateway(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes],
     # First, in-process and without a limit: create the hub and publish the bundle.
     with running_gateway(state, data) as gw:
         publish(gw, kit.bundle(1))
-    port = free_port()
     largest = max(p.stat().st_size for p in state.rglob("*") if p.is_file())
     limit = largest + 1024 * 1024
 
@@ -82,12 +81,21 @@ def full_disk_gateway(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes],
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
     log = tmp_path / "limited.log"
-    args = [*NBO_CLI, "serve", "--state", str(state), "--listen", f"127.0.0.1:{port}", "--config", str(config),
-            "--processes", "1"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=cap_file_size)  # noqa: PLW1509
+    for attempt in range(3):  # a free port can be taken by another process before the server binds it
+        port = free_port()
+        args = [*NBO_CLI, "serve", "--state", str(state), "--listen", f"127.0.0.1:{port}", "--config", str(config),
+                "--processes", "1"]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=cap_file_size)  # noqa: PLW1509
+        try:
+            wait_serving(port, proc=proc, timeout=60)
+            break
+        except AssertionError:
+            proc.kill()
+            proc.wait(30)
+            if attempt == 2 or "cannot listen" not in log.read_text(errors="replace"):
+                raise
     try:
-        wait_serving(port, proc=proc)
         yield proc, port, log
     finally:
         proc.terminate()
