@@ -117,7 +117,6 @@ def _matrix(kit: Kit, sandbox: Path) -> Iterator[tuple[str, list[str]]]:
                                    "--timeout", "2"]
         yield f"export/{label}", ["export", "--hub", f"sqlite:///{t / 'hub.sqlite'}", "--out",
                                   str(sandbox / "export-out"), "--quiet"]
-        yield f"evaluate/{label}", ["evaluate", "--logs", str(t), "--bundle", str(t / "b.zip"), "--quiet"]
         yield f"console/{label}", ["console", "--hub", f"sqlite:///{t / 'hub.sqlite'}", "--listen", "127.0.0.1:0",
                                    "--config", str(t / "gateway.toml")]
         yield f"evaluate/{label}", ["evaluate", "--logs", str(t), "--bundle", str(kit.bundle), "--quiet"]
