@@ -184,7 +184,7 @@ def _say_gateway(say: Callable[..., None], root: Path, serving: str | None) -> N
         say(f"  start it:  nbo serve --state {root / 'gateway'} --listen {target} --config {root / 'gateway.toml'}")
     say(f"  tokens:    app {APP_TOKEN} · publisher {PUBLISHER_TOKEN} · "
         + " · ".join(f"device {d} {_device_token(d)}" for d in TERMINALS))
-    say(f"  try it:    python examples/mobile_backend_client.py --target {target} --token {APP_TOKEN}")
+    say(f"  try it:    NBO_TOKEN={APP_TOKEN} python examples/mobile_backend_client.py --target {target}")
 
 
 def _hub_acceptance(hub: Any, top: int = 8) -> list[list[Any]]:
