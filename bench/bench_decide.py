@@ -179,6 +179,7 @@ def measure_experiments(rounds: int, workdir: Path, key: Path, pub: Path) -> dic
     clients: dict[str, Client] = {}
     profiles = [synthetic_profile(i) for i in range(1000)]
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu_times: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for n, (name, experiments) in enumerate(variants.items()):
             variant = dict(spec, name=f"bench-exp{n}")
@@ -188,16 +189,17 @@ def measure_experiments(rounds: int, workdir: Path, key: Path, pub: Path) -> dic
             client = clients[name] = Client.open(workdir / f"state-exp{n}", device_id=f"bench-exp{n}",
                                                  trusted_keys=[pub])
             client.install_bundle(bundle)
-        perf = time.perf_counter
+        perf, cpu = time.perf_counter, time.thread_time
         i = 0
         for r in range(rounds + 2):
             for _ in range(50):
                 profile = profiles[i % len(profiles)]
                 for name, client in clients.items():
-                    t0 = perf()
+                    c0, t0 = cpu(), perf()
                     client.decide(f"C{i % 1000}", channel="pos", profile=profile, limit=3)
                     if r >= 2:
                         times[name].append(perf() - t0)
+                        cpu_times[name].append(cpu() - c0)
                 i += 1
         with clients["shadow model"]._store.read() as tx:  # noqa: SLF001  - a benchmark reads the outbox
             sizes = [len(row[0].encode()) for row in tx.execute(
@@ -206,6 +208,7 @@ def measure_experiments(rounds: int, workdir: Path, key: Path, pub: Path) -> dic
         for client in clients.values():
             client.close()
     return {"p50": {k: _pct(v, 50) for k, v in times.items()}, "p99": {k: _pct(v, 99) for k, v in times.items()},
+            "cpu_p50": {k: _pct(v, 50) for k, v in cpu_times.items()},
             "n": len(times["none"]), "shadow_event_bytes": statistics.median(sizes)}
 
 
@@ -327,8 +330,9 @@ def main(argv: list[str]) -> int:
     plain = experiments["p50"]["none"]
     for name in experiments["p50"]:
         ratio = experiments["p50"][name] / plain
+        cpu_ratio = experiments["cpu_p50"][name] / experiments["cpu_p50"]["none"]
         print(f"  {name:<14} p50 {experiments['p50'][name] * 1e3:7.3f} ms  p99 {experiments['p99'][name] * 1e3:7.3f} ms"
-              f"  x{ratio:.2f} of no experiment")
+              f"  x{ratio:.2f} of no experiment; CPU p50 {experiments['cpu_p50'][name] * 1e3:7.3f} ms x{cpu_ratio:.2f}")
     print(f"  decision event with a shadow arm: {experiments['shadow_event_bytes']:,.0f} B (median); "
           f"{experiments['n']} decides each")
     for name in ("shadow levers", "shadow model"):
