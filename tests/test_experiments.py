@@ -14,7 +14,7 @@ from bundle_fixtures import make_bundle, make_keys, make_model
 from learning_sim import INPUTS, catalog
 from nbo.model_export import validate_catalog
 from nbo.sdk import CatalogError, Client
-from nbo.sdk.core import HASH_VERSION, assign, assignment_unit, parse_experiments
+from nbo.sdk.core import HASH_VERSION, assign, assignment_unit, parse_experiments, slot_probability
 
 
 def experiment(**overrides: Any) -> dict[str, Any]:
@@ -191,6 +191,12 @@ def test_every_decision_carries_its_arm_and_the_same_customer_gets_it_on_two_dev
             kind = event["experiment"]["kind"]
             eligible = event["eligible"]
             shown = [o["selection_probability"] for o in event["offers"]]
+            # every arm's shown probabilities are the ones its recorded policy gives (exploration included)
+            for rank, offer in enumerate(event["offers"], start=1):
+                index = eligible["offers"].index(offer["offer_id"]) + 1
+                assert offer["selection_probability"] == pytest.approx(slot_probability(
+                    index, rank, mandatory=eligible["mandatory"], eligible=len(eligible["offers"]),
+                    epsilon=eligible["epsilon"]))
             if kind == "control-random":
                 k = len(eligible["offers"]) - eligible["mandatory"]
                 assert eligible["epsilon"] == pytest.approx((k - 1) / k)
