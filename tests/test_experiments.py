@@ -291,6 +291,10 @@ def test_promote_and_roll_back_are_normal_signed_versions(tmp_path: Path, capsys
                     str(version), "--key", str(key), "--out", str(tmp_path / f"exp-v{version}.zip"), *extra)
 
     assert build(1)[0] == 0
+    code, out, _ = _run(capsys, "bundle", "inspect", str(tmp_path / "exp-v1.zip"))
+    assert code == 0 and "Experiments (1)" in out
+    (arm_row,) = [line for line in out.splitlines() if " v2 " in line and "prop-v2" in line]
+    assert "challenger" in arm_row and "model propensity→propensity_v2" in arm_row and "[0, 1)" in arm_row
     code, out, _ = build(2, "--promote", "prop-v2=v2", "--promoted-catalog", str(tmp_path / "promoted.yaml"))
     assert code == 0 and "promoted prop-v2=v2 to champion" in out
     promoted = yaml.safe_load((tmp_path / "promoted.yaml").read_text(encoding="utf-8"))
