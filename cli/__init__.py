@@ -32,7 +32,8 @@ from ._common import (
 __all__ = ["main"]
 
 # Command-group modules, in the order their commands appear in `nbo --help`.
-_GROUPS = ("demo", "keys", "bundle", "train", "decide", "sync", "serve", "publish", "learning", "console")
+_GROUPS = ("demo", "keys", "bundle", "train", "decide", "sync", "serve", "publish", "learning", "experiments",
+           "console")
 
 
 class _Parser(argparse.ArgumentParser):

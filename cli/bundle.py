@@ -12,6 +12,7 @@ from typing import Any
 
 from nbo.model_export import format_table
 from nbo.sdk import BundleError, InputError
+from nbo.sdk.core import UsageError
 
 from ._common import add_command, iso_time, positive_int
 from .decide import open_device
@@ -47,6 +48,13 @@ def register(sub: Any) -> None:
     build.add_argument("--out", required=True, metavar="FILE.zip", help="where to write the bundle")
     build.add_argument("--expires-at", metavar="ISO", type=iso_time,
                        help="optional expiry, e.g. 2027-01-31T00:00:00Z")
+    build.add_argument("--promote", metavar="EXPERIMENT=ARM",
+                       help="build with this challenger arm as the new champion (its replacements written into "
+                            "the catalog; the experiment removed unless --keep-old-champion)")
+    build.add_argument("--keep-old-champion", action="store_true",
+                       help="with --promote: keep the experiment, the old champion as a challenger arm")
+    build.add_argument("--promoted-catalog", metavar="FILE",
+                       help="with --promote: also write the promoted catalog (YAML) to FILE, for the next build")
     build.set_defaults(func=_build)
 
     verify = add_command(
@@ -173,10 +181,21 @@ def _parse_models(specs: list[str]) -> dict[str, str]:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from nbo.model_export import build_bundle
+    from nbo.model_export import build_bundle, load_catalog_file, promote_arm
 
+    catalog: Any = args.catalog
+    if args.promote is not None:
+        experiment, _, arm = args.promote.partition("=")
+        if not experiment or not arm:
+            raise UsageError(f"--promote must be EXPERIMENT=ARM, not {args.promote!r}")
+        catalog = promote_arm(load_catalog_file(args.catalog), experiment, arm,
+                              keep_old_champion=args.keep_old_champion)
+        if args.promoted_catalog is not None:
+            _write_catalog(Path(args.promoted_catalog), catalog)
+    elif args.keep_old_champion or args.promoted_catalog is not None:
+        raise UsageError("--keep-old-champion and --promoted-catalog go with --promote")
     built = build_bundle(
-        catalog=args.catalog,
+        catalog=catalog,
         models=_parse_models(args.model),
         name=args.name,
         version=args.version,
@@ -188,7 +207,21 @@ def _build(args: argparse.Namespace) -> int:
     models = ", ".join(x["id"] for x in m["models"]) or "none"
     print(f"built {built.path}: bundle {m['name']} v{m['version']}, {built.offer_count} offers, models: {models}")
     print(f"signed by key {built.key_id}; sha256 {built.sha256}")
+    if args.promote is not None:
+        print(f"promoted {args.promote} to champion" + (f"; catalog written to {args.promoted_catalog}"
+                                                         if args.promoted_catalog else ""))
     return 0
+
+
+def _write_catalog(path: Path, catalog: Any) -> None:
+    import yaml
+
+    if path.exists():
+        raise UsageError(f"--promoted-catalog: {path} already exists")
+    try:
+        path.write_text(yaml.safe_dump(catalog, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--promoted-catalog: cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -282,5 +315,27 @@ def _inspect(args: argparse.Namespace) -> int:
             title=f"Contact policies ({len(policies)})",
         ),
     ]
+    if meta.get("experiments"):
+        sections.append(_experiments_table(meta["experiments"]))
     print("\n\n".join(sections))
     return 0
+
+
+def _experiments_table(text: str) -> str:
+    """The bundle's experiments, one row per arm (docs/experiments.md)."""
+    try:
+        experiments = json.loads(text)
+        rows = []
+        for e in experiments:
+            traffic = f"[{e['offset']:g}, {e['offset'] + e['share']:g})"
+            for a in e["arms"]:
+                replaces = "; ".join(
+                    [f"model {old}→{new}" for old, new in (a.get("models") or {}).items()]
+                    + [f"lever {o}={v:g}" for o, v in (a.get("levers") or {}).items()]
+                    + [f"{st}.{c}={w:g}" for st, ws in (a.get("strategy_weights") or {}).items() for c, w in ws.items()])
+                rows.append((e["id"], e["seed"], traffic, a["id"], a["kind"],
+                             "shadow" if a.get("shadow") else f"{a['weight']:g}", replaces))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"catalog meta.experiments is unreadable: {exc!r}") from exc
+    return format_table(["experiment", "seed", "traffic", "arm", "kind", "weight", "replaces"], rows,
+                        title=f"Experiments ({len(experiments)})")

@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
         "version, rollout), the offers (shown, accepted, value; the decision funnel; concentration), the "
         "customers (lifecycle flows, retention, CLV and the value pyramid, the loyalty ladder) and the models "
         "(calibration and AUC). The hub is opened read-only, beside running gateways; the figures come from "
-        "rollups the console keeps in its own file and brings up to date as events arrive. Only tokens of "
+        "rollups the console keeps in its own file and brings up to date in the background as events arrive. Only tokens of "
         "role analyst in the gateway configuration log in. Stops on SIGINT/SIGTERM.",
         examples=["nbo console --hub sqlite:///var/lib/nbo/hub.sqlite --listen 127.0.0.1:8080 --config gateway.toml",
                   "nbo console --hub postgresql://nbo@db/nbo --listen 0.0.0.0:8080 --config gateway.toml "
@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     console.add_argument("--cache", metavar="FILE",
                          help="the console's rollup file (default: a temporary file, rebuilt at every start)")
     console.add_argument("--refresh", type=positive_float, default=2.0, metavar="S",
-                         help="fold new hub events in at most every S seconds, when a page is opened (default 2)")
+                         help="fold new hub events in every S seconds, in the background (default 2)")
     console.set_defaults(func=_console)
 
 
@@ -40,8 +40,11 @@ def _console(args: argparse.Namespace) -> int:
 
     console = open_console(args.hub, config=args.config, cache=args.cache, refresh_seconds=args.refresh)
     try:
+        shown = [0]
+
         def progress(done: int) -> None:
-            if done % 200_000 < 20_000:
+            if done - shown[0] >= 200_000:
+                shown[0] = done
                 print(f"aggregating the hub's events: {done:,}", file=sys.stderr, flush=True)
 
         done = console.refresh(progress=progress)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import tempfile
 import threading
@@ -56,6 +57,8 @@ from ._rollup import RollupStore
 from ._session import COOKIE, Sessions
 
 __all__ = ["Console", "ParamError"]
+
+log = logging.getLogger("nbo.console")
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -116,8 +119,9 @@ class Console:
     ``hub_url`` is read through a read-only connection; ``analyst_digests`` are the SHA-256
     digests of the analyst tokens (from the gateway configuration). ``cache`` is the rollup
     file (a temporary one, removed on :meth:`close`, when ``None``). Call :meth:`refresh`
-    once before serving (it folds in the whole log; progress through ``progress``); pages
-    then fold in what arrived since, at most every ``refresh_seconds``.
+    once before serving (it folds in the whole log; progress through ``progress``), then
+    :meth:`start_refreshing`: a background thread folds in what arrives every
+    ``refresh_seconds``, so a page only ever reads the rollups.
     """
 
     def __init__(self, hub_url: str, *, analyst_digests: Any, cache: str | Path | None = None,
@@ -144,6 +148,10 @@ class Console:
         self._refresh_seconds = refresh_seconds
         self._refresh_lock = threading.Lock()
         self._refreshed_at = 0.0
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._version = -1
         self._models: dict[tuple[str, int], dict[str, str]] = {}
         self._models_seen: set[tuple[str, int]] = set()
         self._env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape(["html"]))
@@ -159,22 +167,50 @@ class Console:
             self._refreshed_at = self.clock()
         return done
 
-    def _fresh(self) -> None:
-        if self.clock() - self._refreshed_at < self._refresh_seconds:
+    def start_refreshing(self) -> None:
+        """Fold new hub events in every ``refresh_seconds`` on a background thread until :meth:`close`."""
+        if self._refresher is not None:
             return
-        if self._refresh_lock.locked():
-            return  # another request is folding events in: show what is there
+
+        def loop() -> None:
+            while not self._stop.wait(self._refresh_seconds):
+                try:
+                    self.refresh(limit=_REFRESH_LIMIT)
+                except Exception as exc:  # the hub is down or locked: keep serving what is there
+                    log.warning("event=console_refresh_failed error=%s", str(exc).splitlines()[0][:200])
+
+        self._refresher = threading.Thread(target=loop, name="nbo-console-refresh", daemon=True)
+        self._refresher.start()
+
+    def _fresh(self) -> None:
+        if self._refresher is not None:
+            return  # the background thread keeps the rollups current
+        if self.clock() - self._refreshed_at < self._refresh_seconds or self._refresh_lock.locked():
+            return
         self.refresh(limit=_REFRESH_LIMIT)
+
+    def _cached(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """A report for ``key``, computed again only when the rollups have changed since."""
+        version = self.rollups.version
+        if version != self._version:
+            self._cache.clear()
+            self._version = version
+        if key not in self._cache:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[key] = build()
+        return self._cache[key]
 
     def field(self, *, behind_only: bool = False) -> FieldReport:
         return field_report(self.hub, self.rollups, now=self.clock(), behind_only=behind_only)
 
     def offers(self, period: Period, *, channel: str | None = None, by: str = "offer", bucket: str = "day"
                ) -> OfferReport:
-        return offer_report(self.rollups, period, channel=channel, by=by, bucket=bucket)
+        return self._cached(("offers", period, channel, by, bucket),
+                            lambda: offer_report(self.rollups, period, channel=channel, by=by, bucket=bucket))
 
     def customers(self, period: Period) -> CustomerReport:
-        return customer_report(self.rollups, period)
+        return self._cached(("customers", period), lambda: customer_report(self.rollups, period))
 
     def models(self) -> ModelReport:
         published = {(str(n), int(v)) for n, v in self.hub.query("SELECT name, version FROM hub_bundles")}
@@ -193,6 +229,10 @@ class Console:
         return today
 
     def close(self) -> None:
+        refresher = getattr(self, "_refresher", None)  # None too when __init__ failed early
+        if refresher is not None:
+            self._stop.set()
+            refresher.join(timeout=30)
         self.rollups.close()
         self.hub.close()
         if self._tmp is not None:
@@ -373,7 +413,10 @@ class Console:
         report = self.models()
         charts = {label: _charts.calibration([(r[2], r[3], r[1]) for r in table.rows], title=f"calibration {label}")
                   for label, table in report.curves.items()}
-        return ({"_started": started, "report": report, "charts": charts}, {"models": report.models})
+        tables = {"models": report.models}
+        if report.experiments is not None:
+            tables["experiments"] = report.experiments
+        return ({"_started": started, "report": report, "charts": charts}, tables)
 
 
 def _num(value: Any) -> str:

@@ -298,18 +298,41 @@ def _stage_inputs(first: float | None, last: float | None, frequency: int, at: f
     return max(0.0, (at - last) / _DAY), max(0.0, (at - first) / _DAY)
 
 
+def _customer_rows(rollups: RollupStore, period: Period) -> list[tuple[Any, ...]]:
+    """Per customer with a purchase by the end: (id, first/last purchase and purchase days
+    before the start, the same by the end, amount by the end, purchase days in the period).
+
+    Starts from each customer's all-time summary and reads only the purchase days from the
+    period's start on (by the day index), plus, for a customer who bought again since, one
+    index seek for their last purchase before the start — not the whole purchase history.
+    """
+    d0, d1 = period.first_day, period.last_day
+    recent: dict[str, tuple[int, int, float | None, float]] = {}
+    for customer, since, after, last_in, amount_after in rollups.query(
+            "SELECT customer_id, COUNT(*), SUM(CASE WHEN day > ? THEN 1 ELSE 0 END), "
+            "MAX(CASE WHEN day <= ? THEN last_at END), SUM(CASE WHEN day > ? THEN amount ELSE 0 END) "
+            "FROM customer_days WHERE day >= ? GROUP BY customer_id", (d1, d1, d1, d0)):
+        recent[customer] = (int(since), int(after), last_in, float(amount_after or 0.0))
+    summary = rollups.query("SELECT customer_id, first_at, last_at, days, amount FROM customers")
+    older = rollups.last_before(
+        [c for c, _, _, days, _ in summary if c in recent and int(days) > recent[c][0]], d0)
+    rows: list[tuple[Any, ...]] = []
+    for customer, first, last, days, amount in summary:
+        since, after, last_in, amount_after = recent.get(customer, (0, 0, None, 0.0))
+        n1 = int(days) - after
+        if n1 <= 0:
+            continue  # no purchase by the end of the period
+        n0 = int(days) - since
+        l0 = (last if since == 0 else older.get(customer)) if n0 > 0 else None
+        l1 = last if after == 0 else (last_in if last_in is not None else l0)
+        rows.append((customer, first if n0 > 0 else None, l0, n0, first, l1, n1, float(amount) - amount_after,
+                     since - after))
+    return rows
+
+
 def customer_report(rollups: RollupStore, period: Period) -> CustomerReport:
-    d0 = period.first_day  # purchases on days before d0 are history at the start
     t0, t1 = period.start, period.end
-    rows = rollups.query(
-        "SELECT customer_id, "
-        "MIN(CASE WHEN day < ? THEN first_at END), MAX(CASE WHEN day < ? THEN last_at END), "
-        "SUM(CASE WHEN day < ? THEN 1 ELSE 0 END), "
-        "MIN(first_at), MAX(last_at), COUNT(*), SUM(amount), "
-        "SUM(CASE WHEN day >= ? THEN 1 ELSE 0 END) "
-        "FROM customer_days WHERE day <= ? GROUP BY customer_id",
-        (d0, d0, d0, d0, period.last_day),
-    )
+    rows = _customer_rows(rollups, period)
     n = len(FLOW_STAGES)
     index = {s: i for i, s in enumerate(FLOW_STAGES)}
     counts = [[0] * n for _ in range(n)]
@@ -399,7 +422,8 @@ class ModelReport:
     curves: Mapping[str, Table] = field(default_factory=dict)
     """Per model row label: calibration points (predicted mean, observed rate, shown) by decile."""
     experiments: Table | None = None
-    """Experiment verdicts, when the hub records experiments (``None``: it does not)."""
+    """Per experiment arm: decisions, offers shown, accepted, acceptance rate, value accepted
+    (``None``: no decision in the hub was in an experiment)."""
 
 
 def model_report(hub: HubReader, rollups: RollupStore, *, catalog_models: Mapping[tuple[str, int], Mapping[str, str]]
@@ -436,7 +460,13 @@ def model_report(hub: HubReader, rollups: RollupStore, *, catalog_models: Mappin
                                                         "observed_rate"), tuple(points))
     models_table = Table(("bundle", "version", "model", "shown", "accepted", "mean_predicted", "observed_rate",
                           "auc"), tuple(out))
-    return ModelReport(models=models_table, curves=curves, experiments=None)
+    arms = rollups.query("SELECT experiment, arm, kind, decisions, shown, accepted, value_accepted FROM arms "
+                         "ORDER BY experiment, arm")
+    experiments = Table(("experiment", "arm", "kind", "decisions", "offers_shown", "accepted", "acceptance_rate",
+                         "value_accepted"), tuple(
+        (e, a, k, int(d), int(s), int(acc), _round(_rate(acc, s)), round(float(v), 2))
+        for e, a, k, d, s, acc, v in arms)) if arms else None
+    return ModelReport(models=models_table, curves=curves, experiments=experiments)
 
 
 def binned_auc(bins: Sequence[tuple[int, int]]) -> float | None:

@@ -44,7 +44,7 @@ BINS = 100
 """Propensity bins of the calibration rollup (AUC is computed from them)."""
 
 _DAY = 86_400.0
-_READ_CHUNK = 20_000
+_READ_CHUNK = 5_000  # events per read and per write transaction: pages wait for at most one write
 _IN_CHUNK = 400
 
 try:  # orjson (the [gateway] extra) parses the payloads several times faster
@@ -84,6 +84,19 @@ SCHEMA: tuple[str, ...] = (
         customer_id TEXT NOT NULL, day INTEGER NOT NULL, purchases INTEGER NOT NULL DEFAULT 0,
         amount REAL NOT NULL DEFAULT 0, first_at REAL NOT NULL, last_at REAL NOT NULL,
         PRIMARY KEY(customer_id, day)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS customer_days_by_day ON customer_days(day, customer_id, last_at, amount)",
+    # per customer over all purchase days: what a period's query starts from (it then reads
+    # only the days from the period's start on, by the index above)
+    """CREATE TABLE IF NOT EXISTS customers(
+        customer_id TEXT PRIMARY KEY, first_at REAL NOT NULL, last_at REAL NOT NULL, days INTEGER NOT NULL,
+        amount REAL NOT NULL) WITHOUT ROWID""",
+    # experiments (docs/experiments.md): per arm, and each decision's arm (to credit its responses)
+    """CREATE TABLE IF NOT EXISTS arms(
+        experiment TEXT NOT NULL, arm TEXT NOT NULL, kind TEXT NOT NULL, decisions INTEGER NOT NULL DEFAULT 0,
+        shown INTEGER NOT NULL DEFAULT 0, accepted INTEGER NOT NULL DEFAULT 0,
+        value_accepted REAL NOT NULL DEFAULT 0, PRIMARY KEY(experiment, arm))""",
+    """CREATE TABLE IF NOT EXISTS decision_arms(
+        decision_id TEXT PRIMARY KEY, experiment TEXT NOT NULL, arm TEXT NOT NULL) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
 
@@ -119,6 +132,9 @@ class _Batch:
         self.calibration: dict[tuple[str, int, str, int], list[float]] = {}  # shown, predicted, accepted
         self.customers: dict[tuple[str, int], list[float]] = {}  # purchases, amount, first, last
         self.responses: list[tuple[str, str, str, int, str, str]] = []  # decision, offer, outcome, day, chan, cat
+        self.arms: dict[tuple[str, str], list[Any]] = {}  # kind, decisions, shown, accepted, value_accepted
+        self.decision_arms: dict[str, tuple[str, str]] = {}
+        self.new_decision_arms: set[str] = set()
         self.unmatched = 0
 
     def device(self, device_id: str) -> list[Any]:
@@ -193,6 +209,17 @@ class _Batch:
             dev[3], dev[4] = bundle_name, bundle_version
         else:
             bundle_name, bundle_version = "", 0
+        experiment = payload.get("experiment")
+        if isinstance(experiment, Mapping) and isinstance(experiment.get("id"), str) \
+                and isinstance(experiment.get("arm"), str):
+            arm_key = (experiment["id"], experiment["arm"])
+            arm = self.arms.get(arm_key)
+            if arm is None:
+                arm = self.arms[arm_key] = [str(experiment.get("kind") or ""), 0, 0, 0, 0.0]
+            arm[1] += 1
+            arm[2] += len(offers)
+            self.decision_arms[decision_id] = arm_key
+            self.new_decision_arms.add(decision_id)
         funnel = self.funnel_row(day, channel)
         funnel[0] += 1
         funnel[4] += len(offers)
@@ -237,13 +264,18 @@ class _Batch:
                 self.shown[shown_key] = [day, channel, category, bundle_name, bundle_version, bin_, value, None]
                 self.new_shown.add(shown_key)
 
-    def match_responses(self, lookup: Callable[[Sequence[str]], dict[tuple[str, str], list[Any]]]) -> None:
+    def match_responses(self, lookup: Callable[[Sequence[str]], dict[tuple[str, str], list[Any]]],
+                        lookup_arms: Callable[[Sequence[str]], dict[str, tuple[str, str]]]) -> None:
         """Apply the batch's responses to their shown offers (this batch's or earlier ones)."""
         if not self.responses:
             return
         missing = sorted({d for d, o, *_ in self.responses if (d, o) not in self.shown})
         if missing:
             self.shown.update(lookup(missing))
+        accepted = sorted({d for d, _, outcome, *_ in self.responses if outcome == "accepted"}
+                          - set(self.decision_arms))
+        if accepted:
+            self.decision_arms.update(lookup_arms(accepted))
         for decision_id, offer_id, outcome, day, channel, category in self.responses:
             shown = self.shown.get((decision_id, offer_id))
             if shown is None:
@@ -264,6 +296,13 @@ class _Batch:
             if outcome == "accepted":
                 row[3] += 1
                 row[6] += value
+                arm_key = self.decision_arms.get(decision_id)
+                if arm_key is not None:
+                    arm = self.arms.get(arm_key)
+                    if arm is None:
+                        arm = self.arms[arm_key] = ["", 0, 0, 0, 0.0]
+                    arm[3] += 1
+                    arm[4] += value
                 self.funnel_row(s_day, s_channel)[5] += 1
                 if bin_ is not None:
                     ckey = (bname, bver, offer_id, bin_)
@@ -281,6 +320,8 @@ class RollupStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self.version = 0
+        """Bumped by every write: a report cached for an older version is stale."""
         try:
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -368,12 +409,51 @@ class RollupStore:
                 found[(row[0], row[1])] = list(row[2:])
         return found
 
+    def _known_days(self, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which (customer, day) rows exist already (one primary-key seek each)."""
+        known: set[tuple[str, int]] = set()
+        for key in keys:
+            if self._conn.execute("SELECT 1 FROM customer_days WHERE customer_id = ? AND day = ?", key).fetchone():
+                known.add(key)
+        return known
+
+    def last_before(self, customers: Sequence[str], day: int) -> dict[str, float]:
+        """Each customer's last purchase time on a day before ``day`` (one index seek each)."""
+        out: dict[str, float] = {}
+        with self._lock:
+            for customer in customers:
+                rows = self._conn.execute(
+                    "SELECT last_at FROM customer_days WHERE customer_id = ? AND day < ? ORDER BY day DESC LIMIT 1",
+                    (customer, day)).fetchall()
+                if rows:
+                    out[customer] = float(rows[0][0])
+        return out
+
+    def _lookup_arms(self, decision_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(decision_ids), _IN_CHUNK):
+            chunk = decision_ids[start:start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for d, e, a in self._conn.execute(
+                    f"SELECT decision_id, experiment, arm FROM decision_arms WHERE decision_id IN ({marks})", chunk):
+                found[d] = (e, a)
+        return found
+
     def _write(self, batch: _Batch, device_id: str, mark: int) -> None:
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN")
             try:
-                batch.match_responses(self._lookup)
+                batch.match_responses(self._lookup, self._lookup_arms)
+                conn.executemany(
+                    "INSERT INTO arms VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(experiment, arm) DO UPDATE SET "
+                    "kind = CASE WHEN excluded.kind != '' THEN excluded.kind ELSE kind END, "
+                    "decisions = decisions + excluded.decisions, shown = shown + excluded.shown, "
+                    "accepted = accepted + excluded.accepted, value_accepted = value_accepted + excluded.value_accepted",
+                    [(*k, *v) for k, v in batch.arms.items()],
+                )
+                conn.executemany("INSERT OR IGNORE INTO decision_arms VALUES (?, ?, ?)",
+                                 [(d, *batch.decision_arms[d]) for d in batch.new_decision_arms])
                 conn.executemany(
                     "INSERT INTO devices(device_id, events, rejected, last_event_at, bundle_name, bundle_version) "
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET events = events + excluded.events, "
@@ -416,6 +496,23 @@ class RollupStore:
                     "accepted = accepted + excluded.accepted",
                     [(*k, *v) for k, v in batch.calibration.items()],
                 )
+                known = self._known_days(list(batch.customers))
+                summary: dict[str, list[float]] = {}
+                for (customer, day), (_, amount, first, last) in batch.customers.items():
+                    row = summary.get(customer)
+                    new_day = 0 if (customer, day) in known else 1
+                    if row is None:
+                        summary[customer] = [first, last, new_day, amount]
+                    else:
+                        row[0], row[1] = min(row[0], first), max(row[1], last)
+                        row[2] += new_day
+                        row[3] += amount
+                conn.executemany(
+                    "INSERT INTO customers VALUES (?, ?, ?, ?, ?) ON CONFLICT(customer_id) DO UPDATE SET "
+                    "first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at), "
+                    "days = days + excluded.days, amount = amount + excluded.amount",
+                    [(c, *v) for c, v in summary.items()],
+                )
                 conn.executemany(
                     "INSERT INTO customer_days VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(customer_id, day) DO UPDATE SET "
                     "purchases = purchases + excluded.purchases, amount = amount + excluded.amount, "
@@ -429,6 +526,7 @@ class RollupStore:
                 conn.execute("INSERT INTO marks VALUES (?, ?) ON CONFLICT(device_id) DO UPDATE SET seq = excluded.seq",
                              (device_id, mark))
                 conn.execute("COMMIT")
+                self.version += 1
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

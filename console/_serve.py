@@ -67,6 +67,7 @@ def serve(console: Console, listen: str, *, ready: Callable[[str], None] | None 
     actual = sock.getsockname()[1]
     server = _Server(uvicorn.Config(console.app, log_level="warning", access_log=False, lifespan="off"))
     shown = f"[{host}]" if family == socket.AF_INET6 else host
+    console.start_refreshing()
     if ready is not None:
         ready(f"http://{shown}:{actual}")
     try:

@@ -1,7 +1,7 @@
 """The central CRM team's release: train → report → bundle → publish.
 
     python examples/central_publish.py [--customers 300] [--model logreg|gbt] [--keep DIR]
-    python examples/central_publish.py --hub HOST:PORT --token PUBLISHER_TOKEN --key signing.key
+    NBO_TOKEN=PUBLISHER_TOKEN python examples/central_publish.py --hub HOST:PORT --key signing.key
 
 1. sample data (stand-in for the CRM extract: customers, transactions, catalog, offer history);
 2. train a calibrated propensity model, export it to ONNX (parity-checked against scikit-learn);
@@ -17,6 +17,7 @@ trusts a freshly generated key, and shows that a bundle signed with another key 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -124,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=1, help="bundle version (default 1)")
     parser.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
     parser.add_argument("--hub", help="publish to this gateway (HOST:PORT) instead of an in-process one")
-    parser.add_argument("--token", help="publisher token for --hub")
+    parser.add_argument("--token", default=os.environ.get("NBO_TOKEN"),
+                        help="publisher token for --hub (default: $NBO_TOKEN, which keeps it out of `ps`)")
     parser.add_argument("--key", help="signing.key to sign with (default: a new key pair)")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir, deleted)")
     args = parser.parse_args(argv)
     if args.hub and not (args.token and args.key):
-        parser.error("--hub needs --token (role publisher) and --key (a key the gateway trusts)")
+        parser.error("--hub needs a publisher token (NBO_TOKEN or --token) and --key (a key the gateway trusts)")
 
     from nbo.sdk import NboError
 

@@ -5,7 +5,7 @@ a temporary directory and imports the generated stubs from there — exactly wha
 any language does with its own protoc plugin. Needs only ``grpcio``, ``grpcio-tools`` and
 ``protobuf``::
 
-    python examples/mobile_backend_client.py --target 127.0.0.1:50051 --token APP_TOKEN \\
+    NBO_TOKEN=APP_TOKEN python examples/mobile_backend_client.py --target 127.0.0.1:50051 \\
         [--ca-file ca.crt] [--client-cert c.crt --client-key c.key] [--customer C42]
 
 It decides offers for a customer, records the response to the top offer, awards and redeems
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -58,7 +59,9 @@ def load_stubs(proto_dir: Path) -> tuple[ModuleType, ModuleType, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", required=True, help="gateway HOST:PORT")
-    parser.add_argument("--token", required=True, help="bearer token with role app")
+    parser.add_argument("--token", help="bearer token with role app (visible to `ps`: prefer --token-file or "
+                                        "the NBO_TOKEN environment variable)")
+    parser.add_argument("--token-file", type=Path, help="read the bearer token from this file (its first line)")
     parser.add_argument("--ca-file", help="CA certificate for a TLS gateway")
     parser.add_argument("--client-cert", help="client certificate for mutual TLS")
     parser.add_argument("--client-key", help="client key for mutual TLS")
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proto-dir", type=Path, default=DEFAULT_PROTO_DIR,
                         help="folder holding nbo/v1/*.proto (default: the repository's proto/)")
     args = parser.parse_args(argv)
+    token = _token(args, parser)
 
     import grpc
     from google.protobuf import struct_pb2
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             channel = grpc.secure_channel(args.target, creds)
         else:
             channel = grpc.insecure_channel(args.target)
-        auth = (("authorization", f"Bearer {args.token}"),)
+        auth = (("authorization", f"Bearer {token}"),)
         api = pb_grpc.DecisionServiceStub(channel)
         run = uuid.uuid4().hex[:8]  # fresh idempotency keys per run
 
@@ -150,6 +154,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         shutil.rmtree(stub_dir, ignore_errors=True)
+
+
+def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """--token, else the first line of --token-file, else $NBO_TOKEN (what the nbo CLI does)."""
+    if args.token:
+        return str(args.token)
+    if args.token_file is not None:
+        try:
+            lines = args.token_file.read_text(encoding="utf-8").split()
+        except OSError as exc:
+            parser.error(f"--token-file {args.token_file}: {exc.strerror or exc}")
+        if not lines:
+            parser.error(f"--token-file {args.token_file}: the file is empty")
+        return lines[0]
+    token = os.environ.get("NBO_TOKEN", "").strip()
+    if not token:
+        parser.error("no token: pass --token-file FILE or set NBO_TOKEN (or --token TOKEN)")
+    return token
 
 
 def _project_importable() -> bool:

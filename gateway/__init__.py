@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # the same names for the type checker (tests/test_typecheck.p
     from ._config import load_config as load_config
     from ._config import parse_config as parse_config
     from ._engine_host import EngineHost as EngineHost
+    from ._experiments import ExperimentReport as ExperimentReport
+    from ._experiments import experiment_reports as experiment_reports
+    from ._experiments import format_reports as format_reports
     from ._export import ExportReport as ExportReport
     from ._export import export_log as export_log
     from ._hub import BundleRecord as BundleRecord
@@ -49,6 +52,9 @@ _EXPORTS: dict[str, str] = {
     "IngestResult": "_hub",
     "attribute_rewards": "_rewards",
     "export_log": "_export",
+    "ExperimentReport": "_experiments",
+    "experiment_reports": "_experiments",
+    "format_reports": "_experiments",
     "ExportReport": "_export",
     "AttributionReport": "_rewards",
     "create_server": "_server",

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the same names for the type checker (tests/test_typecheck.p
     from ._evaluate import evaluate_bundle as evaluate_bundle
     from ._evaluate import evaluate_policy as evaluate_policy
     from ._evaluate import format_evaluation as format_evaluation
+    from ._experiments import promote_arm as promote_arm
     from ._features import MeasureConfig as MeasureConfig
     from ._features import derive_features as derive_features
     from ._log_data import train_from_logs as train_from_logs
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # the same names for the type checker (tests/test_typecheck.p
 _EXPORTS: dict[str, str] = {
     # catalog and bundles (core install)
     "validate_catalog": "_catalog",
+    "promote_arm": "_experiments",
     "compile_catalog": "_catalog",
     "load_catalog_file": "_catalog",
     "build_bundle": "_bundle_build",

@@ -351,8 +351,10 @@ class _Candidate:
                 if inp.source == "offer":
                     feeds[inp.name] = model.offer_columns[inp.name][picked]
                 else:
-                    values = [inputs.get(inp.name) for _, mine, _, inputs in parts for _ in range(len(mine))]
-                    feeds[inp.name] = input_column([_logged(v, inp.dtype) for v in values], inp.dtype)
+                    # one value per decision, repeated over its offers (as the decision core broadcasts it)
+                    column = input_column([_logged(inputs.get(inp.name), inp.dtype) for _, _, _, inputs in parts],
+                                          inp.dtype)
+                    feeds[inp.name] = np.repeat(column, [len(mine) for _, mine, _, _ in parts], axis=0)
             col = np.asarray(model.session.run([model.output_name], feeds)[0])[:, -1].astype(np.float64)
             col = np.nan_to_num(col, nan=0.0).clip(0.0, 1.0)
             at = 0

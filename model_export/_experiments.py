@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from nbo.sdk import CatalogError
 from nbo.sdk.core import ARM_KINDS, CATEGORIES, id_problem, is_card_data
 
 __all__ = ["promote_arm", "validate_experiments"]
@@ -227,22 +228,24 @@ def promote_arm(catalog: Mapping[str, Any], experiment_id: str, arm_id: str, *,
     ``lever``, the strategies' weights), so the next bundle built from it serves the winner to
     everyone. The experiment is removed, or — ``keep_old_champion`` — kept with its seed, the
     promoted arm turned into the ``champion`` arm and the old champion's behaviour kept as a
-    challenger arm that undoes the replacements. ``ValueError`` when the experiment or the arm
-    is not there, or the arm is not a challenger. The result still goes through build validation.
+    challenger arm that undoes the replacements (other challengers, defined against the old
+    champion, are dropped). ``CatalogError`` when the experiment or the arm is not there, or the
+    arm is not a challenger. The result still goes through build validation.
     """
     experiments = catalog.get("experiments") or []
     found = [e for e in experiments if isinstance(e, Mapping) and e.get("id") == experiment_id]
     if not found:
-        raise ValueError(f"experiments: no experiment {experiment_id!r}")
+        raise CatalogError(f"experiments: no experiment {experiment_id!r} to promote from")
     exp = found[0]
     arms = [a for a in exp.get("arms") or [] if isinstance(a, Mapping)]
     match = [a for a in arms if a.get("id") == arm_id]
     if not match:
-        raise ValueError(f"experiments[{experiment_id}]: arms: no arm {arm_id!r} "
+        raise CatalogError(f"experiments (id={experiment_id}): arms: no arm {arm_id!r} "
                          f"(arms: {', '.join(str(a.get('id')) for a in arms)})")
     arm = match[0]
     if arm.get("kind", "challenger") != "challenger":
-        raise ValueError(f"experiments[{experiment_id}]: arms[{arm_id}]: a {arm.get('kind')} arm cannot be promoted")
+        raise CatalogError(f"experiments (id={experiment_id}): arms (id={arm_id}): kind: a {arm.get('kind')} arm "
+                           "cannot be promoted; only a challenger can")
     out = dict(catalog)
     models = dict(arm.get("models") or {})
     levers = dict(arm.get("levers") or {})

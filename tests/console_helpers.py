@@ -39,7 +39,8 @@ def channel_of(device_id: str) -> str:
 
 
 def field_log(device_id: str, *, events: int, customers: int, days: int, seed: int,
-              bundle_version: int = BUNDLE[1]) -> list[tuple[int, str, str, float, str]]:
+              bundle_version: int = BUNDLE[1], experiment: str | None = None
+              ) -> list[tuple[int, str, str, float, str]]:
     """(seq, event_id, type, created_at, payload_json) of one device, in seq order."""
     rng = random.Random(f"{seed}:{device_id}")
     channel = channel_of(device_id)
@@ -70,6 +71,10 @@ def field_log(device_id: str, *, events: int, customers: int, days: int, seed: i
                 "bundle_name": BUNDLE[0], "bundle_version": bundle_version, "strategy": "develop",
                 "offers": offers, "funnel": {"candidates": candidates, "removed": removed},
             }
+            if experiment is not None:  # the arm follows the customer (docs/experiments.md)
+                arm = ("champion", "challenger", "control")[int(customer[1:]) % 3]
+                payload["experiment"] = {"id": experiment, "arm": arm,
+                                         "kind": "control-none" if arm == "control" else arm, "hash": 1}
             out.append((seq, str(uuid.uuid4()), "decision", ts, json.dumps(payload)))
         elif roll < 0.75:
             decision_id, offer_id, category, p = shown.pop(rng.randrange(len(shown)))

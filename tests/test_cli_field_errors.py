@@ -26,8 +26,10 @@ from nbo.model_export import generate_demo_data
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run(argv: list[str], cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run(argv: list[str], cwd: Path | None = None, timeout: float = 120,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def one_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
@@ -121,8 +123,9 @@ def test_the_mobile_client_against_a_gateway_without_a_bundle(tmp_path: Path) ->
         result = run([sys.executable, str(REPO / "examples" / "mobile_backend_client.py"), "--target", target,
                       "--token", APP_TOKEN], timeout=120)
         one_line(result, f"Decide on {target}", "FAILED_PRECONDITION", "no bundle", "nbo publish")
-        wrong = run([sys.executable, str(REPO / "examples" / "mobile_backend_client.py"), "--target", target,
-                     "--token", "not-a-token"], timeout=120)
+        # the token from the environment, as the docs show it (never on the command line)
+        wrong = run([sys.executable, str(REPO / "examples" / "mobile_backend_client.py"), "--target", target],
+                    timeout=120, env={"NBO_TOKEN": "not-a-token"})
         one_line(wrong, "UNAUTHENTICATED")
 
 

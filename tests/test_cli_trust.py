@@ -117,6 +117,7 @@ def _matrix(kit: Kit, sandbox: Path) -> Iterator[tuple[str, list[str]]]:
                                    "--timeout", "2"]
         yield f"export/{label}", ["export", "--hub", f"sqlite:///{t / 'hub.sqlite'}", "--out",
                                   str(sandbox / "export-out"), "--quiet"]
+        yield f"experiments/{label}", ["experiments", "--hub", f"sqlite:///{t / 'hub.sqlite'}"]
         yield f"console/{label}", ["console", "--hub", f"sqlite:///{t / 'hub.sqlite'}", "--listen", "127.0.0.1:0",
                                    "--config", str(t / "gateway.toml")]
         yield f"evaluate/{label}", ["evaluate", "--logs", str(t), "--bundle", str(kit.bundle), "--quiet"]

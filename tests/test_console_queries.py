@@ -275,3 +275,43 @@ def test_a_kept_rollup_file_resumes_and_belongs_to_one_hub(tmp_path: Path) -> No
         with hub_backend("sqlite", tmp_path / "b") as (_, _, _):
             with pytest.raises(StateError, match="another hub"):
                 Console(f"sqlite:{tmp_path / 'b' / 'hub.sqlite'}", analyst_digests=[], cache=cache)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_experiment_arms_count_their_decisions_and_acceptances(kind: str, tmp_path: Path) -> None:
+    with hub_backend(kind, tmp_path, clock=ManualClock(NOW)) as (hub, url, schema):
+        for device in device_ids(3):
+            push(hub, device, field_log(device, events=300, customers=40, days=5, seed=8, experiment="ex-7"))
+        console = Console(url or f"sqlite:{tmp_path / 'hub.sqlite'}", analyst_digests=[], schema=schema)
+        try:
+            console.refresh()
+            report = console.models()
+            table = report.experiments
+            assert table is not None
+            got = {r[1]: (r[2], r[3], r[4], r[5]) for r in table.rows}
+            # the page's experiments section shows the arms and where the verdict is
+            html = console._env.get_template("models.html").render(report=report, charts={}, page="models",
+                                                                    query="", as_of="now")
+            assert "No experiments in this hub" not in html and "challenger" in html and "nbo experiments" in html
+        finally:
+            console.close()
+        events = hub.events()
+    arms: dict[str, str] = {}
+    expected: dict[str, list[int]] = {}
+    answered: set[tuple[str, str]] = set()
+    kinds: dict[str, str] = {}
+    for e in events:
+        p = json.loads(e["payload"])
+        if e["type"] == "decision":
+            arm = p["experiment"]["arm"]
+            arms[p["decision_id"]] = arm
+            kinds[arm] = p["experiment"]["kind"]
+            row = expected.setdefault(arm, [0, 0, 0])
+            row[0] += 1
+            row[1] += len(p["offers"])
+        elif e["type"] == "response" and (p["decision_id"], p["offer_id"]) not in answered:
+            answered.add((p["decision_id"], p["offer_id"]))
+            if p["outcome"] == "accepted":
+                expected[arms[p["decision_id"]]][2] += 1
+    assert got == {a: (kinds[a], *v) for a, v in expected.items()}
+    assert set(got) == {"champion", "challenger", "control"} and all(v[3] > 0 for v in got.values())

@@ -130,7 +130,8 @@ def test_demo_keep_keeps_the_directory_and_a_gateway_the_app_example_can_use(tmp
     # The kept gateway: its configuration and tokens are printed; the printed command starts it
     # and the printed app-backend command works against it.
     start = re.search(r"^  start it:  (nbo serve .*)$", text, flags=re.M)
-    try_it = re.search(r"^  try it:    python (examples/mobile_backend_client\.py .*)$", text, flags=re.M)
+    try_it = re.search(r"^  try it:    NBO_TOKEN=(\S+) python (examples/mobile_backend_client\.py .*)$", text,
+                       flags=re.M)
     assert start and try_it and "app demo-app-token" in text, text
     from gateway_helpers import free_port, wait_serving
 
@@ -140,9 +141,10 @@ def test_demo_keep_keeps_the_directory_and_a_gateway_the_app_example_can_use(tmp
     proc = subprocess.Popen([*NBO, *serve[1:], "--processes", "1"], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_serving(port, proc=proc)
-        client = shlex.split(try_it.group(1).replace("127.0.0.1:50051", f"127.0.0.1:{port}"))
+        client = shlex.split(try_it.group(2).replace("127.0.0.1:50051", f"127.0.0.1:{port}"))
         result = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / client[0]), *client[1:]],
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "NBO_TOKEN": try_it.group(1)})
         assert result.returncode == 0, result.stderr
         answer = json.loads(result.stdout.split("RESULT ", 1)[1])
         assert answer["bundle_version"] >= 2 and answer["offers"] and answer["over_redeem"] == "FAILED_PRECONDITION"

@@ -14,7 +14,7 @@ from bundle_fixtures import make_bundle, make_keys, make_model
 from learning_sim import INPUTS, catalog
 from nbo.model_export import validate_catalog
 from nbo.sdk import CatalogError, Client
-from nbo.sdk.core import HASH_VERSION, assign, assignment_unit, parse_experiments
+from nbo.sdk.core import HASH_VERSION, assign, assignment_unit, parse_experiments, slot_probability
 
 
 def experiment(**overrides: Any) -> dict[str, Any]:
@@ -191,6 +191,12 @@ def test_every_decision_carries_its_arm_and_the_same_customer_gets_it_on_two_dev
             kind = event["experiment"]["kind"]
             eligible = event["eligible"]
             shown = [o["selection_probability"] for o in event["offers"]]
+            # every arm's shown probabilities are the ones its recorded policy gives (exploration included)
+            for rank, offer in enumerate(event["offers"], start=1):
+                index = eligible["offers"].index(offer["offer_id"]) + 1
+                assert offer["selection_probability"] == pytest.approx(slot_probability(
+                    index, rank, mandatory=eligible["mandatory"], eligible=len(eligible["offers"]),
+                    epsilon=eligible["epsilon"]))
             if kind == "control-random":
                 k = len(eligible["offers"]) - eligible["mandatory"]
                 assert eligible["epsilon"] == pytest.approx((k - 1) / k)
@@ -257,3 +263,94 @@ def test_the_gateway_assigns_the_same_arm_as_the_devices(tmp_path: Path, built: 
                 assert response.experiment_id == "prop-v2" and response.hash_version == 1
     finally:
         till.close()
+
+
+# -- promote and roll back --------------------------------------------------------------------------
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from nbo.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_promote_and_roll_back_are_normal_signed_versions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    key, pub = make_keys(tmp_path / "keys")
+    m = {"propensity": make_model(tmp_path / "m" / "propensity.onnx", inputs=INPUTS, seed=0),
+         "propensity_v2": make_model(tmp_path / "m" / "propensity_v2.onnx", inputs=INPUTS, seed=1)}
+    source = tmp_path / "catalog.yaml"
+    source.write_text(yaml.safe_dump(with_experiments(experiment())), encoding="utf-8")
+    models = [arg for mid, path in m.items() for arg in ("--model", f"{mid}={path}")]
+
+    def build(version: int, *extra: str) -> tuple[int, str, str]:
+        return _run(capsys, "bundle", "build", "--catalog", str(source), *models, "--name", "exp", "--version",
+                    str(version), "--key", str(key), "--out", str(tmp_path / f"exp-v{version}.zip"), *extra)
+
+    assert build(1)[0] == 0
+    code, out, _ = _run(capsys, "bundle", "inspect", str(tmp_path / "exp-v1.zip"))
+    assert code == 0 and "Experiments (1)" in out
+    (arm_row,) = [line for line in out.splitlines() if " v2 " in line and "prop-v2" in line]
+    assert "challenger" in arm_row and "model propensity→propensity_v2" in arm_row and "[0, 1)" in arm_row
+    code, out, _ = build(2, "--promote", "prop-v2=v2", "--promoted-catalog", str(tmp_path / "promoted.yaml"))
+    assert code == 0 and "promoted prop-v2=v2 to champion" in out
+    promoted = yaml.safe_load((tmp_path / "promoted.yaml").read_text(encoding="utf-8"))
+    assert "experiments" not in promoted
+    assert {o["model_id"] for o in promoted["offers"] if o.get("model_id")} == {"propensity_v2"}
+
+    client = Client.open(tmp_path / "dev", device_id="dev", trusted_keys=[pub.read_bytes()])
+    try:
+        client.install_bundle(tmp_path / "exp-v1.zip")
+        customer = next(f"c{i}" for i in range(500)
+                        if client.decide(f"c{i}", channel="pos", limit=2, dry_run=True).arm == "v2")
+        before = client.decide(customer, channel="pos", limit=2, dry_run=True, profile={"frequency": 4})
+        client.install_bundle(tmp_path / "exp-v2.zip")
+        after = client.decide(customer, channel="pos", limit=2, dry_run=True, profile={"frequency": 4})
+        # the winner serves everyone, with no experiment left
+        assert (after.experiment_id, after.arm, after.hash_version) == ("", "", 0)
+        assert [(o.offer_id, o.propensity) for o in after.offers] == [(o.offer_id, o.propensity) for o in before.offers]
+        champion_customer = next(f"c{i}" for i in range(500) if assign(
+            parse_experiments([experiment()]), f"c{i}").arm_id == "champion")  # type: ignore[union-attr]
+        assert client.decide(champion_customer, channel="pos", limit=2, dry_run=True,
+                             profile={"frequency": 4}).offers[1].propensity == after.offers[1].propensity
+        # the rollback is v3 built from the old catalog: the same arms again (the seed did not change)
+        assert build(3)[0] == 0
+        client.install_bundle(tmp_path / "exp-v3.zip")
+        again = client.decide(customer, channel="pos", limit=2, dry_run=True, profile={"frequency": 4})
+        assert (again.experiment_id, again.arm) == ("prop-v2", "v2")
+        # and the fleet's rollback protection holds: the older promoted version is refused
+        from nbo.sdk import BundleError
+        with pytest.raises(BundleError):
+            client.install_bundle(tmp_path / "exp-v2.zip")
+    finally:
+        client.close()
+
+    # keeping the old champion as a challenger
+    code, _, _ = build(4, "--promote", "prop-v2=v2", "--keep-old-champion",
+                       "--promoted-catalog", str(tmp_path / "kept.yaml"))
+    assert code == 0
+    kept = yaml.safe_load((tmp_path / "kept.yaml").read_text(encoding="utf-8"))
+    (exp,) = kept["experiments"]
+    assert exp["seed"] == "2026-12"
+    arms = {a["id"]: a for a in exp["arms"]}
+    assert arms["v2"]["kind"] == "champion" and "models" not in arms["v2"]
+    assert arms["champion"]["kind"] == "challenger"
+    assert arms["champion"]["models"] == {"propensity_v2": "propensity"}
+
+
+def test_promotion_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    key, _ = make_keys(tmp_path / "keys")
+    source = tmp_path / "catalog.yaml"
+    source.write_text(yaml.safe_dump(with_experiments(experiment())), encoding="utf-8")
+    base = ["bundle", "build", "--catalog", str(source), "--name", "x", "--version", "1", "--key", str(key),
+            "--out", str(tmp_path / "x.zip")]
+    for promote, fragment in (("nope=v2", "no experiment 'nope'"), ("prop-v2=zz", "no arm 'zz'"),
+                              ("prop-v2=random", "only a challenger can"), ("prop-v2", "EXPERIMENT=ARM")):
+        code, _, err = _run(capsys, *base, "--promote", promote)
+        assert code != 0 and fragment in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.zip").exists()

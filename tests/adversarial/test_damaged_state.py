@@ -47,9 +47,15 @@ _RESTORED = {
 }
 
 
-@pytest.fixture
-def kit(tmp_path: Path) -> BundleKit:
-    return bundle_kit(tmp_path / "kit")
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> BundleKit:
+    return bundle_kit(tmp_path_factory.mktemp("kit"))
+
+
+@pytest.fixture(scope="module")
+def bundle(kit: BundleKit) -> Path:
+    """One signed bundle for the module (building one trains a model: seconds)."""
+    return kit.bundle(1)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -74,10 +80,10 @@ def open_device(state: Path, kit: BundleKit) -> Client:
     return Client.open(state, device_id=DEVICE, trusted_keys=[kit.pub])
 
 
-def busy_day(client: Client, kit: BundleKit, *, tag: str = "") -> None:
+def busy_day(client: Client, bundle: Path, *, tag: str = "") -> None:
     """Decisions, responses, purchases, points and a payment: every kind of event."""
     if client.bundle is None:
-        client.install_bundle(kit.bundle(1))
+        client.install_bundle(bundle)
     for n in range(6):
         decision = client.decide(f"c{n % 3}", channel="pos")
         if n % 2 == 0 and decision.offers:
@@ -131,12 +137,14 @@ def test_an_emptied_state_file_of_a_synced_device_is_refused(tmp_path: Path, gat
     assert not (state / "state.sqlite").exists()  # nothing was created in its place
 
 
-def test_a_garbage_page_is_found_at_open(tmp_path: Path, kit: BundleKit) -> None:
+def test_a_garbage_page_is_found_at_open(tmp_path: Path, kit: BundleKit, bundle: Path) -> None:
     state = tmp_path / "pos"
     with open_device(state, kit) as client:
-        busy_day(client, kit)
-        for n in range(200):
-            client.award_points(f"c{n}", 10, idempotency_key=f"many{n}", reason="x" * 150)
+        busy_day(client, bundle)
+        with client._store.transaction() as tx:  # enough pages for one in the middle to be a b-tree page
+            tx.append_events("response", [{"decision_id": f"d{n}", "offer_id": "o1", "customer_id": f"c{n}",
+                                           "category": "xsell", "channel": "pos", "outcome": "ignored",
+                                           "note": "x" * 300} for n in range(400)])
     path = state / "state.sqlite"
     size = path.stat().st_size
     page = 4096
@@ -196,10 +204,11 @@ def test_a_wiped_device_is_refused_by_the_hub_and_recovered(tmp_path: Path, gate
     assert gateway.server.hub.balance("c2") == 5
 
 
-def test_nbo_recover_rebuilds_the_device_from_the_hub(tmp_path: Path, gateway: Gateway, kit: BundleKit) -> None:
+def test_nbo_recover_rebuilds_the_device_from_the_hub(tmp_path: Path, gateway: Gateway, kit: BundleKit,
+                                                     bundle: Path) -> None:
     state = tmp_path / "pos"
     with open_device(state, kit) as client:
-        busy_day(client, kit)
+        busy_day(client, bundle)
         with client._store.transaction() as tx:  # an event the hub rejects: it is dead-lettered
             tx.append_event("points", {"customer_id": "c9", "kind": "award"})
         client.sync(target(gateway), token=DEVICE_TOKEN)
@@ -228,7 +237,7 @@ def test_nbo_recover_rebuilds_the_device_from_the_hub(tmp_path: Path, gateway: G
         # A till retrying an award after the recovery gets the first entry back, not a second award.
         assert client.award_points("c0", 100, idempotency_key="award0", reason="purchase") == award
         assert client.pending_events() == 0
-        busy_day(client, kit, tag="-next")
+        busy_day(client, bundle, tag="-next")
         report = client.sync(target(gateway), token=DEVICE_TOKEN)
         assert report.errors == () and report.acked_through == client.acked_through() > acked
         assert client.points_balance("c0") == gateway.server.hub.balance("c0")
