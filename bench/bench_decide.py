@@ -8,7 +8,9 @@ gradient-boosting model,
 * decide p50 ≤ 2 × the bare onnxruntime call on those rows,
 * decide p99 ≤ 2 ms;
 
-repeated at 1,000 offers (growth no worse than linear). Then a fresh process imports
+repeated at 1,000 offers (growth no worse than linear); a decision with one shadow arm (one that
+re-ranks with other levers and weights, and one that scores with another model) ≤ 1.6 × one in
+no experiment (docs/experiments.md). Then a fresh process imports
 ``nbo.sdk`` and opens a client with a 1,000-offer, 3-model bundle installed, and reports its
 import time and resident memory (targets ≤ 1 s, ≤ 120 MB) and whether scikit-learn, pandas,
 grpc or sqlite-utils were loaded on that path.
@@ -52,7 +54,7 @@ from engine_fixtures import (  # noqa: E402  (the fixtures live with the tests)
 from nbo.sdk import Client  # noqa: E402
 from nbo.sdk._policy import model_feeds  # noqa: E402
 
-TARGETS = {"vs_sklearn": 1.0, "vs_onnx": 2.0, "p99_ms": 2.0, "rss_mb": 120.0, "import_s": 1.0}
+TARGETS = {"vs_sklearn": 1.0, "vs_onnx": 2.0, "p99_ms": 2.0, "rss_mb": 120.0, "import_s": 1.0, "shadow": 1.6}
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -155,6 +157,61 @@ def measure(n_offers: int, rounds: int, workdir: Path, key: Path, pub: Path) -> 
     }
 
 
+def measure_experiments(rounds: int, workdir: Path, key: Path, pub: Path) -> dict[str, Any]:
+    """Decide p50/p99 (seconds) at 200 offers: without experiments, in an experiment (assignment
+    only), with a shadow arm that replaces levers and weights, and with a shadow arm that scores
+    with another model (a second ONNX run) — four clients, interleaved in every round."""
+    onnx_bytes, _ = train_model(100, 0, 2000)
+    shadow_bytes, _ = train_model(100, 1, 2000)
+    models = {"gbt0": onnx_bytes, "gbt0_v2": shadow_bytes}
+    spec = synthetic_spec(200, n_models=1, name="bench-exp")
+    champion = {"id": "champion", "kind": "champion", "weight": 1}
+    variants: dict[str, list[dict[str, Any]] | None] = {
+        "none": None,
+        "assigned": [{"id": "e", "seed": 1, "share": 1.0, "arms": [
+            champion, {"id": "levers", "weight": 1, "levers": {"OF00010": 3.0}}]}],
+        "shadow levers": [{"id": "e", "seed": 1, "share": 1.0, "arms": [
+            champion, {"id": "s", "shadow": True, "levers": {"OF00010": 3.0},
+                       "strategy_weights": {"develop": {"loyalty": 2.0}}}]}],
+        "shadow model": [{"id": "e", "seed": 1, "share": 1.0, "arms": [
+            champion, {"id": "s", "shadow": True, "models": {"gbt0": "gbt0_v2"}}]}],
+    }
+    clients: dict[str, Client] = {}
+    profiles = [synthetic_profile(i) for i in range(1000)]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu_times: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        for n, (name, experiments) in enumerate(variants.items()):
+            variant = dict(spec, name=f"bench-exp{n}")
+            if experiments is not None:
+                variant["experiments"] = experiments
+            bundle = signed_bundle(workdir / f"build-exp{n}", variant, key=key, models=models)
+            client = clients[name] = Client.open(workdir / f"state-exp{n}", device_id=f"bench-exp{n}",
+                                                 trusted_keys=[pub])
+            client.install_bundle(bundle)
+        perf, cpu = time.perf_counter, time.thread_time
+        i = 0
+        for r in range(rounds + 2):
+            for _ in range(50):
+                profile = profiles[i % len(profiles)]
+                for name, client in clients.items():
+                    c0, t0 = cpu(), perf()
+                    client.decide(f"C{i % 1000}", channel="pos", profile=profile, limit=3)
+                    if r >= 2:
+                        times[name].append(perf() - t0)
+                        cpu_times[name].append(cpu() - c0)
+                i += 1
+        with clients["shadow model"]._store.read() as tx:  # noqa: SLF001  - a benchmark reads the outbox
+            sizes = [len(row[0].encode()) for row in tx.execute(
+                "SELECT payload FROM outbox WHERE type = 'decision' ORDER BY seq DESC LIMIT 500")]
+    finally:
+        for client in clients.values():
+            client.close()
+    return {"p50": {k: _pct(v, 50) for k, v in times.items()}, "p99": {k: _pct(v, 99) for k, v in times.items()},
+            "cpu_p50": {k: _pct(v, 50) for k, v in cpu_times.items()},
+            "n": len(times["none"]), "shadow_event_bytes": statistics.median(sizes)}
+
+
 _CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -226,6 +283,7 @@ def main(argv: list[str]) -> int:
         workdir = Path(tmp)
         key, pub = signing_keys(workdir / "keys")
         results = [measure(n, args.rounds, workdir, key, pub) for n in (200, 1000)]
+        experiments = measure_experiments(args.rounds, workdir, key, pub)
         python, where = core_python(args.core_venv)
         foot = footprint(workdir, key, pub, python)
 
@@ -267,6 +325,20 @@ def main(argv: list[str]) -> int:
     print(f"growth 200 -> 1,000 offers: decide p50 x{growth:.2f} (linear would be x5.00)")
     if growth > 5.0:
         missed.append(f"decide grows x{growth:.2f} from 200 to 1,000 offers (worse than linear)")
+    print()
+    print("experiments at 200 offers (Client.decide, recorded; four clients interleaved)")
+    plain = experiments["p50"]["none"]
+    for name in experiments["p50"]:
+        ratio = experiments["p50"][name] / plain
+        cpu_ratio = experiments["cpu_p50"][name] / experiments["cpu_p50"]["none"]
+        print(f"  {name:<14} p50 {experiments['p50'][name] * 1e3:7.3f} ms  p99 {experiments['p99'][name] * 1e3:7.3f} ms"
+              f"  x{ratio:.2f} of no experiment; CPU p50 {experiments['cpu_p50'][name] * 1e3:7.3f} ms x{cpu_ratio:.2f}")
+    print(f"  decision event with a shadow arm: {experiments['shadow_event_bytes']:,.0f} B (median); "
+          f"{experiments['n']} decides each")
+    for name in ("shadow levers", "shadow model"):
+        ratio = experiments["p50"][name] / plain
+        if ratio > TARGETS["shadow"]:
+            missed.append(f"a decision with a shadow arm ({name}) is x{ratio:.2f} one without (target <= 1.6)")
     print(f"samples: {base['n_decide']} decides and {base['n_sklearn']} predict_proba calls per size; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (the onnx p99 shows the machine's noise)")
     print()

@@ -315,5 +315,27 @@ def _inspect(args: argparse.Namespace) -> int:
             title=f"Contact policies ({len(policies)})",
         ),
     ]
+    if meta.get("experiments"):
+        sections.append(_experiments_table(meta["experiments"]))
     print("\n\n".join(sections))
     return 0
+
+
+def _experiments_table(text: str) -> str:
+    """The bundle's experiments, one row per arm (docs/experiments.md)."""
+    try:
+        experiments = json.loads(text)
+        rows = []
+        for e in experiments:
+            traffic = f"[{e['offset']:g}, {e['offset'] + e['share']:g})"
+            for a in e["arms"]:
+                replaces = "; ".join(
+                    [f"model {old}→{new}" for old, new in (a.get("models") or {}).items()]
+                    + [f"lever {o}={v:g}" for o, v in (a.get("levers") or {}).items()]
+                    + [f"{st}.{c}={w:g}" for st, ws in (a.get("strategy_weights") or {}).items() for c, w in ws.items()])
+                rows.append((e["id"], e["seed"], traffic, a["id"], a["kind"],
+                             "shadow" if a.get("shadow") else f"{a['weight']:g}", replaces))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"catalog meta.experiments is unreadable: {exc!r}") from exc
+    return format_table(["experiment", "seed", "traffic", "arm", "kind", "weight", "replaces"], rows,
+                        title=f"Experiments ({len(experiments)})")

@@ -522,6 +522,8 @@ class _Parser:
         if tok.kind == "op" and tok.text == "[":
             self.take()
             items: list[_Node] = []
+            if self.peek(","):  # CEL takes "[,]" as the empty list (and "{,}" as the empty map)
+                self.take()
             while not self.peek("]"):
                 items.append(self.expr())
                 if not self.peek(","):
@@ -532,6 +534,8 @@ class _Parser:
         if tok.kind == "op" and tok.text == "{":
             self.take()
             entries: list[_Node] = []
+            if self.peek(","):
+                self.take()
             while not self.peek("}"):
                 entries.append(self.expr())
                 self.expect(":")

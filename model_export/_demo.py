@@ -4,7 +4,8 @@ sample data → training + report → signed bundle → gateway with a SQLite hu
 terminals deciding and recording → sync → a second bundle published and picked up → an
 app-backend client deciding over gRPC → the learning loop: a week in the field, the hub's log
 exported, a model trained on it, evaluated off-policy against the running bundle and published
-only when it is better. Every step uses the public front doors (``nbo.sdk``,
+only when it is better → an experiment in bundle v4 (champion, challenger, control group) and
+the hub's verdict. Every step uses the public front doors (``nbo.sdk``,
 ``nbo.model_export``, ``nbo.gateway``, the gRPC stubs of ``nbo.v1``) the way a user would.
 
 This is the one module of ``nbo.model_export`` that starts a gateway; it imports
@@ -102,23 +103,16 @@ def _offer_line(decision: Any) -> str:
     return " / ".join(f"{o.category.upper()} {o.name} {o.score:,.0f}" for o in decision.offers)
 
 
-def _learning_loop(say: Callable[..., None], *, root: Path, clients: dict[str, Any], hub: str, server: Any,
-                   profiles: dict[str, dict[str, Any]], catalog_v2: dict[str, Any], keys: Any, rng: random.Random,
-                   visits: int, customer_ids: list[str]) -> None:
-    """Customers answer every shown offer by the demo world's ground truth; the hub's log trains
-    and judges a new model, which is published only on a `better` verdict."""
+def _field_visits(*, clients: dict[str, Any], hub: str, profiles: dict[str, dict[str, Any]],
+                  catalog: Mapping[str, Any], rng: random.Random, visits: int, customer_ids: list[str]) -> None:
+    """``visits`` decisions on the terminals, every shown offer answered by the demo world's
+    ground truth, then a sync of both terminals."""
     from datetime import UTC, datetime
 
-    from nbo.gateway import export_log
-
-    from ._bundle_build import build_bundle
     from ._demo_data import true_propensity
-    from ._evaluate import evaluate_bundle
-    from ._log_data import train_from_logs
-    from ._publish import publish_bundle
 
     offers = {o["offer_id"]: {"category": o["category"], **(o.get("attributes") or {})}
-              for o in catalog_v2["offers"]}
+              for o in catalog["offers"]}
     for n in range(visits):
         device_id = TERMINALS[n % 2]
         customer_id = customer_ids[rng.randrange(len(customer_ids))]
@@ -133,6 +127,57 @@ def _learning_loop(say: Callable[..., None], *, root: Path, clients: dict[str, A
                                                "accepted" if rng.random() < p else "ignored")
     for device_id, client in clients.items():
         client.sync(hub, token=_device_token(device_id))
+
+
+def _experiment(say: Callable[..., None], *, root: Path, clients: dict[str, Any], hub: str, server: Any,
+                profiles: dict[str, dict[str, Any]], catalog_v2: dict[str, Any], model: Path, keys: Any,
+                rng: random.Random, visits: int, customer_ids: list[str]) -> None:
+    """Bundle v4 runs the campaign as the champion beside a challenger without it and a
+    control group; the terminals pick it up on sync, decide offline, sync back, and the hub
+    gives the verdict (docs/experiments.md)."""
+    from nbo.gateway import experiment_reports, format_reports
+
+    from ._bundle_build import build_bundle
+    from ._publish import publish_bundle
+
+    catalog = {**catalog_v2, "experiments": [{
+        "id": "gold-campaign", "seed": "demo", "share": 1.0, "arms": [
+            {"id": "campaign", "kind": "champion", "weight": 45},
+            {"id": "no-campaign", "weight": 45, "levers": {PUSHED_OFFER: 1.0}},
+            {"id": "no-offers", "kind": "control-none", "weight": 10},
+        ]}]}
+    bundle = build_bundle(catalog=catalog, models={"propensity": model}, name="demo-retail", version=4,
+                          key=keys.private_key, out=root / "bundle-v4.zip")
+    publish_bundle(bundle.path, hub, token=PUBLISHER_TOKEN)
+    for device_id, client in clients.items():
+        client.sync(hub, token=_device_token(device_id))
+    say(f"      bundle v4 published: experiment gold-campaign — champion 'campaign' (lever 1.5 on {PUSHED_OFFER}) "
+        "45 %, challenger 'no-campaign' 45 %, control 'no-offers' 10 %; arms by a hash of the customer id, "
+        "the same on both terminals")
+    sample = customer_ids[0]
+    arms = {d: c.decide(sample, channel="pos", profile=profiles[sample], dry_run=True).arm for d, c in clients.items()}
+    say(f"      {sample}: " + ", ".join(f"{d} → arm {arm}" for d, arm in arms.items()))
+    _field_visits(clients=clients, hub=hub, profiles=profiles, catalog=catalog, rng=rng, visits=visits,
+                  customer_ids=customer_ids)
+    say(f"      {visits} visits decided offline and synced; the hub's verdict (nbo experiments --hub …):")
+    for line in format_reports(experiment_reports(server.hub)).splitlines():
+        say(f"      {line}")
+
+
+def _learning_loop(say: Callable[..., None], *, root: Path, clients: dict[str, Any], hub: str, server: Any,
+                   profiles: dict[str, dict[str, Any]], catalog_v2: dict[str, Any], keys: Any, rng: random.Random,
+                   visits: int, customer_ids: list[str]) -> None:
+    """Customers answer every shown offer by the demo world's ground truth; the hub's log trains
+    and judges a new model, which is published only on a `better` verdict."""
+    from nbo.gateway import export_log
+
+    from ._bundle_build import build_bundle
+    from ._evaluate import evaluate_bundle
+    from ._log_data import train_from_logs
+    from ._publish import publish_bundle
+
+    _field_visits(clients=clients, hub=hub, profiles=profiles, catalog=catalog_v2, rng=rng, visits=visits,
+                  customer_ids=customer_ids)
     exported = export_log(server.hub, root / "log")
     say(f"      {visits} more visits synced; exported {exported.rows:,} shown slots of {exported.decisions:,} "
         f"decisions → {exported.directory} ({len(exported.days)} day partitions, Parquet)")
@@ -238,7 +283,7 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{root}: cannot create the demo directory: {exc.strerror or exc}") from None
-    steps = _Steps(10, say)
+    steps = _Steps(11, say)
     rng = random.Random(seed)
     server = None
     clients: dict[str, Any] = {}
@@ -393,6 +438,10 @@ def run_demo(directory: str | os.PathLike[str] | None = None, *, keep: bool = Fa
             _learning_loop(say, root=root, clients=clients, hub=hub, server=server, profiles=profiles,
                            catalog_v2=catalog_v2, keys=keys, rng=rng, visits=max(300, 10 * visits),
                            customer_ids=sorted(profiles))
+        with steps.step("An experiment in bundle v4: the campaign as champion, a challenger, a control group"):
+            _experiment(say, root=root, clients=clients, hub=hub, server=server, profiles=profiles,
+                        catalog_v2=catalog_v2, model=trained.model_path, keys=keys, rng=rng,
+                        visits=max(300, 10 * visits), customer_ids=sorted(profiles))
         say(f"\nThe whole loop ran in {time.perf_counter() - steps.started:.0f}s. "
             f"Evaluation report: {trained.report_path}"
             + ("" if kept else " (deleted with the demo directory; rerun with --keep)"))

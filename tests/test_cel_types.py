@@ -141,6 +141,7 @@ ACCEPTED = [
     "customer.recency_days == null || customer.recency_days < 30.0",
     "{'a': 1}['a'] == 1 && [1, 2][0] == 1",
     "dyn(customer.segment) == 3",  # dyn: the author said "any"
+    "size([,]) == 0 && size({,}) == 0",  # CEL's empty list and map with a lone comma
     "true",
 ]
 
@@ -265,3 +266,39 @@ def test_a_refused_expression_cannot_work_at_run_time(expression: str, data: dic
         assert constant is None, f"{expression} failed, but the checker said it is always {constant}"
         return
     assert constant is not None and result is constant, f"{expression} gave {result!r} at run time"
+
+
+# -- the checker reads what CEL reads --------------------------------------------------------
+
+_ATOMS = ["customer", "offer", "context", "customer.age", "customer.segment", "customer.owned_products",
+          "offer.attributes", "offer.attributes.price", "1", "1.5", "2u", "'s'", "b'x'", "true", "null", "[1, 'a']",
+          "{'k': 1}", "x", "size", "has", "(", ")", "[", "]", "{", "}", ".", ",", "?", ":", "!", "-", "+", "*", "/",
+          "%", "==", "<", ">=", "&&", "||", "in", "exists", "map", "filter", "all", "startsWith", "timestamp", "int",
+          "double", "dyn", "type", "0x1f", "1e3", "r'a'", '"""t"""', "// note\n"]
+
+
+def test_every_expression_cel_compiles_is_read_by_the_checker() -> None:
+    """Token soups (seeded): whatever the CEL compiler accepts, the checker parses too — it may
+    refuse it for its types, never for its syntax, and never crashes."""
+    import random
+
+    import cel
+    from nbo.model_export._catalog import _OFFER_FIELD_TYPES
+    from nbo.model_export._cel_types import catalog_fields, check_expression
+
+    fields = catalog_fields(offers=[{"attributes": {"price": 1.0}}], offer_columns=_OFFER_FIELD_TYPES,
+                            channels=["pos"], new_customer_profile={"segment": "m"},
+                            profile_fields={}, context_fields={}, model_inputs={"customer__age": "float"})
+    rng = random.Random(17)
+    compiled = 0
+    for _ in range(20000):
+        expression = " ".join(rng.choice(_ATOMS) for _ in range(rng.randint(1, 8)))
+        try:
+            cel.compile(expression)
+        except BaseException:
+            continue
+        compiled += 1
+        problem = check_expression(expression, fields, allowed=("customer", "offer", "context"))
+        first = (problem or "").split("\n")[0]
+        assert not first.startswith(("expected", "unexpected", "a string literal")), (expression, problem)
+    assert compiled > 500

@@ -285,9 +285,14 @@ def test_experiment_arms_count_their_decisions_and_acceptances(kind: str, tmp_pa
         console = Console(url or f"sqlite:{tmp_path / 'hub.sqlite'}", analyst_digests=[], schema=schema)
         try:
             console.refresh()
-            table = console.models().experiments
+            report = console.models()
+            table = report.experiments
             assert table is not None
             got = {r[1]: (r[2], r[3], r[4], r[5]) for r in table.rows}
+            # the page's experiments section shows the arms and where the verdict is
+            html = console._env.get_template("models.html").render(report=report, charts={}, page="models",
+                                                                    query="", as_of="now")
+            assert "No experiments in this hub" not in html and "challenger" in html and "nbo experiments" in html
         finally:
             console.close()
         events = hub.events()

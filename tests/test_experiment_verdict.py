@@ -29,9 +29,11 @@ from bundle_fixtures import make_bundle, make_keys, make_model
 from gateway_helpers import DEVICE_TOKEN, config_data, publish, running_gateway
 from learning_sim import INPUTS, OFFERS, catalog, true_p
 from nbo.gateway import experiment_reports, format_reports
+from nbo.gateway._db import open_database
 from nbo.gateway._experiments import always_valid_halfwidth, chi_square_sf, ratio_estimate
 from nbo.sdk import Client
 from nbo.sdk.core import assign, parse_experiments
+from sync_helpers import postgres_url, unique_schema
 
 MARGIN = {"A": 10.0, "B": 14.0, "C": 2.0, "D": 20.0}
 FREQUENCIES = range(20)
@@ -49,36 +51,52 @@ def _bundle(root: Path, experiments: list[dict[str, Any]]) -> tuple[Path, Path]:
 
 
 def _field(root: Path, experiments: list[dict[str, Any]], *, decisions: int, seed: int,
-           skip: Callable[[str, random.Random], bool] | None = None) -> tuple[list[Any], Client]:
+           skip: Callable[[str, random.Random], bool] | None = None,
+           backend: str = "sqlite") -> tuple[list[Any], Client]:
     """Run one terminal through ``decisions`` decisions (customers deciding 1–3 times each),
-    answering by the truth; sync to a real gateway that holds the bundle; the hub's reports."""
+    answering by the truth; sync to a real gateway (SQLite or PostgreSQL hub) that holds the
+    bundle; the hub's reports."""
     bundle, pub = _bundle(root, experiments)
     rng = random.Random(seed)
-    with running_gateway(root / "gw", config_data(trusted_key=pub)) as gw:
-        publish(gw, bundle)
-        client = Client.open(root / "pos-1", device_id="pos-1", trusted_keys=[pub.read_bytes()])
-        try:
-            client.install_bundle(bundle)
-            done = n = 0
-            while done < decisions:
-                customer = f"s{seed}-c{n}"
-                n += 1
-                if skip is not None and skip(customer, rng):
-                    continue
-                f = rng.choice(FREQUENCIES)
-                for _ in range(rng.randint(1, 3)):
-                    d = client.decide(customer, channel="pos", limit=1, profile={"frequency": f,
-                                                                                 "lifecycle_stage": "active"})
-                    (shown,) = d.offers
-                    p = true_p(f, shown.offer_id) if shown.offer_id in OFFERS else 0.0
-                    client.record_response(d.decision_id, shown.offer_id,
-                                           "accepted" if rng.random() < p else "declined")
-                    done += 1
-            report = client.sync(f"127.0.0.1:{gw.port}", token=DEVICE_TOKEN, download=False)
-            assert not report.errors and client.pending_events() == 0
-        finally:
-            client.close()
-        return experiment_reports(f"sqlite:///{root / 'gw' / 'hub.sqlite'}"), client
+    url = schema = None
+    if backend == "postgresql":
+        url, schema = postgres_url(), f"nbo_h15_{unique_schema()}"
+    try:
+        with running_gateway(root / "gw", config_data(trusted_key=pub, hub_db=url), hub_schema=schema) as gw:
+            return _run_field(gw, bundle, pub, root, decisions=decisions, seed=seed, rng=rng, skip=skip)
+    finally:
+        if url is not None:
+            db = open_database(url, schema=schema)
+            db.drop_schema()  # type: ignore[attr-defined]
+            db.close()
+
+
+def _run_field(gw: Any, bundle: Path, pub: Path, root: Path, *, decisions: int, seed: int, rng: random.Random,
+               skip: Callable[[str, random.Random], bool] | None) -> tuple[list[Any], Client]:
+    publish(gw, bundle)
+    client = Client.open(root / "pos-1", device_id="pos-1", trusted_keys=[pub.read_bytes()])
+    try:
+        client.install_bundle(bundle)
+        done = n = 0
+        while done < decisions:
+            customer = f"s{seed}-c{n}"
+            n += 1
+            if skip is not None and skip(customer, rng):
+                continue
+            f = rng.choice(FREQUENCIES)
+            for _ in range(rng.randint(1, 3)):
+                d = client.decide(customer, channel="pos", limit=1, profile={"frequency": f,
+                                                                             "lifecycle_stage": "active"})
+                (shown,) = d.offers
+                p = true_p(f, shown.offer_id) if shown.offer_id in OFFERS else 0.0
+                client.record_response(d.decision_id, shown.offer_id,
+                                       "accepted" if rng.random() < p else "declined")
+                done += 1
+        report = client.sync(f"127.0.0.1:{gw.port}", token=DEVICE_TOKEN, download=False)
+        assert not report.errors and client.pending_events() == 0
+    finally:
+        client.close()
+    return experiment_reports(gw.server.hub), client
 
 
 def _lift(report: Any, arm: str, metric: str, against: str = "champion") -> Any:
@@ -152,7 +170,9 @@ def _lift_list(report: Any) -> list[Any]:
     return [lift for a in report.arms for lift in a.vs_champion]
 
 
-def test_a_skewed_assignment_trips_the_sample_ratio_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_skewed_assignment_trips_the_sample_ratio_check(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          backend: str) -> None:
     experiment = {"id": "skew", "seed": 5, "share": 1.0, "arms": [
         {"id": "champion", "kind": "champion", "weight": 1}, {"id": "b", "weight": 1}]}
     (compiled,) = parse_experiments([experiment])
@@ -161,11 +181,13 @@ def test_a_skewed_assignment_trips_the_sample_ratio_check(tmp_path: Path, capsys
         found = assign([compiled], customer)
         return found is not None and found.arm_id == "b" and rng.random() < 0.2
 
-    (report,), _ = _field(tmp_path, [experiment], decisions=2000, seed=3, skip=lose_b)
+    (report,), _ = _field(tmp_path, [experiment], decisions=2000, seed=3, skip=lose_b, backend=backend)
     ratio = report.sample_ratio
     assert ratio is not None and ratio.mismatch and ratio.p_value < 0.001
     assert report.verdict.startswith("SAMPLE RATIO MISMATCH")
     assert "!! SAMPLE RATIO MISMATCH in experiment skew" in format_reports([report])
+    if backend == "postgresql":
+        return  # the command on the SQLite hub below
     # the command says it loudly too, in text and in JSON
     from nbo.cli import main
 

@@ -14,7 +14,7 @@ from bundle_fixtures import make_bundle, make_keys, make_model
 from learning_sim import INPUTS, catalog
 from nbo.model_export import validate_catalog
 from nbo.sdk import CatalogError, Client
-from nbo.sdk.core import HASH_VERSION, assign, assignment_unit, parse_experiments
+from nbo.sdk.core import HASH_VERSION, assign, assignment_unit, parse_experiments, slot_probability
 
 
 def experiment(**overrides: Any) -> dict[str, Any]:
@@ -191,6 +191,12 @@ def test_every_decision_carries_its_arm_and_the_same_customer_gets_it_on_two_dev
             kind = event["experiment"]["kind"]
             eligible = event["eligible"]
             shown = [o["selection_probability"] for o in event["offers"]]
+            # every arm's shown probabilities are the ones its recorded policy gives (exploration included)
+            for rank, offer in enumerate(event["offers"], start=1):
+                index = eligible["offers"].index(offer["offer_id"]) + 1
+                assert offer["selection_probability"] == pytest.approx(slot_probability(
+                    index, rank, mandatory=eligible["mandatory"], eligible=len(eligible["offers"]),
+                    epsilon=eligible["epsilon"]))
             if kind == "control-random":
                 k = len(eligible["offers"]) - eligible["mandatory"]
                 assert eligible["epsilon"] == pytest.approx((k - 1) / k)
@@ -285,6 +291,10 @@ def test_promote_and_roll_back_are_normal_signed_versions(tmp_path: Path, capsys
                     str(version), "--key", str(key), "--out", str(tmp_path / f"exp-v{version}.zip"), *extra)
 
     assert build(1)[0] == 0
+    code, out, _ = _run(capsys, "bundle", "inspect", str(tmp_path / "exp-v1.zip"))
+    assert code == 0 and "Experiments (1)" in out
+    (arm_row,) = [line for line in out.splitlines() if " v2 " in line and "prop-v2" in line]
+    assert "challenger" in arm_row and "model propensity→propensity_v2" in arm_row and "[0, 1)" in arm_row
     code, out, _ = build(2, "--promote", "prop-v2=v2", "--promoted-catalog", str(tmp_path / "promoted.yaml"))
     assert code == 0 and "promoted prop-v2=v2 to champion" in out
     promoted = yaml.safe_load((tmp_path / "promoted.yaml").read_text(encoding="utf-8"))
