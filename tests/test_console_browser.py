@@ -2,7 +2,8 @@
 driven by Debian's headless Chromium through Playwright (``executable_path``; no browser
 download). Logs in with an analyst token, opens every page, checks the numbers shown
 against counts computed straight from the hub's log, checks refusals, and writes a
-screenshot of each page to docs/img/ for docs/console.md.
+screenshot of each page: to a temporary directory, or to docs/img/ for docs/console.md with
+``NBO_REGENERATE_DOCS=1`` (so that a test run leaves the checkout as it found it).
 
 Without Chromium the tests skip — unless ``NBO_REQUIRE_BROWSER=1`` (CI), where they fail.
 """
@@ -15,6 +16,7 @@ import os
 import selectors
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -41,6 +43,7 @@ from nbo.sdk.core import update_measures
 
 REPO = Path(__file__).resolve().parent.parent
 IMG = REPO / "docs" / "img"
+SHOTS = IMG if os.environ.get("NBO_REGENERATE_DOCS") == "1" else Path(tempfile.gettempdir()) / f"nbo-console-{os.getpid()}"
 CHROMIUM = os.environ.get("NBO_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "analyst-browser-token-7f3a"
 DEVICE_TOKEN = "device-token-for-pos-001"
@@ -175,8 +178,10 @@ def number(text: str) -> float:
 
 
 def shot(page: Any, name: str) -> None:
-    IMG.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMG / f"console-{name}.png"), full_page=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"console-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
 def test_a_wrong_token_and_a_device_token_are_refused(browser: Any, served: Served) -> None:
